@@ -1,0 +1,191 @@
+//! The errors of quern.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::job::JobId;
+use crate::state::JobState;
+
+/// A `Result` whose error is quern's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in quern.
+///
+/// Expected conflicts ([`Error::LeaseLost`], [`Error::NotFound`], [`Error::InvalidState`], ...)
+/// are variants to match on; storage failures keep their cause in [`std::error::Error::source`].
+/// `Error` is `Clone`, so one failed group commit can be reported to every caller in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file could not be opened or created.
+    #[error("cannot open quern database {}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// Another process has the database open for writing (or, for a writer, open at all in a
+    /// mode that excludes it).
+    #[error("quern database {} is already open for writing by another process", path.display())]
+    AlreadyOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is a database, but not one quern wrote.
+    #[error("{} is not a quern database", path.display())]
+    NotQuern {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was written in a format version this build does not read.
+    #[error(
+        "quern database {} has format version {found}, this build reads version {supported}",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        supported: u64,
+    },
+    /// A storage operation failed. After a failed commit the store refuses writes
+    /// ([`Error::Poisoned`]) until it is reopened.
+    #[error("storage failure while {context}")]
+    Storage {
+        /// What quern was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: StorageError,
+    },
+    /// A record on disk could not be decoded.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What record (a job id, an index, the header).
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An earlier commit failed; the store refuses writes until it is reopened, so that nothing
+    /// half-written is ever built upon.
+    #[error("the store refuses writes after an earlier commit failed; reopen it")]
+    Poisoned,
+    /// The job is no longer in progress under this lease: its lease expired and it was recovered,
+    /// it was claimed again, cancelled or pruned. Nothing was changed.
+    #[error("lease lost on job {job}: it is no longer in progress under this lease")]
+    LeaseLost {
+        /// The job.
+        job: JobId,
+    },
+    /// The lease was handed out by another database.
+    #[error("lease for job {job} belongs to another quern database")]
+    ForeignLease {
+        /// The job.
+        job: JobId,
+    },
+    /// No job has this id.
+    #[error("job {job} not found")]
+    NotFound {
+        /// The id asked for.
+        job: JobId,
+    },
+    /// The operation does not apply to a job in this state.
+    #[error("job {job} is {state}: {operation} does not apply")]
+    InvalidState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// Retrying the job would make a second live job with its unique key.
+    #[error("job {job} cannot be retried: job {existing} holds its unique key")]
+    UniqueConflict {
+        /// The job asked to retry.
+        job: JobId,
+        /// The live job that holds the key.
+        existing: JobId,
+    },
+    /// An argument was refused.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// Which argument.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A payload could not be encoded or decoded as JSON.
+    #[error("json payload: {0}")]
+    Json(#[source] Arc<serde_json::Error>),
+    /// A write was asked of a store opened read-only.
+    #[error("the store is open read-only")]
+    ReadOnly,
+    /// The store's writer has stopped (the store is closing).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether this error leaves the whole write transaction unusable, rather than refusing one
+    /// operation before it wrote anything.
+    pub(crate) fn aborts_batch(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage { .. } | Error::Corrupt { .. } | Error::Poisoned | Error::Closed
+        )
+    }
+
+    pub(crate) fn storage(context: &'static str, e: impl Into<redb::Error>) -> Error {
+        Error::Storage {
+            context,
+            source: StorageError(Arc::new(e.into())),
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidInput {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A failure of the storage engine under quern, kept whole as the [`std::error::Error::source`]
+/// of an [`Error`].
+#[derive(Debug, Clone)]
+pub struct StorageError(pub(crate) Arc<redb::Error>);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        /// Lets `?` carry redb errors out of [`Store::write`](crate::Store::write) closures.
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::storage("running a user transaction", e)
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError
+);

@@ -1,0 +1,65 @@
+//! quern: a durable job queue that lives inside your program, on the embedded database
+//! [redb](https://docs.rs/redb).
+//!
+//! Jobs move through `Pending -> InProgress -> Succeeded | Failed` in redb tables, each
+//! transition one durable write transaction. Attempts are counted when a job is claimed, failed
+//! attempts are retried with exponential backoff and jitter, a claim's lease is a fencing token
+//! that a stale worker cannot settle with, and many concurrent calls share one commit.
+//!
+//! # From the top
+//!
+//! ```
+//! use std::time::Duration;
+//! use quern::{Enqueued, JobState, NewJob, Store};
+//!
+//! # fn main() -> Result<(), quern::Error> {
+//! # let dir = tempfile::tempdir().map_err(|e| quern::Error::Closed)?;
+//! let store = Store::open(dir.path().join("sync.redb"))?;
+//!
+//! // Producers enqueue; a unique key coalesces work that is already waiting.
+//! let id = store.enqueue(NewJob::new("uploads", "photos/cat.jpg").unique_key("cat.jpg"))?.id();
+//! assert!(matches!(
+//!     store.enqueue(NewJob::new("uploads", "photos/cat.jpg").unique_key("cat.jpg"))?,
+//!     Enqueued::Duplicate(existing) if existing == id
+//! ));
+//!
+//! // A worker claims, works, and settles with its lease.
+//! for claimed in store.claim("uploads", 16)? {
+//!     assert_eq!(claimed.job.attempts, 1);
+//!     match upload(&claimed.job.payload) {
+//!         Ok(()) => store.complete(claimed.lease)?,
+//!         Err(NotReady) => store.snooze(claimed.lease, Duration::from_secs(60))?,
+//!     }
+//! }
+//! assert_eq!(store.get(id)?.map(|j| j.state), Some(JobState::Succeeded));
+//! # Ok(())
+//! # }
+//! # struct NotReady;
+//! # fn upload(_: &[u8]) -> Result<(), NotReady> { Ok(()) }
+//! ```
+//!
+//! The on-disk layout and the invariants between tables are described in `docs/design.md`.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used)]
+#![warn(clippy::expect_used)]
+
+mod backoff;
+mod clock;
+mod error;
+mod job;
+mod state;
+mod store;
+
+pub use backoff::{Backoff, Jitter};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result, StorageError};
+pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+pub use state::JobState;
+pub use store::{
+    Cutoff, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME, QueueStats, Retention,
+    Stats, Store, StoreBuilder, WriteTx,
+};
+
+/// The redb this build of quern uses, for [`Store::write`] transactions over your own tables.
+pub use redb;

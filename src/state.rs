@@ -1,0 +1,516 @@
+//! The job state machine: the states, the persisted record of a job, and every legal transition
+//! as a plain function on that record. No I/O: the store reads a record, applies one of these
+//! inside a write transaction, and writes the record and its index entries back.
+//!
+//! ```text
+//!            enqueue            claim (attempts += 1)
+//!   ─────────────────> Pending ───────────────────────> InProgress ── complete ──> Succeeded
+//!                       ^  ^ ^                            │  │  │
+//!                       │  │ └──────── snooze (attempt given back) ┘  │  │
+//!                       │  └─ promote_due ── Failed+retry <── fail ───┘  │   (attempts < max)
+//!                       │                       │                        │
+//!                       └──── retry (manual) ── Failed  <── fail/discard ┘   (attempts == max)
+//!                                               (terminal)
+//! ```
+//!
+//! `cancel` takes a pending, in-progress or retry-scheduled job to terminal failure.
+//! Fencing: every transition out of `InProgress` that a worker asks for names the lease token it
+//! was given; a record in any other state, or under another token, refuses it.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+use crate::job::{Job, JobId, Timestamp, duration_ms};
+
+/// Where a job stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting to be claimed (possibly not before its `run_at`).
+    Pending,
+    /// Claimed by a worker holding its lease.
+    InProgress,
+    /// Done.
+    Succeeded,
+    /// Failed: a retry is scheduled when `next_attempt_at` is `Some`, otherwise it failed for
+    /// good.
+    Failed,
+}
+
+impl JobState {
+    /// All states, in life order.
+    pub const ALL: [JobState; 4] = [
+        JobState::Pending,
+        JobState::InProgress,
+        JobState::Succeeded,
+        JobState::Failed,
+    ];
+
+    /// The lowercase name used in output and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::InProgress => "in_progress",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s || (s == "in-progress" && *st == JobState::InProgress))
+            .ok_or_else(|| {
+                format!("unknown state {s:?} (expected pending, in_progress, succeeded or failed)")
+            })
+    }
+}
+
+/// A finer split of the states, as counted in stats and as placed in the indexes: failed jobs
+/// differ in whether a retry is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Pending = 0,
+    InProgress = 1,
+    Succeeded = 2,
+    Retrying = 3,
+    Dead = 4,
+}
+
+impl Phase {
+    pub(crate) const ALL: [Phase; 5] = [
+        Phase::Pending,
+        Phase::InProgress,
+        Phase::Succeeded,
+        Phase::Retrying,
+        Phase::Dead,
+    ];
+
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Whether a job in this phase holds its unique key.
+    pub(crate) fn is_live(self) -> bool {
+        matches!(self, Phase::Pending | Phase::InProgress | Phase::Retrying)
+    }
+}
+
+/// The longest error or progress text kept, in bytes; longer text is cut at a char boundary.
+pub(crate) const MAX_TEXT: usize = 4 * 1024;
+
+/// The persisted state of one job, without its id (the key) and payload (stored apart, written
+/// once, so that transitions do not rewrite it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub queue: String,
+    pub state: JobState,
+    pub priority: i32,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: u64,
+    pub next_attempt_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub unique_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub progress: Option<String>,
+    /// The token of the latest claim; 0 before the first.
+    pub lease_token: u64,
+    pub lease_expires_at: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub finished_at: Option<u64>,
+    pub manual_retries: u32,
+    /// The backoff delay chosen after the last failed attempt, for decorrelated jitter.
+    pub last_backoff_ms: Option<u64>,
+}
+
+/// Why a transition was refused. The store turns it into an [`Error`](crate::Error) naming the
+/// job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The record is not in progress under the caller's token.
+    LeaseLost,
+    /// The transition does not apply to the record's state.
+    InvalidState(&'static str),
+}
+
+impl Record {
+    pub(crate) fn phase(&self) -> Phase {
+        match self.state {
+            JobState::Pending => Phase::Pending,
+            JobState::InProgress => Phase::InProgress,
+            JobState::Succeeded => Phase::Succeeded,
+            JobState::Failed if self.next_attempt_at.is_some() => Phase::Retrying,
+            JobState::Failed => Phase::Dead,
+        }
+    }
+
+    pub(crate) fn into_job(self, id: JobId, payload: Vec<u8>) -> Job {
+        Job {
+            id,
+            queue: self.queue,
+            state: self.state,
+            payload,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            run_at: Timestamp(self.run_at),
+            next_attempt_at: self.next_attempt_at.map(Timestamp),
+            last_error: self.last_error,
+            unique_key: self.unique_key,
+            concurrency_key: self.concurrency_key,
+            progress: self.progress,
+            lease_expires_at: self.lease_expires_at.map(Timestamp),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            created_at: Timestamp(self.created_at),
+            updated_at: Timestamp(self.updated_at),
+            finished_at: self.finished_at.map(Timestamp),
+            manual_retries: self.manual_retries,
+        }
+    }
+
+    fn fenced(&self, token: u64) -> Result<(), Refusal> {
+        if self.state == JobState::InProgress && self.lease_token == token {
+            Ok(())
+        } else {
+            Err(Refusal::LeaseLost)
+        }
+    }
+
+    fn leave_progress(&mut self, now: u64) {
+        self.lease_expires_at = None;
+        self.updated_at = now;
+    }
+
+    fn finish(&mut self, state: JobState, now: u64) {
+        self.state = state;
+        self.next_attempt_at = None;
+        self.finished_at = Some(now);
+        self.leave_progress(now);
+    }
+}
+
+/// Pending -> InProgress under a fresh `token`; the attempt is counted here.
+pub(crate) fn claim(rec: &mut Record, now: u64, lease_ttl: Duration, token: u64) {
+    debug_assert_eq!(rec.state, JobState::Pending);
+    rec.state = JobState::InProgress;
+    rec.attempts = rec.attempts.saturating_add(1);
+    rec.lease_token = token;
+    rec.lease_expires_at = Some(now.saturating_add(duration_ms(lease_ttl)));
+    rec.progress = None;
+    rec.updated_at = now;
+}
+
+/// Extends the lease of an in-progress record to `now + lease_ttl`.
+pub(crate) fn heartbeat(
+    rec: &mut Record,
+    token: u64,
+    now: u64,
+    lease_ttl: Duration,
+) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    rec.lease_expires_at = Some(now.saturating_add(duration_ms(lease_ttl)));
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// Records progress text of an in-progress record.
+pub(crate) fn set_progress(
+    rec: &mut Record,
+    token: u64,
+    now: u64,
+    progress: &str,
+) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    rec.progress = Some(truncate(progress));
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// InProgress -> Succeeded.
+pub(crate) fn complete(rec: &mut Record, token: u64, now: u64) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    rec.finish(JobState::Succeeded, now);
+    Ok(())
+}
+
+/// InProgress -> Failed: retry scheduled with backoff, or terminal once the attempts are spent.
+pub(crate) fn fail(
+    rec: &mut Record,
+    token: u64,
+    now: u64,
+    error: &str,
+    backoff: &Backoff,
+    seed: u64,
+) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    fail_attempt(rec, now, error, backoff, seed);
+    Ok(())
+}
+
+/// InProgress with an expired lease -> Failed, as `fail` with the error "lease expired". The
+/// caller has found the lease expired; no token is needed, since no worker asks for this.
+pub(crate) fn recover(rec: &mut Record, now: u64, backoff: &Backoff, seed: u64) {
+    debug_assert_eq!(rec.state, JobState::InProgress);
+    fail_attempt(rec, now, "lease expired", backoff, seed);
+}
+
+fn fail_attempt(rec: &mut Record, now: u64, error: &str, backoff: &Backoff, seed: u64) {
+    rec.last_error = Some(truncate(error));
+    if rec.attempts >= rec.max_attempts {
+        rec.finish(JobState::Failed, now);
+        return;
+    }
+    let previous = rec.last_backoff_ms.map(Duration::from_millis);
+    let delay = duration_ms(backoff.delay(rec.attempts, previous, seed));
+    rec.state = JobState::Failed;
+    rec.next_attempt_at = Some(now.saturating_add(delay));
+    rec.last_backoff_ms = Some(delay);
+    rec.leave_progress(now);
+}
+
+/// InProgress -> Failed for good, whatever attempts remain.
+pub(crate) fn discard(rec: &mut Record, token: u64, now: u64, error: &str) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    rec.last_error = Some(truncate(error));
+    rec.finish(JobState::Failed, now);
+    Ok(())
+}
+
+/// InProgress -> Pending at `run_at`, giving the attempt back: not ready is not a failure.
+pub(crate) fn snooze(rec: &mut Record, token: u64, now: u64, run_at: u64) -> Result<(), Refusal> {
+    rec.fenced(token)?;
+    rec.state = JobState::Pending;
+    rec.attempts = rec.attempts.saturating_sub(1);
+    rec.run_at = run_at;
+    rec.leave_progress(now);
+    Ok(())
+}
+
+/// Failed with a retry due -> Pending, runnable from the time the retry was due.
+pub(crate) fn promote(rec: &mut Record, now: u64) -> Result<(), Refusal> {
+    let Some(due) = rec
+        .next_attempt_at
+        .filter(|_| rec.state == JobState::Failed)
+    else {
+        return Err(Refusal::InvalidState("promote"));
+    };
+    rec.state = JobState::Pending;
+    rec.run_at = due;
+    rec.next_attempt_at = None;
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// Failed (scheduled or terminal) -> Pending now, with a fresh attempt chain.
+pub(crate) fn retry(rec: &mut Record, now: u64) -> Result<(), Refusal> {
+    if rec.state != JobState::Failed {
+        return Err(Refusal::InvalidState("retry"));
+    }
+    rec.state = JobState::Pending;
+    rec.attempts = 0;
+    rec.manual_retries = rec.manual_retries.saturating_add(1);
+    rec.run_at = now;
+    rec.next_attempt_at = None;
+    rec.finished_at = None;
+    rec.last_backoff_ms = None;
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// Pending, InProgress or Failed-with-retry -> Failed for good with the error "cancelled". A
+/// worker holding the lease of a cancelled job loses it.
+pub(crate) fn cancel(rec: &mut Record, now: u64) -> Result<(), Refusal> {
+    if !rec.phase().is_live() {
+        return Err(Refusal::InvalidState("cancel"));
+    }
+    rec.last_error = Some("cancelled".to_owned());
+    rec.finish(JobState::Failed, now);
+    Ok(())
+}
+
+/// `text`, cut to at most [`MAX_TEXT`] bytes at a char boundary.
+pub(crate) fn truncate(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn pending() -> Record {
+        Record {
+            queue: "q".into(),
+            state: JobState::Pending,
+            priority: 0,
+            attempts: 0,
+            max_attempts: 3,
+            run_at: 0,
+            next_attempt_at: None,
+            last_error: None,
+            unique_key: None,
+            concurrency_key: None,
+            progress: None,
+            lease_token: 0,
+            lease_expires_at: None,
+            timeout_ms: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+            manual_retries: 0,
+            last_backoff_ms: None,
+        }
+    }
+
+    fn claimed(token: u64) -> Record {
+        let mut r = pending();
+        claim(&mut r, 1_000, TTL, token);
+        r
+    }
+
+    fn fixed() -> Backoff {
+        Backoff::fixed(Duration::from_secs(10))
+    }
+
+    #[test]
+    fn claim_counts_the_attempt_and_sets_the_lease() {
+        let r = claimed(7);
+        assert_eq!(r.state, JobState::InProgress);
+        assert_eq!(r.attempts, 1);
+        assert_eq!(r.lease_token, 7);
+        assert_eq!(r.lease_expires_at, Some(31_000));
+    }
+
+    #[test]
+    fn stale_token_is_refused_by_every_lease_transition_and_changes_nothing() {
+        let r = claimed(7);
+        let mut c = r.clone();
+        assert_eq!(complete(&mut c, 6, 2_000), Err(Refusal::LeaseLost));
+        assert_eq!(
+            fail(&mut c, 6, 2_000, "x", &fixed(), 0),
+            Err(Refusal::LeaseLost)
+        );
+        assert_eq!(discard(&mut c, 6, 2_000, "x"), Err(Refusal::LeaseLost));
+        assert_eq!(snooze(&mut c, 6, 2_000, 9_000), Err(Refusal::LeaseLost));
+        assert_eq!(heartbeat(&mut c, 6, 2_000, TTL), Err(Refusal::LeaseLost));
+        assert_eq!(set_progress(&mut c, 6, 2_000, "p"), Err(Refusal::LeaseLost));
+        assert_eq!(c, r);
+    }
+
+    #[test]
+    fn a_settled_record_refuses_its_own_token_again() {
+        let mut r = claimed(7);
+        complete(&mut r, 7, 2_000).unwrap();
+        assert_eq!(complete(&mut r, 7, 2_000), Err(Refusal::LeaseLost));
+        assert_eq!(r.state, JobState::Succeeded);
+        assert_eq!(r.finished_at, Some(2_000));
+    }
+
+    #[test]
+    fn fail_schedules_a_retry_until_attempts_are_spent() {
+        let mut r = claimed(1);
+        fail(&mut r, 1, 2_000, "boom", &fixed(), 0).unwrap();
+        assert_eq!(r.phase(), Phase::Retrying);
+        assert_eq!(r.next_attempt_at, Some(12_000));
+        promote(&mut r, 12_000).unwrap();
+        assert_eq!((r.state, r.run_at), (JobState::Pending, 12_000));
+        claim(&mut r, 12_000, TTL, 2);
+        fail(&mut r, 2, 13_000, "boom", &fixed(), 0).unwrap();
+        promote(&mut r, 23_000).unwrap();
+        claim(&mut r, 23_000, TTL, 3);
+        fail(&mut r, 3, 24_000, "last", &fixed(), 0).unwrap();
+        assert_eq!(r.phase(), Phase::Dead);
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.last_error.as_deref(), Some("last"));
+        assert_eq!(r.finished_at, Some(24_000));
+    }
+
+    #[test]
+    fn snooze_gives_the_attempt_back() {
+        let mut r = claimed(1);
+        snooze(&mut r, 1, 2_000, 60_000).unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.run_at),
+            (JobState::Pending, 0, 60_000)
+        );
+        assert_eq!(r.lease_expires_at, None);
+    }
+
+    #[test]
+    fn discard_is_terminal_with_attempts_left() {
+        let mut r = claimed(1);
+        discard(&mut r, 1, 2_000, "bad payload").unwrap();
+        assert_eq!(r.phase(), Phase::Dead);
+    }
+
+    #[test]
+    fn recover_counts_as_a_failed_attempt() {
+        let mut r = claimed(1);
+        recover(&mut r, 40_000, &fixed(), 0);
+        assert_eq!(r.phase(), Phase::Retrying);
+        assert_eq!(r.last_error.as_deref(), Some("lease expired"));
+    }
+
+    #[test]
+    fn retry_starts_a_fresh_chain_from_any_failure() {
+        let mut r = claimed(1);
+        discard(&mut r, 1, 2_000, "x").unwrap();
+        retry(&mut r, 3_000).unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.manual_retries),
+            (JobState::Pending, 0, 1)
+        );
+        assert_eq!(r.finished_at, None);
+        assert_eq!(retry(&mut r, 3_000), Err(Refusal::InvalidState("retry")));
+    }
+
+    #[test]
+    fn cancel_applies_to_live_jobs_only() {
+        let mut p = pending();
+        cancel(&mut p, 5).unwrap();
+        assert_eq!(p.phase(), Phase::Dead);
+        assert_eq!(cancel(&mut p, 6), Err(Refusal::InvalidState("cancel")));
+        let mut c = claimed(4);
+        cancel(&mut c, 5).unwrap();
+        assert_eq!(complete(&mut c, 4, 6), Err(Refusal::LeaseLost));
+    }
+
+    #[test]
+    fn promote_refuses_anything_but_a_scheduled_retry() {
+        let mut r = pending();
+        assert!(promote(&mut r, 0).is_err());
+        let mut d = claimed(1);
+        discard(&mut d, 1, 0, "x").unwrap();
+        assert!(promote(&mut d, 0).is_err());
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_char_boundary() {
+        let s = "é".repeat(MAX_TEXT);
+        let t = truncate(&s);
+        assert!(t.len() <= MAX_TEXT && s.starts_with(&t));
+    }
+}

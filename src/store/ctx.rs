@@ -1,0 +1,269 @@
+//! The write context: the tables of one write transaction, the counters it allocates from, and
+//! the one way a record is written (record, indexes and counts together).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::codec::{decode_inbox, decode_record, encode_record};
+use super::index;
+use super::tables::{
+    BLOCKED, BUSY, COUNTS, DEAD, INBOX, JOBS, LEASES, META, META_NEXT_ID, META_NEXT_TOKEN,
+    PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED, UNIQUE,
+};
+use crate::backoff::Backoff;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::state::{Phase, Record};
+
+/// What every write needs to know about its store.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub clock: Arc<dyn Clock>,
+    pub lease_ttl: Duration,
+    pub backoff: Backoff,
+    pub store_id: u64,
+}
+
+/// Every quern table, open in one write transaction.
+pub(crate) struct Tables<'t> {
+    pub meta: Table<'t, &'static str, u64>,
+    pub inbox: Table<'t, u64, &'static [u8]>,
+    pub jobs: Table<'t, u64, &'static [u8]>,
+    pub payloads: Table<'t, u64, &'static [u8]>,
+    pub ready: Table<'t, &'static [u8], &'static [u8]>,
+    pub scheduled: Table<'t, &'static [u8], &'static [u8]>,
+    pub blocked: Table<'t, &'static [u8], ()>,
+    pub busy: Table<'t, &'static [u8], u64>,
+    pub unique: Table<'t, &'static [u8], u64>,
+    pub retries: Table<'t, &'static [u8], ()>,
+    pub leases: Table<'t, (u64, u64), ()>,
+    pub succeeded: Table<'t, (u64, u64), ()>,
+    pub dead: Table<'t, (u64, u64), ()>,
+    pub counts: Table<'t, &'static [u8], u64>,
+}
+
+/// Wraps a redb failure met while writing.
+pub(crate) fn w(e: impl Into<redb::Error>) -> Error {
+    Error::storage("writing jobs", e)
+}
+
+impl<'t> Tables<'t> {
+    pub(crate) fn open(tx: &'t WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            meta: tx.open_table(META).map_err(w)?,
+            inbox: tx.open_table(INBOX).map_err(w)?,
+            jobs: tx.open_table(JOBS).map_err(w)?,
+            payloads: tx.open_table(PAYLOADS).map_err(w)?,
+            ready: tx.open_table(READY).map_err(w)?,
+            scheduled: tx.open_table(SCHEDULED).map_err(w)?,
+            blocked: tx.open_table(BLOCKED).map_err(w)?,
+            busy: tx.open_table(BUSY).map_err(w)?,
+            unique: tx.open_table(UNIQUE).map_err(w)?,
+            retries: tx.open_table(RETRIES).map_err(w)?,
+            leases: tx.open_table(LEASES).map_err(w)?,
+            succeeded: tx.open_table(SUCCEEDED).map_err(w)?,
+            dead: tx.open_table(DEAD).map_err(w)?,
+            counts: tx.open_table(COUNTS).map_err(w)?,
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<u64> {
+        Ok(self.meta.get(key).map_err(w)?.map_or(0, |g| g.value()))
+    }
+}
+
+/// One past the last id of an id-keyed table, or 0 when it is empty.
+fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
+    Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
+}
+
+/// The most inbox entries indexed by one transaction, so that a long backlog of enqueues is
+/// indexed over several commits rather than in one huge one.
+const DRAIN_LIMIT: usize = 20_000;
+
+/// One write transaction's view of the store, shared by every operation of a group commit.
+pub(crate) struct Ctx<'t> {
+    pub t: Tables<'t>,
+    pub cfg: &'t Config,
+    next_id: u64,
+    next_token: u64,
+    tokens_used: bool,
+    deleted: bool,
+    changed: bool,
+    /// Whether the inbox may hold entries (unknown at the start of a transaction).
+    inbox_maybe: bool,
+}
+
+impl<'t> Ctx<'t> {
+    pub(crate) fn begin(tx: &'t WriteTransaction, cfg: &'t Config) -> Result<Self> {
+        let t = Tables::open(tx)?;
+        let next_id = t
+            .meta(META_NEXT_ID)?
+            .max(after_last(&t.jobs)?)
+            .max(after_last(&t.inbox)?)
+            .max(1);
+        let next_token = t.meta(META_NEXT_TOKEN)?.max(1);
+        Ok(Ctx {
+            t,
+            cfg,
+            next_id,
+            next_token,
+            tokens_used: false,
+            deleted: false,
+            changed: false,
+            inbox_maybe: true,
+        })
+    }
+
+    /// Writes back the counters that must persist. Returns whether any job changed.
+    ///
+    /// The next id needs writing only when jobs were deleted (the highest id may be among them);
+    /// otherwise it is derived from the tables, which keeps an enqueue to one table.
+    pub(crate) fn finish(mut self) -> Result<bool> {
+        if self.tokens_used {
+            self.t
+                .meta
+                .insert(META_NEXT_TOKEN, self.next_token)
+                .map_err(w)?;
+        }
+        if self.deleted {
+            self.t.meta.insert(META_NEXT_ID, self.next_id).map_err(w)?;
+        }
+        Ok(self.changed)
+    }
+
+    /// The store's time, in milliseconds.
+    pub(crate) fn now(&self) -> u64 {
+        self.cfg.clock.now().0
+    }
+
+    pub(crate) fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(crate) fn alloc_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.tokens_used = true;
+        token
+    }
+
+    /// Marks the transaction as having changed jobs (for index moves that rewrite no record).
+    pub(crate) fn touch(&mut self) {
+        self.changed = true;
+    }
+
+    /// Writes a new job to the inbox: the whole cost of an enqueue.
+    pub(crate) fn push_inbox(&mut self, id: u64, entry: &[u8]) -> Result<()> {
+        self.t.inbox.insert(id, entry).map_err(w)?;
+        self.inbox_maybe = true;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Indexes the inbox in id order, up to a bound per transaction. Every operation that
+    /// looks jobs up by state or id calls this first, so that it sees every enqueued job.
+    pub(crate) fn drain_inbox(&mut self) -> Result<()> {
+        if !self.inbox_maybe {
+            return Ok(());
+        }
+        let mut moved = 0;
+        while moved < DRAIN_LIMIT {
+            let batch: Vec<(u64, Vec<u8>)> = self
+                .t
+                .inbox
+                .iter()
+                .map_err(w)?
+                .take(256)
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(w)?;
+            if batch.is_empty() {
+                self.inbox_maybe = false;
+                return Ok(());
+            }
+            for (id, bytes) in batch {
+                self.index_entry(id, &bytes)?;
+                moved += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves one inbox entry into the jobs table and the indexes.
+    fn index_entry(&mut self, id: u64, bytes: &[u8]) -> Result<Record> {
+        let (rec, payload) = decode_inbox(id, bytes)?;
+        self.t.payloads.insert(id, payload).map_err(w)?;
+        self.put(id, None, &rec)?;
+        self.t.inbox.remove(id).map_err(w)?;
+        Ok(rec)
+    }
+
+    /// The record of job `id`, indexing it first if it is still in the inbox.
+    pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Option<Record>> {
+        if let Some(rec) = self.load(id)? {
+            return Ok(Some(rec));
+        }
+        let entry = self.t.inbox.get(id).map_err(w)?.map(|g| g.value().to_vec());
+        entry.map(|bytes| self.index_entry(id, &bytes)).transpose()
+    }
+
+    pub(crate) fn load(&self, id: u64) -> Result<Option<Record>> {
+        match self.t.jobs.get(id).map_err(w)? {
+            Some(bytes) => decode_record(id, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn payload(&self, id: u64) -> Result<Vec<u8>> {
+        Ok(self
+            .t
+            .payloads
+            .get(id)
+            .map_err(w)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Writes `new` as job `id`, which was `old` (`None` for a new job): the record, its index
+    /// entries and the per-queue counts change together.
+    pub(crate) fn put(&mut self, id: u64, old: Option<&Record>, new: &Record) -> Result<()> {
+        let now = self.now();
+        let bytes = encode_record(new)?;
+        self.t.jobs.insert(id, bytes.as_slice()).map_err(w)?;
+        match old {
+            // A heartbeat moves only the lease entry.
+            Some(old) if old.phase() == Phase::InProgress && new.phase() == Phase::InProgress => {
+                index::move_lease(&mut self.t, id, old, new)?;
+            }
+            Some(old) => {
+                index::remove(&mut self.t, id, old)?;
+                index::insert(&mut self.t, id, new, now)?;
+                index::pass_concurrency_key(&mut self.t, old, new)?;
+                index::count(&mut self.t, old, -1)?;
+                index::count(&mut self.t, new, 1)?;
+            }
+            None => {
+                index::insert(&mut self.t, id, new, now)?;
+                index::count(&mut self.t, new, 1)?;
+            }
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Deletes job `id` and everything that points to it.
+    pub(crate) fn delete(&mut self, id: u64, old: &Record) -> Result<()> {
+        index::remove(&mut self.t, id, old)?;
+        index::count(&mut self.t, old, -1)?;
+        self.t.jobs.remove(id).map_err(w)?;
+        self.t.payloads.remove(id).map_err(w)?;
+        self.deleted = true;
+        self.changed = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Writing work: enqueue and enqueue_batch, with unique-key coalescing.
+
+use redb::ReadableTable;
+
+use super::codec::{encode_inbox, keyed};
+use super::ctx::{Ctx, w};
+use crate::error::{Error, Result};
+use crate::job::{Enqueued, JobId, NewJob, duration_ms};
+use crate::state::{JobState, Record};
+
+/// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// The longest queue name, in bytes.
+pub const MAX_QUEUE_NAME: usize = 255;
+/// The longest unique or concurrency key, in bytes.
+pub const MAX_KEY: usize = 1024;
+
+pub(crate) fn validate_queue(queue: &str) -> Result<()> {
+    if queue.is_empty() {
+        return Err(Error::invalid("queue name", "it is empty"));
+    }
+    if queue.len() > MAX_QUEUE_NAME {
+        return Err(Error::invalid(
+            "queue name",
+            format!("{} bytes, the limit is {MAX_QUEUE_NAME}", queue.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_key(what: &'static str, key: Option<&str>) -> Result<()> {
+    match key {
+        Some("") => Err(Error::invalid(what, "it is empty")),
+        Some(k) if k.len() > MAX_KEY => Err(Error::invalid(
+            what,
+            format!("{} bytes, the limit is {MAX_KEY}", k.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a job that could not be stored or run, before anything is written.
+pub(crate) fn validate(job: &NewJob) -> Result<()> {
+    validate_queue(&job.queue)?;
+    if job.payload.len() > MAX_PAYLOAD {
+        return Err(Error::invalid(
+            "payload",
+            format!(
+                "{} bytes for queue {:?}, the limit is {MAX_PAYLOAD}",
+                job.payload.len(),
+                job.queue
+            ),
+        ));
+    }
+    if job.max_attempts == 0 {
+        return Err(Error::invalid("max_attempts", "it must be at least 1"));
+    }
+    validate_key("unique key", job.unique_key.as_deref())?;
+    validate_key("concurrency key", job.concurrency_key.as_deref())?;
+    Ok(())
+}
+
+/// Writes one validated job to the inbox (and its unique key, so that duplicates are answered at
+/// once), or finds the live job holding its unique key.
+pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
+    if let Some(u) = &job.unique_key
+        && let Some(existing) =
+            cx.t.unique
+                .get(keyed(&job.queue, u).as_slice())
+                .map_err(w)?
+    {
+        return Ok(Enqueued::Duplicate(JobId(existing.value())));
+    }
+    let now = cx.now();
+    let id = cx.alloc_id();
+    let rec = Record {
+        queue: job.queue,
+        state: JobState::Pending,
+        priority: job.priority,
+        attempts: 0,
+        max_attempts: job.max_attempts,
+        run_at: job.run_at.resolve(crate::job::Timestamp(now)).0,
+        next_attempt_at: None,
+        last_error: None,
+        unique_key: job.unique_key,
+        concurrency_key: job.concurrency_key,
+        progress: None,
+        lease_token: 0,
+        lease_expires_at: None,
+        timeout_ms: job.timeout.map(duration_ms),
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        manual_retries: 0,
+        last_backoff_ms: None,
+    };
+    if let Some(u) = &rec.unique_key {
+        cx.t.unique
+            .insert(keyed(&rec.queue, u).as_slice(), id)
+            .map_err(w)?;
+    }
+    cx.push_inbox(id, &encode_inbox(&rec, &job.payload)?)?;
+    tracing::debug!(job = id, queue = %rec.queue, "enqueued");
+    Ok(Enqueued::Created(JobId(id)))
+}
+
+/// Writes all of `jobs` or none: every job is validated before the first is written.
+pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    jobs.iter().try_for_each(validate)?;
+    jobs.into_iter().map(|job| enqueue(cx, job)).collect()
+}

@@ -1,0 +1,179 @@
+//! Housekeeping and operator calls: promote due retries, recover expired leases, manual retry,
+//! cancel, prune. Each reads only the index range it acts on.
+
+use redb::ReadableTable;
+
+use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
+use super::ctx::{Ctx, w};
+use super::index;
+use super::work::jitter_seed;
+use crate::error::{Error, Result};
+use crate::job::{JobId, Timestamp};
+use crate::state::{self, Phase, Refusal};
+
+/// Failed jobs whose retry is due -> Pending. Returns how many moved.
+pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
+    cx.drain_inbox()?;
+    let now = cx.now();
+    let mut moved = 0;
+    for queue in index::queues(&cx.t.counts)? {
+        let prefix = queue_prefix(&queue);
+        let hi = prefix_then(&prefix_then(&prefix, now), u64::MAX);
+        let due: Vec<u64> =
+            cx.t.retries
+                .range(prefix.as_slice()..=hi.as_slice())
+                .map_err(w)?
+                .map(|e| {
+                    let (k, _) = e.map_err(w)?;
+                    timed_tail(k.value()).map(|(_, id)| id)
+                })
+                .collect::<Result<_>>()?;
+        for id in due {
+            let old = cx.load(id)?.ok_or_else(|| dangling("retries", id))?;
+            let mut rec = old.clone();
+            state::promote(&mut rec, now).map_err(|_| Error::Corrupt {
+                what: "retries index".into(),
+                detail: format!("entry for job {id}, which is {}", old.state),
+            })?;
+            cx.put(id, Some(&old), &rec)?;
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        tracing::debug!(jobs = moved, "promoted due retries");
+    }
+    Ok(moved)
+}
+
+/// In-progress jobs whose lease expired -> a failed attempt ("lease expired"). Returns how many.
+pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
+    cx.drain_inbox()?;
+    let now = cx.now();
+    let expired: Vec<u64> =
+        cx.t.leases
+            .range(..=(now, u64::MAX))
+            .map_err(w)?
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .map_err(w)?;
+    let backoff = cx.cfg.backoff;
+    for &id in &expired {
+        let old = cx.load(id)?.ok_or_else(|| dangling("leases", id))?;
+        let mut rec = old.clone();
+        state::recover(&mut rec, now, &backoff, jitter_seed(id, &old));
+        cx.put(id, Some(&old), &rec)?;
+        tracing::warn!(
+            job = id, queue = %rec.queue, attempt = rec.attempts,
+            "recovered job whose lease expired"
+        );
+    }
+    Ok(expired.len() as u64)
+}
+
+/// A failed job -> Pending now, with a fresh attempt chain.
+pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
+    let now = cx.now();
+    let old = cx.load_indexed(id.0)?.ok_or(Error::NotFound { job: id })?;
+    let mut rec = old.clone();
+    state::retry(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
+    if let Some(u) = &rec.unique_key {
+        let holder =
+            cx.t.unique
+                .get(keyed(&rec.queue, u).as_slice())
+                .map_err(w)?;
+        if let Some(existing) = holder.map(|g| g.value()).filter(|&h| h != id.0) {
+            return Err(Error::UniqueConflict {
+                job: id,
+                existing: JobId(existing),
+            });
+        }
+    }
+    cx.put(id.0, Some(&old), &rec)?;
+    tracing::info!(job = %id, queue = %rec.queue, "retried by hand");
+    Ok(())
+}
+
+/// A live job -> Failed for good, "cancelled".
+pub(crate) fn cancel(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
+    let now = cx.now();
+    let old = cx.load_indexed(id.0)?.ok_or(Error::NotFound { job: id })?;
+    let mut rec = old.clone();
+    state::cancel(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
+    cx.put(id.0, Some(&old), &rec)?;
+    tracing::info!(job = %id, queue = %rec.queue, "cancelled");
+    Ok(())
+}
+
+/// Deletes succeeded jobs that finished before `succeeded_before`, terminally failed jobs that
+/// finished before `failed_before`, and then the oldest terminal failures beyond `max_failed`.
+/// Returns how many.
+pub(crate) fn prune(
+    cx: &mut Ctx<'_>,
+    succeeded_before: Timestamp,
+    failed_before: Timestamp,
+    max_failed: Option<u64>,
+) -> Result<u64> {
+    let mut doomed = finished_before(&cx.t.succeeded, succeeded_before, usize::MAX)?;
+    let old_failures = finished_before(&cx.t.dead, failed_before, usize::MAX)?;
+    let failed_left = dead_count(cx)?.saturating_sub(old_failures.len() as u64);
+    let excess = max_failed.map_or(0, |max| failed_left.saturating_sub(max));
+    let excess = usize::try_from(excess).unwrap_or(usize::MAX);
+    doomed.extend(finished_before(
+        &cx.t.dead,
+        Timestamp(u64::MAX),
+        old_failures.len().saturating_add(excess),
+    )?);
+    for &id in &doomed {
+        let rec = cx.load(id)?.ok_or_else(|| dangling("finished", id))?;
+        cx.delete(id, &rec)?;
+    }
+    if !doomed.is_empty() {
+        tracing::info!(jobs = doomed.len(), "pruned finished jobs");
+    }
+    Ok(doomed.len() as u64)
+}
+
+/// Up to `limit` ids of a finished index, oldest first, that finished before `cut`.
+fn finished_before(
+    table: &redb::Table<'_, (u64, u64), ()>,
+    cut: Timestamp,
+    limit: usize,
+) -> Result<Vec<u64>> {
+    table
+        .range(..(cut.0, 0))
+        .map_err(w)?
+        .take(limit)
+        .map(|e| e.map(|(k, _)| k.value().1).map_err(w))
+        .collect()
+}
+
+fn dead_count(cx: &Ctx<'_>) -> Result<u64> {
+    let mut total = 0;
+    for queue in index::queues(&cx.t.counts)? {
+        let key = count_key(&queue, Phase::Dead.code());
+        total +=
+            cx.t.counts
+                .get(key.as_slice())
+                .map_err(w)?
+                .map_or(0, |g| g.value());
+    }
+    Ok(total)
+}
+
+fn refused(id: u64, rec: &state::Record, r: Refusal) -> Error {
+    match r {
+        Refusal::LeaseLost => Error::LeaseLost { job: JobId(id) },
+        Refusal::InvalidState(operation) => Error::InvalidState {
+            job: JobId(id),
+            state: rec.state,
+            operation,
+        },
+    }
+}
+
+fn dangling(index: &str, id: u64) -> Error {
+    Error::Corrupt {
+        what: format!("{index} index"),
+        detail: format!("entry for job {id}, which does not exist"),
+    }
+}

@@ -1,0 +1,207 @@
+//! Index maintenance. Which index entries a job has is a function of its record (see
+//! `docs/design.md`); these functions add and remove exactly those entries.
+
+use redb::ReadableTable;
+
+use super::codec::{
+    blocked_key, count_key, keyed, ordered_tail, ready_key, scheduled_value, timed_key,
+};
+use super::ctx::{Tables, w};
+use crate::error::Result;
+use crate::state::{Phase, Record};
+
+/// Removes every index entry `rec` can have. A pending job may sit in ready, scheduled or
+/// blocked depending on when it was last looked at; all three are tried.
+pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
+    let q = rec.queue.as_str();
+    match rec.phase() {
+        Phase::Pending => {
+            t.ready
+                .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
+                .map_err(w)?;
+            t.scheduled
+                .remove(timed_key(q, rec.run_at, id).as_slice())
+                .map_err(w)?;
+            if let Some(k) = &rec.concurrency_key {
+                t.blocked
+                    .remove(blocked_key(q, k, rec.priority, rec.run_at, id).as_slice())
+                    .map_err(w)?;
+            }
+        }
+        Phase::InProgress => {
+            if let Some(exp) = rec.lease_expires_at {
+                t.leases.remove((exp, id)).map_err(w)?;
+            }
+            if let Some(k) = &rec.concurrency_key {
+                remove_if_owned(&mut t.busy, &keyed(q, k), id)?;
+            }
+        }
+        Phase::Retrying => {
+            if let Some(next) = rec.next_attempt_at {
+                t.retries
+                    .remove(timed_key(q, next, id).as_slice())
+                    .map_err(w)?;
+            }
+        }
+        Phase::Succeeded => {
+            if let Some(at) = rec.finished_at {
+                t.succeeded.remove((at, id)).map_err(w)?;
+            }
+        }
+        Phase::Dead => {
+            if let Some(at) = rec.finished_at {
+                t.dead.remove((at, id)).map_err(w)?;
+            }
+        }
+    }
+    if rec.phase().is_live()
+        && let Some(u) = &rec.unique_key
+    {
+        remove_if_owned(&mut t.unique, &keyed(q, u), id)?;
+    }
+    Ok(())
+}
+
+/// Adds the index entries of `rec` as of `now`.
+pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<()> {
+    let q = rec.queue.as_str();
+    let ckey = rec.concurrency_key.as_deref();
+    match rec.phase() {
+        Phase::Pending if rec.run_at <= now => {
+            t.ready
+                .insert(
+                    ready_key(q, rec.priority, rec.run_at, id).as_slice(),
+                    ckey.unwrap_or("").as_bytes(),
+                )
+                .map_err(w)?;
+        }
+        Phase::Pending => {
+            t.scheduled
+                .insert(
+                    timed_key(q, rec.run_at, id).as_slice(),
+                    scheduled_value(rec.priority, ckey).as_slice(),
+                )
+                .map_err(w)?;
+        }
+        Phase::InProgress => {
+            if let Some(exp) = rec.lease_expires_at {
+                t.leases.insert((exp, id), ()).map_err(w)?;
+            }
+            if let Some(k) = ckey {
+                t.busy.insert(keyed(q, k).as_slice(), id).map_err(w)?;
+            }
+        }
+        Phase::Retrying => {
+            if let Some(next) = rec.next_attempt_at {
+                t.retries
+                    .insert(timed_key(q, next, id).as_slice(), ())
+                    .map_err(w)?;
+            }
+        }
+        Phase::Succeeded => {
+            if let Some(at) = rec.finished_at {
+                t.succeeded.insert((at, id), ()).map_err(w)?;
+            }
+        }
+        Phase::Dead => {
+            if let Some(at) = rec.finished_at {
+                t.dead.insert((at, id), ()).map_err(w)?;
+            }
+        }
+    }
+    if rec.phase().is_live()
+        && let Some(u) = &rec.unique_key
+    {
+        t.unique.insert(keyed(q, u).as_slice(), id).map_err(w)?;
+    }
+    Ok(())
+}
+
+/// A heartbeat: the lease entry moves to the new expiry.
+pub(crate) fn move_lease(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record) -> Result<()> {
+    if old.lease_expires_at != new.lease_expires_at {
+        if let Some(exp) = old.lease_expires_at {
+            t.leases.remove((exp, id)).map_err(w)?;
+        }
+        if let Some(exp) = new.lease_expires_at {
+            t.leases.insert((exp, id), ()).map_err(w)?;
+        }
+    }
+    Ok(())
+}
+
+/// When a job with a concurrency key stops running or stops waiting to run, the next blocked
+/// job of that key (if any, and if the key is free) moves back to ready. This keeps the
+/// invariant: blocked entries of a key exist only while the key is busy or a pending job of that
+/// key is in ready or scheduled, so a blocked job is never stranded.
+pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Record) -> Result<()> {
+    let Some(k) = &old.concurrency_key else {
+        return Ok(());
+    };
+    let was_holding = matches!(old.phase(), Phase::Pending | Phase::InProgress);
+    if !was_holding || new.phase() == Phase::InProgress {
+        return Ok(());
+    }
+    let q = old.queue.as_str();
+    let key = keyed(q, k);
+    if t.busy.get(key.as_slice()).map_err(w)?.is_some() {
+        return Ok(());
+    }
+    let first = {
+        let mut range = t.blocked.range(key.as_slice()..).map_err(w)?;
+        match range.next() {
+            Some(entry) => {
+                let (k, _) = entry.map_err(w)?;
+                let k = k.value().to_vec();
+                k.starts_with(&key).then_some(k)
+            }
+            None => None,
+        }
+    };
+    if let Some(bk) = first {
+        let (priority, run_at, id) = ordered_tail(&bk)?;
+        t.blocked.remove(bk.as_slice()).map_err(w)?;
+        t.ready
+            .insert(ready_key(q, priority, run_at, id).as_slice(), k.as_bytes())
+            .map_err(w)?;
+    }
+    Ok(())
+}
+
+/// Adds `delta` to the count of `rec`'s queue and phase.
+pub(crate) fn count(t: &mut Tables<'_>, rec: &Record, delta: i64) -> Result<()> {
+    let key = count_key(&rec.queue, rec.phase().code());
+    let current = t
+        .counts
+        .get(key.as_slice())
+        .map_err(w)?
+        .map_or(0, |g| g.value());
+    let next = current.saturating_add_signed(delta);
+    t.counts.insert(key.as_slice(), next).map_err(w)?;
+    Ok(())
+}
+
+fn remove_if_owned(
+    table: &mut redb::Table<'_, &'static [u8], u64>,
+    key: &[u8],
+    id: u64,
+) -> Result<()> {
+    let owned = table.get(key).map_err(w)?.is_some_and(|g| g.value() == id);
+    if owned {
+        table.remove(key).map_err(w)?;
+    }
+    Ok(())
+}
+
+/// The queues that have ever held a job, from the counts table.
+pub(crate) fn queues(counts: &impl ReadableTable<&'static [u8], u64>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in counts.iter().map_err(w)? {
+        let (k, _) = entry.map_err(w)?;
+        let (queue, _) = super::codec::parse_count_key(k.value())?;
+        if out.last() != Some(&queue) {
+            out.push(queue);
+        }
+    }
+    Ok(out)
+}

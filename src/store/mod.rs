@@ -1,0 +1,766 @@
+//! The durable store: the only module that touches redb.
+//!
+//! Layout: `tables` (every table and the format version), `codec` (record and key encoding),
+//! `ctx` (one write transaction's view), `index` (index maintenance), `writer` (group commit),
+//! and one file per family of operations: `enqueue`, `work` (claim and lease-holder calls),
+//! `housekeeping`, `read`.
+
+mod codec;
+mod ctx;
+mod enqueue;
+mod housekeeping;
+mod index;
+mod read;
+mod tables;
+mod watermark;
+mod work;
+mod writer;
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
+
+pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
+pub use read::{Filter, QueueStats, Stats};
+
+use self::ctx::{Config, Ctx};
+use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID};
+use self::watermark::Watermark;
+use self::writer::{Request, Writer};
+use crate::backoff::Backoff;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result, StorageError};
+use crate::job::{Claimed, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+
+/// The default lease of a claim: 30 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// A quern database: durable queues of jobs in one redb file.
+///
+/// `Store` is cheap to clone (an `Arc` inside) and `Send + Sync`. Every call that changes jobs
+/// is one write transaction, committed durably before the call returns; calls from many threads
+/// at once share commits (group commit). The database file is closed when the last clone is
+/// dropped.
+///
+/// Writing methods return [`Error::Poisoned`] once a commit has failed with an I/O error: the
+/// store refuses writes until it is reopened, so that nothing is built on a half-written state.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order matters: the writer thread is joined before the database is dropped.
+    writer: Option<Writer>,
+    db: Db,
+    path: PathBuf,
+    cfg: Arc<Config>,
+    watermark: Arc<Watermark>,
+    poisoned: Arc<AtomicBool>,
+}
+
+enum Db {
+    Writable(Arc<Database>),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("read_only", &self.is_read_only())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long finished jobs are kept; see [`Store::apply_retention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Succeeded jobs are deleted this long after they finished. Default: 24 h.
+    pub succeeded: Duration,
+    /// Jobs that failed for good are deleted this long after they finished. Default: 7 days.
+    pub failed: Duration,
+    /// At most this many failed-for-good jobs are kept (the oldest go first). Default: 100,000.
+    pub max_failed: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            succeeded: Duration::from_secs(24 * 3600),
+            failed: Duration::from_secs(7 * 24 * 3600),
+            max_failed: Some(100_000),
+        }
+    }
+}
+
+/// When [`Store::prune`] cuts: an age, or a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Jobs that finished longer ago than this, by the store's clock.
+    Age(Duration),
+    /// Jobs that finished before this time.
+    Before(Timestamp),
+}
+
+impl From<Duration> for Cutoff {
+    fn from(d: Duration) -> Self {
+        Cutoff::Age(d)
+    }
+}
+
+impl From<Timestamp> for Cutoff {
+    fn from(t: Timestamp) -> Self {
+        Cutoff::Before(t)
+    }
+}
+
+/// Options for opening a [`Store`]; see [`Store::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct StoreBuilder {
+    lease_ttl: Duration,
+    backoff: Backoff,
+    clock: Arc<dyn Clock>,
+    exclusive: bool,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder {
+            lease_ttl: DEFAULT_LEASE_TTL,
+            backoff: Backoff::default(),
+            clock: Arc::new(SystemClock),
+            exclusive: false,
+        }
+    }
+}
+
+impl StoreBuilder {
+    /// How long a claim holds its job before it can be recovered, unless heartbeats extend it.
+    /// Default: 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// The retry schedule of failed attempts. Default: 30 s doubling to a 10 min cap, equal
+    /// jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The clock every time is read from. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Lock the whole file, so that no other process may even read it while this store is open.
+    /// Default: false: read-only processes (the `quern` utility, [`Store::open_read_only`]) may
+    /// follow the writer's commits live.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// Opens the database at `path` for writing, creating it if missing.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] when another process (or another store in this one) writes it;
+    /// [`Error::NotQuern`] for a redb file quern did not write; [`Error::UnsupportedFormat`]
+    /// for a newer format; [`Error::Open`] when the file cannot be read as a database.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let mode = if self.exclusive {
+            ConcurrencyMode::ExclusiveWriter
+        } else {
+            ConcurrencyMode::SingleWriter
+        };
+        let db = guarded_open(&path, || {
+            redb::Builder::new()
+                .set_concurrency_mode(mode)
+                .create(&path)
+        })?;
+        let store_id = init_header(&db, &path)?;
+        let cfg = Arc::new(Config {
+            clock: self.clock,
+            lease_ttl: self.lease_ttl,
+            backoff: self.backoff,
+            store_id,
+        });
+        let db = Arc::new(db);
+        let watermark = Arc::new(Watermark::new());
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = Writer::spawn(db.clone(), cfg.clone(), watermark.clone(), poisoned.clone())
+            .map_err(|e| Error::Open {
+                path: path.clone(),
+                source: StorageError(Arc::new(redb::StorageError::Io(e).into())),
+            })?;
+        tracing::info!(path = %path.display(), "opened quern store");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Some(writer),
+                db: Db::Writable(db),
+                path,
+                cfg,
+                watermark,
+                poisoned,
+            }),
+        })
+    }
+
+    /// Opens the database at `path` read-only, alongside a live writer process. Each read sees
+    /// the writer's latest commit.
+    ///
+    /// # Errors
+    /// As [`StoreBuilder::open`], and [`Error::AlreadyOpen`] when the writer locked the file
+    /// exclusively.
+    pub fn open_read_only(self, path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let db = guarded_open(&path, || {
+            redb::Builder::new()
+                .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .open_read_only(&path)
+        })?;
+        let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
+        let store_id = read_header(&tx, &path)?;
+        drop(tx);
+        let cfg = Arc::new(Config {
+            clock: self.clock,
+            lease_ttl: self.lease_ttl,
+            backoff: self.backoff,
+            store_id,
+        });
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: None,
+                db: Db::ReadOnly(db),
+                path,
+                cfg,
+                watermark: Arc::new(Watermark::new()),
+                poisoned: Arc::new(AtomicBool::new(false)),
+            }),
+        })
+    }
+}
+
+/// Runs a redb open, turning its errors, and a panic on a damaged file, into quern errors.
+fn guarded_open<D>(
+    path: &Path,
+    open: impl FnOnce() -> std::result::Result<D, redb::DatabaseError>,
+) -> Result<D> {
+    match catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(
+            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch,
+        )) => Err(Error::AlreadyOpen {
+            path: path.to_path_buf(),
+        }),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(_) => Err(Error::Corrupt {
+            what: format!("database file {}", path.display()),
+            detail: "the storage engine could not read it".into(),
+        }),
+    }
+}
+
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> Error {
+    Error::Open {
+        path: path.to_path_buf(),
+        source: StorageError(Arc::new(e.into())),
+    }
+}
+
+/// Checks the header of a writable database, writing it (and every table) into a new one.
+/// Returns the store id.
+fn init_header(db: &Database, path: &Path) -> Result<u64> {
+    let tx = db.begin_write().map_err(|e| open_error(path, e))?;
+    let fresh = {
+        let mut tables = tx.list_tables().map_err(|e| open_error(path, e))?;
+        tables.next().is_none()
+    };
+    if fresh {
+        {
+            let mut t = ctx::Tables::open(&tx)?;
+            let id = random_id();
+            for (k, v) in [(META_FORMAT, FORMAT_VERSION), (META_STORE_ID, id)] {
+                t.meta.insert(k, v).map_err(|e| open_error(path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| open_error(path, e))?;
+        tracing::info!(path = %path.display(), "created quern database");
+    } else {
+        drop(tx);
+    }
+    let rtx = db.begin_read().map_err(|e| open_error(path, e))?;
+    read_header(&rtx, path)
+}
+
+fn read_header(tx: &ReadTransaction, path: &Path) -> Result<u64> {
+    let not_quern = || Error::NotQuern {
+        path: path.to_path_buf(),
+    };
+    let meta = match tx.open_table(META) {
+        Ok(m) => m,
+        Err(
+            redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. },
+        ) => {
+            return Err(not_quern());
+        }
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let get = |k: &str| -> Result<Option<u64>> {
+        Ok(meta
+            .get(k)
+            .map_err(|e| open_error(path, e))?
+            .map(|g| g.value()))
+    };
+    let version = get(META_FORMAT)?.ok_or_else(not_quern)?;
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    get(META_STORE_ID)?.ok_or_else(not_quern)
+}
+
+/// A random id from the standard library's randomly seeded hasher.
+fn random_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(SystemClock.now().0);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+impl Store {
+    /// Opens the database at `path` for writing with default options, creating it if missing.
+    ///
+    /// # Errors
+    /// See [`StoreBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        StoreBuilder::default().open(path)
+    }
+
+    /// Options for opening a store.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+
+    /// Opens the database at `path` read-only, alongside a live writer process.
+    ///
+    /// # Errors
+    /// See [`StoreBuilder::open_read_only`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        StoreBuilder::default().open_read_only(path)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether this store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.inner.db, Db::ReadOnly(_))
+    }
+
+    /// The current time by the store's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.cfg.clock.now()
+    }
+
+    /// The default lease of a claim.
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.cfg.lease_ttl
+    }
+
+    /// Runs `op` in the writer's next group commit and waits for the commit.
+    fn call<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let writer = self.writer()?;
+        writer.send_or_commit(Box::new(Request {
+            op,
+            reply: Box::new(move |r| {
+                // The caller waits on `rx` until this is sent.
+                let _ = tx.send(r);
+            }),
+        }))?;
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Runs `op` in the writer's next group commit, without blocking; the future resolves after
+    /// the commit.
+    #[allow(dead_code)]
+    pub(crate) async fn call_async<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer()?.send(Box::new(Request {
+            op,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        }))?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    fn writer(&self) -> Result<&Writer> {
+        let writer = self.inner.writer.as_ref().ok_or(Error::ReadOnly)?;
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        Ok(writer)
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
+        let tx = match &self.inner.db {
+            Db::Writable(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(|e| Error::storage("beginning a read transaction", e))?;
+        f(&tx)
+    }
+
+    /// Enqueues one job, durably.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty or over-long queue name, a payload over
+    /// [`MAX_PAYLOAD`], `max_attempts` of 0 or an empty or over-long key; [`Error::ReadOnly`];
+    /// storage errors.
+    pub fn enqueue(&self, job: NewJob) -> Result<Enqueued> {
+        enqueue::validate(&job)?;
+        self.call(move |cx| enqueue::enqueue(cx, job))
+    }
+
+    /// Enqueues many jobs in one transaction: all are written or none. Outcomes are in input
+    /// order; a job whose unique key is held (also by an earlier job of the same batch) is a
+    /// [`Enqueued::Duplicate`].
+    ///
+    /// # Errors
+    /// As [`Store::enqueue`], for any job of the batch; then nothing is written.
+    pub fn enqueue_batch(&self, jobs: impl IntoIterator<Item = NewJob>) -> Result<Vec<Enqueued>> {
+        let jobs: Vec<NewJob> = jobs.into_iter().collect();
+        jobs.iter().try_for_each(enqueue::validate)?;
+        self.call(move |cx| enqueue::enqueue_batch(cx, jobs))
+    }
+
+    /// Claims up to `n` due pending jobs of `queue`: priority descending, then `run_at`, then
+    /// id; a job whose concurrency key is in progress is skipped. Each claimed job is in
+    /// progress with its attempt counted and a fresh lease, all in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad queue name; [`Error::ReadOnly`]; storage errors.
+    pub fn claim(&self, queue: &str, n: usize) -> Result<Vec<Claimed>> {
+        enqueue::validate_queue(queue)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let queue = queue.to_owned();
+        self.call(move |cx| work::claim(cx, &queue, n))
+    }
+
+    /// Extends the lease to now + the lease TTL.
+    ///
+    /// A lease that expired but whose job was not yet recovered can still be extended: the job
+    /// was not given to anyone else.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the job is no longer in progress under this lease;
+    /// [`Error::ForeignLease`]; storage errors.
+    pub fn heartbeat(&self, lease: &Lease) -> Result<()> {
+        let lease = lease_ref(lease);
+        self.call(move |cx| work::heartbeat(cx, &lease))
+    }
+
+    /// Records progress text (cut to 4 KiB), visible in [`Store::get`] while the job runs.
+    ///
+    /// # Errors
+    /// As [`Store::heartbeat`].
+    pub fn set_progress(&self, lease: &Lease, progress: impl Into<String>) -> Result<()> {
+        let lease = lease_ref(lease);
+        let progress = progress.into();
+        self.call(move |cx| work::set_progress(cx, &lease, &progress))
+    }
+
+    /// InProgress -> Succeeded.
+    ///
+    /// # Errors
+    /// As [`Store::heartbeat`].
+    pub fn complete(&self, lease: Lease) -> Result<()> {
+        self.call(move |cx| work::complete(cx, &lease))
+    }
+
+    /// InProgress -> Failed: the next attempt is scheduled at now + backoff(attempts), or, when
+    /// the attempts are spent, the job fails for good. The error is kept (cut to 4 KiB).
+    ///
+    /// # Errors
+    /// As [`Store::heartbeat`].
+    pub fn fail(&self, lease: Lease, error: impl Into<String>) -> Result<()> {
+        let error = error.into();
+        self.call(move |cx| work::fail(cx, &lease, &error))
+    }
+
+    /// InProgress -> Failed for good, whatever attempts remain.
+    ///
+    /// # Errors
+    /// As [`Store::heartbeat`].
+    pub fn discard(&self, lease: Lease, error: impl Into<String>) -> Result<()> {
+        let error = error.into();
+        self.call(move |cx| work::discard(cx, &lease, &error))
+    }
+
+    /// InProgress -> Pending at now + `delay`, with the attempt given back: a dependency that is
+    /// not ready is not a failure.
+    ///
+    /// # Errors
+    /// As [`Store::heartbeat`].
+    pub fn snooze(&self, lease: Lease, delay: Duration) -> Result<()> {
+        self.call(move |cx| work::snooze(cx, &lease, delay))
+    }
+
+    /// Failed jobs whose retry is due -> Pending. Returns how many moved.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; storage errors.
+    pub fn promote_due(&self) -> Result<u64> {
+        self.call(housekeeping::promote_due)
+    }
+
+    /// In-progress jobs whose lease expired (their worker died or hung) -> a failed attempt
+    /// with the error "lease expired", retried with backoff or failed for good as
+    /// [`Store::fail`] would. Their old leases are lost. Returns how many.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; storage errors.
+    pub fn recover_expired(&self) -> Result<u64> {
+        self.call(housekeeping::recover_expired)
+    }
+
+    /// Manual retry of a failed job (retry scheduled or terminal): Pending now, attempts back
+    /// to 0, `manual_retries` up by one.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidState`] unless the job failed;
+    /// [`Error::UniqueConflict`] when another live job took its unique key meanwhile.
+    pub fn retry(&self, id: JobId) -> Result<()> {
+        self.call(move |cx| housekeeping::retry(cx, id))
+    }
+
+    /// Pending, in-progress or retry-scheduled -> Failed for good with the error "cancelled".
+    /// A worker running a cancelled job loses its lease.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidState`] for a job already finished.
+    pub fn cancel(&self, id: JobId) -> Result<()> {
+        self.call(move |cx| housekeeping::cancel(cx, id))
+    }
+
+    /// Deletes succeeded and terminally failed jobs that finished before the cut: an age
+    /// (`Duration`) or a time (`Timestamp`). Returns how many.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; storage errors.
+    pub fn prune(&self, older_than: impl Into<Cutoff>) -> Result<u64> {
+        let cut = match older_than.into() {
+            Cutoff::Age(d) => self.now().before(d),
+            Cutoff::Before(t) => t,
+        };
+        self.call(move |cx| housekeeping::prune(cx, cut, cut, None))
+    }
+
+    /// Deletes finished jobs by a retention policy: succeeded and failed jobs by their own
+    /// ages, and the oldest failures beyond a cap. Returns how many. Executors call this
+    /// periodically.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; storage errors.
+    pub fn apply_retention(&self, retention: &Retention) -> Result<u64> {
+        let now = self.now();
+        let succeeded = now.before(retention.succeeded);
+        let failed = now.before(retention.failed);
+        let max = retention.max_failed;
+        self.call(move |cx| housekeeping::prune(cx, succeeded, failed, max))
+    }
+
+    /// The job with this id, if it exists.
+    ///
+    /// # Errors
+    /// Storage errors; [`Error::Corrupt`] for an undecodable record.
+    pub fn get(&self, id: JobId) -> Result<Option<Job>> {
+        self.read(|tx| read::get(tx, id))
+    }
+
+    /// The jobs the filter admits, in id order.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Job>> {
+        let mut out = Vec::new();
+        self.read(|tx| {
+            read::scan(tx, filter, |job| {
+                out.push(job);
+                true
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each` with every job the filter admits, in id order, from one consistent
+    /// snapshot, without holding them all in memory; stops when `each` returns false.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn for_each(&self, filter: &Filter, each: impl FnMut(Job) -> bool) -> Result<()> {
+        self.read(|tx| read::scan(tx, filter, each))
+    }
+
+    /// Counts per queue and state, the oldest due pending job, the next retry.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn stats(&self) -> Result<Stats> {
+        let now = self.now();
+        self.read(|tx| read::stats(tx, now))
+    }
+
+    /// The change watermark: a number that every change to jobs committed through this store
+    /// increases. It lives in memory: it starts at 0 when the store opens.
+    pub fn generation(&self) -> u64 {
+        self.inner.watermark.get()
+    }
+
+    /// Blocks until a change to jobs past generation `seen` is committed by this process, or
+    /// `timeout` passes. Returns the generation.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        self.inner.watermark.wait_past(seen, timeout)
+    }
+
+    /// Resolves when a change to jobs past generation `seen` is committed by this process.
+    /// Returns the generation.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future loses nothing.
+    pub async fn changed(&self, seen: u64) -> u64 {
+        self.inner.watermark.changed_past(seen).await
+    }
+
+    /// Runs `f` in one write transaction with the user's own tables: enqueue jobs and write
+    /// your data together, so that neither exists without the other (the outbox pattern). The
+    /// transaction commits durably if `f` returns `Ok`, and is rolled back if it returns `Err`.
+    ///
+    /// ```
+    /// use quern::redb::TableDefinition;
+    /// use quern::{NewJob, Store};
+    ///
+    /// const FILES: TableDefinition<&str, u64> = TableDefinition::new("files");
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("sync.redb"))?;
+    /// store.write(|tx| {
+    ///     tx.open_table(FILES)?.insert("a.txt", 42)?;
+    ///     tx.enqueue(NewJob::new("uploads", "a.txt"))?;
+    ///     Ok::<_, quern::Error>(())
+    /// })?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `f`'s error; [`Error::ReadOnly`], [`Error::Poisoned`] and storage errors, converted.
+    pub fn write<R, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let Db::Writable(db) = &self.inner.db else {
+            return Err(Error::ReadOnly.into());
+        };
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned.into());
+        }
+        let tx = db
+            .begin_write()
+            .map_err(|e| Error::storage("beginning a write transaction", e))?;
+        let (value, changed) = {
+            let mut wtx = WriteTx {
+                cx: Ctx::begin(&tx, &self.inner.cfg)?,
+                tx: &tx,
+            };
+            let value = f(&mut wtx)?;
+            (value, wtx.cx.finish()?)
+        };
+        if let Err(e) = tx.commit() {
+            self.inner.poisoned.store(true, Ordering::Release);
+            return Err(Error::storage("committing a write transaction", e).into());
+        }
+        if changed {
+            self.inner.watermark.bump();
+        }
+        Ok(value)
+    }
+}
+
+/// A copy of a lease for an operation that only borrows it.
+fn lease_ref(lease: &Lease) -> Lease {
+    Lease {
+        job: lease.job,
+        token: lease.token,
+        store: lease.store,
+    }
+}
+
+/// A write transaction shared by quern and the user's own tables; see [`Store::write`].
+pub struct WriteTx<'a> {
+    cx: Ctx<'a>,
+    tx: &'a redb::WriteTransaction,
+}
+
+impl<'a> WriteTx<'a> {
+    /// Enqueues a job in this transaction.
+    ///
+    /// # Errors
+    /// As [`Store::enqueue`].
+    pub fn enqueue(&mut self, job: NewJob) -> Result<Enqueued> {
+        enqueue::validate(&job)?;
+        enqueue::enqueue(&mut self.cx, job)
+    }
+
+    /// Enqueues many jobs in this transaction.
+    ///
+    /// # Errors
+    /// As [`Store::enqueue_batch`].
+    pub fn enqueue_batch(
+        &mut self,
+        jobs: impl IntoIterator<Item = NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        enqueue::enqueue_batch(&mut self.cx, jobs.into_iter().collect())
+    }
+
+    /// Opens one of the user's tables in this transaction. quern's own tables are named
+    /// `quern_*`; leave them alone.
+    ///
+    /// # Errors
+    /// redb's table errors, converted.
+    pub fn open_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: redb::TableDefinition<K, V>,
+    ) -> Result<redb::Table<'a, K, V>> {
+        Ok(self.tx.open_table(definition)?)
+    }
+
+    /// The underlying redb transaction, for anything else (multimap tables, ...).
+    pub fn transaction(&self) -> &'a redb::WriteTransaction {
+        self.tx
+    }
+}

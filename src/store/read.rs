@@ -1,0 +1,375 @@
+//! Reading: get, list and stats, each in one read transaction (a consistent snapshot that never
+//! blocks the writer).
+
+use redb::{ReadTransaction, ReadableTable};
+
+use super::codec::{
+    decode_inbox, decode_record, ordered_tail, parse_count_key, queue_prefix, timed_tail,
+};
+use super::tables::{COUNTS, INBOX, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED};
+use crate::error::{Error, Result};
+use crate::job::{Job, JobId, Timestamp};
+use crate::state::{JobState, Phase};
+
+fn r(e: impl Into<redb::Error>) -> Error {
+    Error::storage("reading jobs", e)
+}
+
+/// Which jobs [`Store::list`](crate::Store::list) returns.
+///
+/// ```
+/// use quern::{Filter, JobState};
+/// let f = Filter::default().queue("uploads").state(JobState::Failed).limit(100);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub(crate) queue: Option<String>,
+    pub(crate) state: Option<JobState>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) after: Option<JobId>,
+}
+
+impl Filter {
+    /// Only jobs of this queue. Default: every queue.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Only jobs in this state. Default: every state.
+    #[must_use]
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// At most this many jobs. Default: no limit.
+    #[must_use]
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Only jobs with an id greater than `id`: the cursor of a paged listing. Default: from the
+    /// first job.
+    #[must_use]
+    pub fn after(mut self, id: JobId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    fn admits(&self, job_queue: &str, state: JobState) -> bool {
+        self.queue.as_deref().is_none_or(|q| q == job_queue)
+            && self.state.is_none_or(|s| s == state)
+    }
+}
+
+/// Counts and times of one queue, from [`Store::stats`](crate::Store::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Pending jobs, due or not.
+    pub pending: u64,
+    /// Jobs in progress.
+    pub in_progress: u64,
+    /// Jobs that succeeded (until pruned).
+    pub succeeded: u64,
+    /// Failed jobs with a retry scheduled.
+    pub retrying: u64,
+    /// Jobs that failed for good (until pruned).
+    pub failed: u64,
+    /// The `run_at` of the oldest pending job that is due: how long the queue has kept work
+    /// waiting.
+    pub oldest_due_pending: Option<Timestamp>,
+    /// The earliest scheduled retry.
+    pub next_retry_at: Option<Timestamp>,
+    /// The earliest `run_at` of a pending job that is not yet due.
+    pub next_scheduled_at: Option<Timestamp>,
+}
+
+impl QueueStats {
+    /// Jobs in the queue, in every state.
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_progress + self.succeeded + self.retrying + self.failed
+    }
+}
+
+/// What [`Store::stats`](crate::Store::stats) returns: one entry per queue, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Per queue, in name order.
+    pub queues: Vec<QueueStats>,
+    /// The earliest lease expiry of any in-progress job.
+    pub next_lease_expiry: Option<Timestamp>,
+    /// When the stats were read, by the store's clock.
+    pub at: Timestamp,
+}
+
+impl Stats {
+    /// The stats of one queue, if it ever held a job.
+    pub fn queue(&self, name: &str) -> Option<&QueueStats> {
+        self.queues.iter().find(|q| q.queue == name)
+    }
+}
+
+pub(crate) fn get(tx: &ReadTransaction, id: JobId) -> Result<Option<Job>> {
+    let jobs = tx.open_table(JOBS).map_err(r)?;
+    if let Some(bytes) = jobs.get(id.0).map_err(r)? {
+        let rec = decode_record(id.0, bytes.value())?;
+        let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+        let payload = payloads
+            .get(id.0)
+            .map_err(r)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default();
+        return Ok(Some(rec.into_job(id, payload)));
+    }
+    let inbox = tx.open_table(INBOX).map_err(r)?;
+    let Some(bytes) = inbox.get(id.0).map_err(r)? else {
+        return Ok(None);
+    };
+    let (rec, payload) = decode_inbox(id.0, bytes.value())?;
+    Ok(Some(rec.into_job(id, payload.to_vec())))
+}
+
+/// Calls `each` with every job the filter admits, in id order, until it returns false. Indexed
+/// jobs and jobs still in the inbox are merged by id.
+pub(crate) fn scan(
+    tx: &ReadTransaction,
+    filter: &Filter,
+    mut each: impl FnMut(Job) -> bool,
+) -> Result<()> {
+    let jobs = tx.open_table(JOBS).map_err(r)?;
+    let inbox = tx.open_table(INBOX).map_err(r)?;
+    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
+    let mut indexed = jobs.range(from..).map_err(r)?.peekable();
+    let mut waiting = inbox.range(from..).map_err(r)?.peekable();
+    let mut taken = 0;
+    loop {
+        if filter.limit.is_some_and(|l| taken >= l) {
+            return Ok(());
+        }
+        let next_indexed = peek_id(&mut indexed)?;
+        let next_waiting = peek_id(&mut waiting)?;
+        let (id, rec, payload) = match (next_indexed, next_waiting) {
+            (None, None) => return Ok(()),
+            (Some(a), b) if b.is_none_or(|b| a < b) => {
+                let (_, v) = indexed
+                    .next()
+                    .transpose()
+                    .map_err(r)?
+                    .ok_or_else(vanished)?;
+                let rec = decode_record(a, v.value())?;
+                if !filter.admits(&rec.queue, rec.state) {
+                    continue;
+                }
+                let payload = payloads.get(a).map_err(r)?.map(|g| g.value().to_vec());
+                (a, rec, payload.unwrap_or_default())
+            }
+            (_, Some(b)) => {
+                let (_, v) = waiting
+                    .next()
+                    .transpose()
+                    .map_err(r)?
+                    .ok_or_else(vanished)?;
+                let (rec, payload) = decode_inbox(b, v.value())?;
+                if !filter.admits(&rec.queue, rec.state) {
+                    continue;
+                }
+                (b, rec, payload.to_vec())
+            }
+            (Some(_), None) => return Err(vanished()),
+        };
+        taken += 1;
+        if !each(rec.into_job(JobId(id), payload)) {
+            return Ok(());
+        }
+    }
+}
+
+type IdRange<'a> = std::iter::Peekable<redb::Range<'a, u64, &'static [u8]>>;
+
+fn peek_id(range: &mut IdRange<'_>) -> Result<Option<u64>> {
+    match range.peek() {
+        Some(Ok((k, _))) => Ok(Some(k.value())),
+        Some(Err(_)) => match range.next() {
+            Some(Err(e)) => Err(r(e)),
+            _ => Err(vanished()),
+        },
+        None => Ok(None),
+    }
+}
+
+fn vanished() -> Error {
+    Error::Corrupt {
+        what: "jobs table".into(),
+        detail: "an entry vanished during a read".into(),
+    }
+}
+
+pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
+    let counts = tx.open_table(COUNTS).map_err(r)?;
+    let mut queues: Vec<QueueStats> = Vec::new();
+    for entry in counts.iter().map_err(r)? {
+        let (k, v) = entry.map_err(r)?;
+        let (queue, code) = parse_count_key(k.value())?;
+        if queues.last().is_none_or(|q| q.queue != queue) {
+            queues.push(QueueStats {
+                queue,
+                ..QueueStats::default()
+            });
+        }
+        let Some(q) = queues.last_mut() else {
+            continue;
+        };
+        let n = v.value();
+        match Phase::ALL.into_iter().find(|p| p.code() == code) {
+            Some(Phase::Pending) => q.pending = n,
+            Some(Phase::InProgress) => q.in_progress = n,
+            Some(Phase::Succeeded) => q.succeeded = n,
+            Some(Phase::Retrying) => q.retrying = n,
+            Some(Phase::Dead) => q.failed = n,
+            None => {
+                return Err(Error::Corrupt {
+                    what: "counts table".into(),
+                    detail: format!("unknown state code {code}"),
+                });
+            }
+        }
+    }
+    count_inbox(tx, &mut queues, now)?;
+    let ready = tx.open_table(READY).map_err(r)?;
+    let scheduled = tx.open_table(SCHEDULED).map_err(r)?;
+    let retries = tx.open_table(RETRIES).map_err(r)?;
+    for q in &mut queues {
+        let prefix = queue_prefix(&q.queue);
+        let first_scheduled = first_time(&scheduled, &prefix)?;
+        let oldest_ready = oldest_ready(&ready, &prefix)?;
+        let due_scheduled = first_scheduled.filter(|t| *t <= now.0);
+        q.oldest_due_pending = oldest_ready
+            .into_iter()
+            .chain(due_scheduled)
+            .map(Timestamp)
+            .chain(q.oldest_due_pending)
+            .min();
+        q.next_scheduled_at = first_scheduled
+            .filter(|t| *t > now.0)
+            .map(Timestamp)
+            .into_iter()
+            .chain(q.next_scheduled_at)
+            .min();
+        q.next_retry_at = first_time(&retries, &prefix)?.map(Timestamp);
+    }
+    let leases = tx.open_table(LEASES).map_err(r)?;
+    let next_lease_expiry = leases
+        .first()
+        .map_err(r)?
+        .map(|(k, _)| Timestamp(k.value().0));
+    Ok(Stats {
+        queues,
+        next_lease_expiry,
+        at: now,
+    })
+}
+
+/// Adds the jobs still in the inbox (all pending) to the counts and times. Its length is the
+/// backlog of enqueues since the last claim, usually small.
+fn count_inbox(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp) -> Result<()> {
+    let inbox = tx.open_table(INBOX).map_err(r)?;
+    for entry in inbox.iter().map_err(r)? {
+        let (k, v) = entry.map_err(r)?;
+        let (rec, _) = decode_inbox(k.value(), v.value())?;
+        let q = match queues.iter().position(|q| q.queue == rec.queue) {
+            Some(i) => &mut queues[i],
+            None => {
+                let at = queues.partition_point(|q| q.queue < rec.queue);
+                queues.insert(
+                    at,
+                    QueueStats {
+                        queue: rec.queue.clone(),
+                        ..QueueStats::default()
+                    },
+                );
+                &mut queues[at]
+            }
+        };
+        q.pending += 1;
+        let run_at = Timestamp(rec.run_at);
+        if run_at <= now {
+            q.oldest_due_pending = Some(q.oldest_due_pending.map_or(run_at, |o| o.min(run_at)));
+        } else {
+            q.next_scheduled_at = Some(q.next_scheduled_at.map_or(run_at, |o| o.min(run_at)));
+        }
+    }
+    Ok(())
+}
+
+/// The time of the first entry of a `(queue, time, id)` index within `prefix`.
+fn first_time<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static [u8], V>,
+    prefix: &[u8],
+) -> Result<Option<u64>> {
+    let mut range = table.range(prefix..).map_err(r)?;
+    match range.next() {
+        Some(entry) => {
+            let (k, _) = entry.map_err(r)?;
+            if k.value().starts_with(prefix) {
+                timed_tail(k.value()).map(|(t, _)| Some(t))
+            } else {
+                Ok(None)
+            }
+        }
+        None => Ok(None),
+    }
+}
+
+/// The least `run_at` among ready jobs of a queue: a skip-scan that reads the first entry of
+/// each priority level, so its cost is the number of distinct priorities, not of jobs.
+fn oldest_ready(
+    ready: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+) -> Result<Option<u64>> {
+    let mut oldest: Option<u64> = None;
+    let mut from = prefix.to_vec();
+    loop {
+        let next = {
+            let mut range = ready.range(from.as_slice()..).map_err(r)?;
+            match range.next() {
+                Some(entry) => {
+                    let (k, _) = entry.map_err(r)?;
+                    let k = k.value();
+                    k.starts_with(prefix).then(|| k.to_vec())
+                }
+                None => None,
+            }
+        };
+        let Some(key) = next else {
+            return Ok(oldest);
+        };
+        let (_, run_at, _) = ordered_tail(&key)?;
+        oldest = Some(oldest.map_or(run_at, |o| o.min(run_at)));
+        // Skip to the next priority level: past every key sharing this priority.
+        from = key[..key.len() - 16].to_vec();
+        if !increment(&mut from) {
+            return Ok(oldest);
+        }
+    }
+}
+
+/// The next byte string of the same length in byte order; false when there is none.
+fn increment(bytes: &mut [u8]) -> bool {
+    for b in bytes.iter_mut().rev() {
+        if *b == u8::MAX {
+            *b = 0;
+        } else {
+            *b += 1;
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,51 @@
+//! Every table of a quern database, and the format version. `docs/design.md` describes each
+//! table and the invariants that tie the indexes to the job records.
+
+use redb::TableDefinition;
+
+/// The on-disk format this build reads and writes. A change to any table or record layout bumps
+/// it and adds a fixture under `tests/fixtures/`.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+
+/// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
+/// [`META_NEXT_TOKEN`].
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+pub(crate) const META_FORMAT: &str = "format_version";
+/// A random id given to the database when it is created; leases carry it.
+pub(crate) const META_STORE_ID: &str = "store_id";
+/// A floor under the next job id, written when the job with the highest id may be deleted
+/// (prune), so that ids are never reused; otherwise the next id is one past the highest id in
+/// the jobs and inbox tables.
+pub(crate) const META_NEXT_ID: &str = "next_id";
+pub(crate) const META_NEXT_TOKEN: &str = "next_token";
+
+/// Jobs enqueued but not yet indexed: id -> encoded record and payload. An enqueue writes only
+/// here (one B-tree leaf), which is what lets a single durable enqueue cost about one raw
+/// commit; the next claim, retry, cancel or housekeeping call indexes them in id order.
+pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_inbox");
+/// id -> encoded [`Record`](crate::state::Record).
+pub(crate) const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
+/// id -> payload bytes, written once at enqueue.
+pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_payloads");
+/// Pending and due when last looked at: (queue, priority desc, run_at, id) -> concurrency key.
+pub(crate) const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");
+/// Pending and not yet due when written: (queue, run_at, id) -> (priority, concurrency key).
+pub(crate) const SCHEDULED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_scheduled");
+/// Pending, due, but its concurrency key was busy when claim reached it:
+/// (queue, concurrency key, priority desc, run_at, id).
+pub(crate) const BLOCKED: TableDefinition<&[u8], ()> = TableDefinition::new("quern_blocked");
+/// (queue, concurrency key) -> id of the in-progress job holding it.
+pub(crate) const BUSY: TableDefinition<&[u8], u64> = TableDefinition::new("quern_busy");
+/// (queue, unique key) -> id of the live job holding it.
+pub(crate) const UNIQUE: TableDefinition<&[u8], u64> = TableDefinition::new("quern_unique");
+/// Failed with a retry scheduled: (queue, next_attempt_at, id).
+pub(crate) const RETRIES: TableDefinition<&[u8], ()> = TableDefinition::new("quern_retries");
+/// In progress: (lease_expires_at, id).
+pub(crate) const LEASES: TableDefinition<(u64, u64), ()> = TableDefinition::new("quern_leases");
+/// Succeeded: (finished_at, id).
+pub(crate) const SUCCEEDED: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("quern_succeeded");
+/// Failed for good: (finished_at, id).
+pub(crate) const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("quern_dead");
+/// (queue, phase) -> number of jobs.
+pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");

@@ -1,0 +1,202 @@
+//! Working a job: claim (Pending -> InProgress) and the calls a lease holder makes
+//! (heartbeat, set_progress, complete, fail, discard, snooze). Each is fenced by the lease token.
+
+use std::time::Duration;
+
+use redb::ReadableTable;
+
+use super::codec::{
+    blocked_key, keyed, ordered_tail, parse_scheduled_value, prefix_then, queue_prefix, ready_key,
+    timed_tail,
+};
+use super::ctx::{Ctx, w};
+use crate::error::{Error, Result};
+use crate::job::{Claimed, JobId, Lease, duration_ms};
+use crate::state::{self, Record, Refusal};
+
+/// How many ready entries claim reads at a time.
+const SCAN_CHUNK: usize = 64;
+
+/// Claims up to `n` due pending jobs of `queue` in (priority desc, run_at asc, id asc) order,
+/// skipping jobs whose concurrency key is busy.
+pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claimed>> {
+    cx.drain_inbox()?;
+    let now = cx.now();
+    let prefix = queue_prefix(queue);
+    make_due_scheduled_ready(cx, queue, &prefix, now)?;
+
+    let mut out = Vec::with_capacity(n.min(1024));
+    let mut from = prefix.clone();
+    while out.len() < n {
+        let chunk = read_ready(cx, &prefix, &from)?;
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        from = last.clone();
+        from.push(0);
+        let exhausted = chunk.len() < SCAN_CHUNK;
+        for (key, ckey) in chunk {
+            if out.len() == n {
+                break;
+            }
+            let (priority, run_at, id) = ordered_tail(&key)?;
+            if run_at > now {
+                // The clock went back since this job was made ready; it waits in place.
+                continue;
+            }
+            if !ckey.is_empty() {
+                let ckey = String::from_utf8_lossy(&ckey).into_owned();
+                if cx
+                    .t
+                    .busy
+                    .get(keyed(queue, &ckey).as_slice())
+                    .map_err(w)?
+                    .is_some()
+                {
+                    cx.t.ready.remove(key.as_slice()).map_err(w)?;
+                    cx.t.blocked
+                        .insert(
+                            blocked_key(queue, &ckey, priority, run_at, id).as_slice(),
+                            (),
+                        )
+                        .map_err(w)?;
+                    cx.touch();
+                    continue;
+                }
+            }
+            out.push(claim_one(cx, id, now)?);
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Moves the scheduled jobs of a queue that are now due into ready. Each job moves once.
+fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u64) -> Result<()> {
+    let hi = prefix_then(&prefix_then(prefix, now), u64::MAX);
+    let due: Vec<(Vec<u8>, Vec<u8>)> =
+        cx.t.scheduled
+            .range(prefix..=hi.as_slice())
+            .map_err(w)?
+            .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(w)?;
+    for (key, value) in due {
+        let (run_at, id) = timed_tail(&key)?;
+        let (priority, ckey) = parse_scheduled_value(&value)?;
+        cx.t.scheduled.remove(key.as_slice()).map_err(w)?;
+        let ready = ready_key(queue, priority, run_at, id);
+        cx.t.ready.insert(ready.as_slice(), ckey).map_err(w)?;
+        cx.touch();
+    }
+    Ok(())
+}
+
+fn read_ready(cx: &Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    for entry in cx.t.ready.range(from..).map_err(w)? {
+        let (k, v) = entry.map_err(w)?;
+        if !k.value().starts_with(prefix) || chunk.len() == SCAN_CHUNK {
+            break;
+        }
+        chunk.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(chunk)
+}
+
+fn claim_one(cx: &mut Ctx<'_>, id: u64, now: u64) -> Result<Claimed> {
+    let old = cx.load(id)?.ok_or_else(|| Error::Corrupt {
+        what: "ready index".into(),
+        detail: format!("entry for job {id}, which does not exist"),
+    })?;
+    let mut rec = old.clone();
+    let token = cx.alloc_token();
+    state::claim(&mut rec, now, cx.cfg.lease_ttl, token);
+    cx.put(id, Some(&old), &rec)?;
+    tracing::debug!(job = id, queue = %rec.queue, attempt = rec.attempts, "claimed");
+    let payload = cx.payload(id)?;
+    Ok(Claimed {
+        job: rec.into_job(JobId(id), payload),
+        lease: Lease {
+            job: JobId(id),
+            token,
+            store: cx.cfg.store_id,
+        },
+    })
+}
+
+/// Applies `transition` to the job of `lease` if it is still in progress under that lease.
+fn fenced(
+    cx: &mut Ctx<'_>,
+    lease: &Lease,
+    transition: impl FnOnce(&mut Record, u64) -> Result<(), Refusal>,
+) -> Result<Record> {
+    if lease.store != cx.cfg.store_id {
+        return Err(Error::ForeignLease { job: lease.job });
+    }
+    let id = lease.job.0;
+    let lost = Error::LeaseLost { job: lease.job };
+    let old = cx.load(id)?.ok_or_else(|| lost.clone())?;
+    let mut rec = old.clone();
+    transition(&mut rec, cx.now()).map_err(|_| lost)?;
+    cx.put(id, Some(&old), &rec)?;
+    Ok(rec)
+}
+
+pub(crate) fn heartbeat(cx: &mut Ctx<'_>, lease: &Lease) -> Result<()> {
+    let ttl = cx.cfg.lease_ttl;
+    fenced(cx, lease, |r, now| {
+        state::heartbeat(r, lease.token, now, ttl)
+    })
+    .map(drop)
+}
+
+pub(crate) fn set_progress(cx: &mut Ctx<'_>, lease: &Lease, progress: &str) -> Result<()> {
+    fenced(cx, lease, |r, now| {
+        state::set_progress(r, lease.token, now, progress)
+    })
+    .map(drop)
+}
+
+pub(crate) fn complete(cx: &mut Ctx<'_>, lease: &Lease) -> Result<()> {
+    let rec = fenced(cx, lease, |r, now| state::complete(r, lease.token, now))?;
+    tracing::debug!(job = %lease.job, queue = %rec.queue, attempt = rec.attempts, "succeeded");
+    Ok(())
+}
+
+pub(crate) fn fail(cx: &mut Ctx<'_>, lease: &Lease, error: &str) -> Result<()> {
+    let backoff = cx.cfg.backoff;
+    let rec = fenced(cx, lease, |r, now| {
+        let seed = jitter_seed(lease.job.0, r);
+        state::fail(r, lease.token, now, error, &backoff, seed)
+    })?;
+    tracing::debug!(
+        job = %lease.job, queue = %rec.queue, attempt = rec.attempts,
+        retry_at = ?rec.next_attempt_at, "failed"
+    );
+    Ok(())
+}
+
+pub(crate) fn discard(cx: &mut Ctx<'_>, lease: &Lease, error: &str) -> Result<()> {
+    let rec = fenced(cx, lease, |r, now| {
+        state::discard(r, lease.token, now, error)
+    })?;
+    tracing::debug!(job = %lease.job, queue = %rec.queue, attempt = rec.attempts, "discarded");
+    Ok(())
+}
+
+pub(crate) fn snooze(cx: &mut Ctx<'_>, lease: &Lease, delay: Duration) -> Result<()> {
+    let rec = fenced(cx, lease, |r, now| {
+        state::snooze(r, lease.token, now, now.saturating_add(duration_ms(delay)))
+    })?;
+    tracing::debug!(job = %lease.job, queue = %rec.queue, run_at = rec.run_at, "snoozed");
+    Ok(())
+}
+
+/// The jitter source of a failure: the job and where it is in its attempt chains, so that jobs
+/// failing together spread out and a replayed history gives the same schedule.
+pub(crate) fn jitter_seed(id: u64, rec: &Record) -> u64 {
+    id.rotate_left(32) ^ u64::from(rec.attempts) ^ (u64::from(rec.manual_retries) << 20)
+}

@@ -1,0 +1,235 @@
+//! Group commit. One thread owns the write side of the database: it takes every operation
+//! waiting in its channel (up to [`MAX_BATCH`]), applies them in order in one write transaction,
+//! commits once, and only then answers each caller. A lone caller pays one commit; many callers
+//! at once share commits.
+//!
+//! An operation refused for its own reasons (a lost lease, bad input) writes nothing, by the
+//! discipline of every operation (check, then write), so its neighbours commit as usual. An
+//! operation that breaks the transaction (a storage failure, a corrupt record) aborts it: the
+//! operations applied before it get its error, the ones after it run in a fresh transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use redb::Database;
+
+use super::ctx::{Config, Ctx};
+use super::watermark::Watermark;
+use crate::error::{Error, Result};
+
+/// The most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// What to tell a caller once the fate of its transaction is known.
+type Done = Box<dyn FnOnce(Result<(), &Error>) + Send>;
+
+/// An operation waiting for the writer.
+pub(crate) trait Op: Send {
+    /// Applies the operation; returns how to answer its caller, and the error that must abort
+    /// the transaction, if any.
+    fn apply(self: Box<Self>, cx: &mut Ctx<'_>) -> (Done, Option<Error>);
+    /// Answers the caller without applying the operation.
+    fn reject(self: Box<Self>, error: Error);
+}
+
+pub(crate) struct Request<F, R> {
+    pub op: F,
+    pub reply: Box<dyn FnOnce(Result<R>) + Send>,
+}
+
+impl<F, R> Op for Request<F, R>
+where
+    F: FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn apply(self: Box<Self>, cx: &mut Ctx<'_>) -> (Done, Option<Error>) {
+        let Request { op, reply } = *self;
+        let result = op(cx);
+        let abort = match &result {
+            Err(e) if e.aborts_batch() => Some(e.clone()),
+            _ => None,
+        };
+        let done: Done = Box::new(move |commit| {
+            reply(match commit {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            });
+        });
+        (done, abort)
+    }
+
+    fn reject(self: Box<Self>, error: Error) {
+        (self.reply)(Err(error));
+    }
+}
+
+/// What the writer thread and direct committers share.
+pub(crate) struct Shared {
+    pub db: Arc<Database>,
+    pub cfg: Arc<Config>,
+    pub watermark: Arc<Watermark>,
+    pub poisoned: Arc<AtomicBool>,
+    /// Held while a batch is applied and committed, by the writer thread or by a caller
+    /// committing its own operation directly.
+    commit: Mutex<()>,
+}
+
+/// The writer thread and the channel to it. Dropping it lets the thread finish what is queued,
+/// then joins it, so the database file is closed when the last store handle goes.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Box<dyn Op>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        db: Arc<Database>,
+        cfg: Arc<Config>,
+        watermark: Arc<Watermark>,
+        poisoned: Arc<AtomicBool>,
+    ) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            db,
+            cfg,
+            watermark,
+            poisoned,
+            commit: Mutex::new(()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn Op>>();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("quern-writer".into())
+            .spawn(move || run(&rx, &thread_shared))?;
+        Ok(Writer {
+            shared,
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `op` for the writer thread's next group commit.
+    pub(crate) fn send(&self, op: Box<dyn Op>) -> Result<()> {
+        match &self.tx {
+            Some(tx) => tx.send(op).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Commits `op` on the calling thread when nothing else is committing or queued: a lone
+    /// caller then pays one commit and no thread hand-off. Otherwise queues it for the writer
+    /// thread, which batches it with the others.
+    pub(crate) fn send_or_commit(&self, op: Box<dyn Op>) -> Result<()> {
+        let idle = self.tx.as_ref().is_some_and(Sender::is_empty);
+        if idle && let Some(_guard) = self.shared.commit.try_lock() {
+            commit_batch(vec![op], &self.shared);
+            return Ok(());
+        }
+        self.send(op)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            // A panic in the writer was already reported to its callers as a closed store.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(rx: &Receiver<Box<dyn Op>>, shared: &Shared) {
+    while let Ok(first) = rx.recv() {
+        let _guard = shared.commit.lock();
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_batch(batch, shared);
+    }
+}
+
+/// Applies `batch` in one write transaction and commits it. The caller holds the commit lock.
+fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
+    let Shared {
+        db,
+        cfg,
+        watermark,
+        poisoned,
+        ..
+    } = shared;
+    if poisoned.load(Ordering::Acquire) {
+        batch.into_iter().for_each(|op| op.reject(Error::Poisoned));
+        return;
+    }
+    let tx = match db.begin_write() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = Error::storage("beginning a write transaction", e);
+            batch.into_iter().for_each(|op| op.reject(e.clone()));
+            return;
+        }
+    };
+    let mut dones = Vec::with_capacity(batch.len());
+    let mut ops = batch.into_iter();
+    let mut abort = None;
+    let mut changed = false;
+    match Ctx::begin(&tx, cfg) {
+        Ok(mut cx) => {
+            for op in ops.by_ref() {
+                let (done, fatal) = op.apply(&mut cx);
+                dones.push(done);
+                if fatal.is_some() {
+                    abort = fatal;
+                    break;
+                }
+            }
+            if abort.is_none() {
+                match cx.finish() {
+                    Ok(c) => changed = c,
+                    Err(e) => abort = Some(e),
+                }
+            }
+        }
+        Err(e) => {
+            ops.for_each(|op| op.reject(e.clone()));
+            return;
+        }
+    }
+    if let Some(e) = abort {
+        drop(tx);
+        tracing::error!(error = %e, "write transaction aborted");
+        dones.into_iter().for_each(|d| d(Err(&e)));
+        let rest: Vec<_> = ops.collect();
+        if !rest.is_empty() {
+            commit_batch(rest, shared);
+        }
+        return;
+    }
+    if !changed {
+        // Nothing was written: no commit, no fsync.
+        drop(tx);
+        dones.into_iter().for_each(|d| d(Ok(())));
+        return;
+    }
+    match tx.commit() {
+        Ok(()) => {
+            watermark.bump();
+            dones.into_iter().for_each(|d| d(Ok(())));
+        }
+        Err(e) => {
+            poisoned.store(true, Ordering::Release);
+            let e = Error::storage("committing a write transaction", e);
+            tracing::error!(error = %e, "commit failed; the store refuses writes until reopened");
+            dones.into_iter().for_each(|d| d(Err(&e)));
+        }
+    }
+}
