@@ -1,31 +1,45 @@
 //! A local sync worker: uploads a few thousand files to a simulated flaky remote through a quern
-//! queue on `sync-demo.redb`. Some uploads fail transiently and are retried with backoff; some
-//! find the remote "not ready" and snooze. Stop it at any moment (Ctrl-C, kill -9) and run it
-//! again: it resumes from the database and finishes every upload exactly once.
+//! executor on `sync-demo.redb`. Some uploads fail transiently and are retried with backoff; some
+//! find the remote "not ready" and snooze without spending an attempt. Stop it at any moment
+//! (Ctrl-C, or `kill -9`) and run it again: it resumes from the database and finishes every
+//! upload.
 //!
-//! `cargo run --example sync_worker` (add `-- --fresh` to start over).
+//! `cargo run --release --example sync_worker` (add `-- --fresh` to start over).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use quern::{Backoff, Enqueued, Filter, JobState, NewJob, Store};
+use parking_lot::Mutex;
+use quern::redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use quern::{Backoff, Enqueued, Executor, NewJob, Outcome, Store};
 
 const FILES: u64 = 3_000;
+/// The simulated remote bucket: file name -> number of times it was written.
+const REMOTE: TableDefinition<&str, u64> = TableDefinition::new("demo_remote");
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "quern=info".into()),
+        )
+        .init();
     let path = "sync-demo.redb";
     if std::env::args().any(|a| a == "--fresh") {
         let _ = std::fs::remove_file(path);
     }
     let store = Store::builder()
         .backoff(Backoff::exponential(
-            Duration::from_millis(5),
-            2.0,
             Duration::from_millis(50),
+            2.0,
+            Duration::from_secs(1),
         ))
-        .lease_ttl(Duration::from_secs(5))
+        .lease_ttl(Duration::from_secs(3))
         .open(path)?;
 
-    // Enqueue every upload; unique keys make a rerun enqueue nothing twice.
+    // Unique keys make a rerun enqueue nothing twice.
     let outcomes = store.enqueue_batch((0..FILES).map(|i| {
         NewJob::new("uploads", format!("photos/{i:05}.jpg"))
             .unique_key(format!("upload-{i:05}"))
@@ -35,84 +49,96 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .filter(|o| matches!(o, Enqueued::Created(_)))
         .count();
-    println!("enqueued {created} new uploads ({} already known)", outcomes.len() - created);
-
-    // A previous run killed mid-job left leases behind: take them back.
-    let recovered = store.recover_expired()?;
-    if recovered > 0 {
-        println!("recovered {recovered} jobs from a previous run");
-    }
-
-    let mut remote = FlakyRemote::default();
-    let mut done = 0u64;
-    loop {
-        store.promote_due()?;
-        store.recover_expired()?;
-        let batch = store.claim("uploads", 64)?;
-        if batch.is_empty() {
-            let stats = store.stats()?;
-            let q = stats.queue("uploads").cloned().unwrap_or_default();
-            if q.pending + q.in_progress + q.retrying == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        for c in batch {
-            let name = String::from_utf8_lossy(&c.job.payload).into_owned();
-            match remote.upload(&name, c.job.attempts) {
-                Remote::Stored => {
-                    store.complete(c.lease)?;
-                    done += 1;
-                }
-                Remote::Flaky => store.fail(c.lease, format!("timeout uploading {name}"))?,
-                Remote::NotReady => store.snooze(c.lease, Duration::from_millis(20))?,
-            }
-        }
-        if done % 500 == 0 {
-            println!("uploaded {done} this run");
-        }
-    }
-
-    let stats = store.stats()?;
-    let q = stats.queue("uploads").cloned().unwrap_or_default();
-    let failed = store.list(&Filter::default().queue("uploads").state(JobState::Failed))?;
     println!(
-        "done: {} succeeded, {} failed for good, {} uploaded this run",
-        q.succeeded,
-        failed.len(),
-        done
+        "enqueued {created} uploads ({} already known from an earlier run)",
+        outcomes.len() - created
+    );
+
+    let remote = Arc::new(FlakyRemote::default());
+    let handle = Executor::builder(store.clone())
+        .queue("uploads")
+        .concurrency(8)
+        .spawn(move |ctx| {
+            let remote = remote.clone();
+            async move {
+                let name = String::from_utf8_lossy(ctx.payload()).into_owned();
+                remote.upload(ctx.store(), &name, ctx.job().attempts).await
+            }
+        })?;
+
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                println!("interrupted: shutting down gracefully");
+                handle.shutdown(Duration::from_secs(5)).await?;
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let q = store.stats()?.queue("uploads").cloned().unwrap_or_default();
+        println!(
+            "pending {:>5}  running {:>2}  retrying {:>4}  succeeded {:>5}  failed {:>3}",
+            q.pending, q.in_progress, q.retrying, q.succeeded, q.failed
+        );
+        if q.pending + q.in_progress + q.retrying == 0 {
+            break;
+        }
+    }
+    handle.shutdown(Duration::from_secs(5)).await?;
+
+    let m = store.stats()?.queue("uploads").cloned().unwrap_or_default();
+    let (files, writes) = store.write(|tx| {
+        let table = tx.open_table(REMOTE)?;
+        let mut writes = 0;
+        for entry in table.iter()? {
+            writes += entry?.1.value();
+        }
+        Ok::<_, quern::Error>((table.len()?, writes))
+    })?;
+    println!(
+        "done: {} uploads succeeded, {} failed for good; the remote holds {files} files \
+         ({writes} writes: re-runs after a kill -9 rewrite a file, they never lose one)",
+        m.succeeded, m.failed
     );
     Ok(())
 }
 
-enum Remote {
-    Stored,
-    Flaky,
-    NotReady,
-}
-
 /// A remote that times out on the first attempt of every 7th file, and is "not ready" for every
-/// 11th file the first time it is asked.
+/// 11th file the first time this process asks for it.
 #[derive(Default)]
 struct FlakyRemote {
-    asked: std::collections::HashSet<String>,
+    asked: Mutex<HashSet<String>>,
 }
 
 impl FlakyRemote {
-    fn upload(&mut self, name: &str, attempt: u32) -> Remote {
+    async fn upload(&self, store: &Store, name: &str, attempt: u32) -> Outcome {
         let n: u64 = name
             .trim_start_matches("photos/")
             .trim_end_matches(".jpg")
             .parse()
             .unwrap_or(0);
-        let first_ask = self.asked.insert(name.to_owned());
-        if n % 11 == 0 && first_ask {
-            Remote::NotReady
-        } else if n % 7 == 0 && attempt == 1 {
-            Remote::Flaky
-        } else {
-            Remote::Stored
+        let first_ask = self.asked.lock().insert(name.to_owned());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if n.is_multiple_of(11) && first_ask {
+            return Outcome::Snooze(Duration::from_millis(200));
+        }
+        if n.is_multiple_of(7) && attempt == 1 {
+            return Outcome::retry(format!("timeout uploading {name}"));
+        }
+        let (store, name) = (store.clone(), name.to_owned());
+        let stored = tokio::task::spawn_blocking(move || {
+            store.write(|tx| {
+                let mut table = tx.open_table(REMOTE)?;
+                let writes = table.get(name.as_str())?.map_or(0, |g| g.value());
+                table.insert(name.as_str(), writes + 1)?;
+                Ok::<_, quern::Error>(())
+            })
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => Outcome::Success,
+            Ok(Err(e)) => Outcome::retry(e),
+            Err(e) => Outcome::retry(e),
         }
     }
 }

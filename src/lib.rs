@@ -47,14 +47,18 @@
 mod backoff;
 mod clock;
 mod error;
+mod executor;
 mod job;
+mod periodic;
 mod state;
 mod store;
 
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
+pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metrics, Outcome};
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+pub use periodic::Periodic;
 pub use state::JobState;
 pub use store::{
     Cutoff, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME, QueueStats, Retention,

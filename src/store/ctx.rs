@@ -10,7 +10,7 @@ use super::codec::{decode_inbox, decode_record, encode_record};
 use super::index;
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, INBOX, JOBS, LEASES, META, META_NEXT_ID, META_NEXT_TOKEN,
-    PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED, UNIQUE,
+    PAYLOADS, PERIODIC, READY, RETRIES, SCHEDULED, SUCCEEDED, UNIQUE,
 };
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -42,6 +42,7 @@ pub(crate) struct Tables<'t> {
     pub succeeded: Table<'t, (u64, u64), ()>,
     pub dead: Table<'t, (u64, u64), ()>,
     pub counts: Table<'t, &'static [u8], u64>,
+    pub periodic: Table<'t, &'static str, u64>,
 }
 
 /// Wraps a redb failure met while writing.
@@ -66,6 +67,7 @@ impl<'t> Tables<'t> {
             succeeded: tx.open_table(SUCCEEDED).map_err(w)?,
             dead: tx.open_table(DEAD).map_err(w)?,
             counts: tx.open_table(COUNTS).map_err(w)?,
+            periodic: tx.open_table(PERIODIC).map_err(w)?,
         })
     }
 

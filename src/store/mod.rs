@@ -7,6 +7,7 @@
 
 mod codec;
 mod ctx;
+mod cycle;
 mod enqueue;
 mod housekeeping;
 mod index;
@@ -16,6 +17,7 @@ mod watermark;
 mod work;
 mod writer;
 
+use std::cell::Cell;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,6 +28,8 @@ use std::time::Duration;
 
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 
+pub(crate) use cycle::Cycle;
+pub(crate) use enqueue::validate_queue;
 pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub use read::{Filter, QueueStats, Stats};
 
@@ -37,6 +41,12 @@ use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result, StorageError};
 use crate::job::{Claimed, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+
+thread_local! {
+    /// Set while this thread runs a [`Store::write`] closure, whose transaction holds the
+    /// database's write lock: another write from the same thread would wait for it forever.
+    static IN_WRITE: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The default lease of a claim: 30 s.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -403,7 +413,6 @@ impl Store {
 
     /// Runs `op` in the writer's next group commit, without blocking; the future resolves after
     /// the commit.
-    #[allow(dead_code)]
     pub(crate) async fn call_async<R: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
@@ -420,6 +429,12 @@ impl Store {
 
     fn writer(&self) -> Result<&Writer> {
         let writer = self.inner.writer.as_ref().ok_or(Error::ReadOnly)?;
+        if IN_WRITE.with(Cell::get) {
+            return Err(Error::invalid(
+                "call",
+                "a writing method of the store was called inside Store::write; use its WriteTx",
+            ));
+        }
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -697,8 +712,10 @@ impl Store {
                 cx: Ctx::begin(&tx, &self.inner.cfg)?,
                 tx: &tx,
             };
-            let value = f(&mut wtx)?;
-            (value, wtx.cx.finish()?)
+            IN_WRITE.with(|w| w.set(true));
+            let value = f(&mut wtx);
+            IN_WRITE.with(|w| w.set(false));
+            (value?, wtx.cx.finish()?)
         };
         if let Err(e) = tx.commit() {
             self.inner.poisoned.store(true, Ordering::Release);
@@ -711,8 +728,52 @@ impl Store {
     }
 }
 
+/// How a lease holder settles its job; what the executor hands the writer.
+#[derive(Debug)]
+pub(crate) enum Settle {
+    Complete,
+    Fail(String),
+    Discard(String),
+    Snooze(Duration),
+}
+
+/// The executor's side of the store: the same operations, awaited without blocking a runtime
+/// thread (they always go through the writer thread's group commit).
+impl Store {
+    pub(crate) async fn claim_cycle(
+        &self,
+        queue: Arc<str>,
+        room: usize,
+        periodic: Arc<[crate::periodic::Periodic]>,
+    ) -> Result<Cycle> {
+        self.call_async(move |cx| cycle::claim_cycle(cx, &queue, room, &periodic))
+            .await
+    }
+
+    pub(crate) async fn settle_async(&self, lease: Lease, how: Settle) -> Result<()> {
+        self.call_async(move |cx| match how {
+            Settle::Complete => work::complete(cx, &lease),
+            Settle::Fail(e) => work::fail(cx, &lease, &e),
+            Settle::Discard(e) => work::discard(cx, &lease, &e),
+            Settle::Snooze(d) => work::snooze(cx, &lease, d),
+        })
+        .await
+    }
+
+    pub(crate) async fn heartbeat_async(&self, lease: &Lease) -> Result<()> {
+        let lease = lease_ref(lease);
+        self.call_async(move |cx| work::heartbeat(cx, &lease)).await
+    }
+
+    pub(crate) async fn set_progress_async(&self, lease: &Lease, progress: String) -> Result<()> {
+        let lease = lease_ref(lease);
+        self.call_async(move |cx| work::set_progress(cx, &lease, &progress))
+            .await
+    }
+}
+
 /// A copy of a lease for an operation that only borrows it.
-fn lease_ref(lease: &Lease) -> Lease {
+pub(crate) fn lease_ref(lease: &Lease) -> Lease {
     Lease {
         job: lease.job,
         token: lease.token,

@@ -47,5 +47,7 @@ pub(crate) const SUCCEEDED: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("quern_succeeded");
 /// Failed for good: (finished_at, id).
 pub(crate) const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("quern_dead");
+/// Periodic schedule name -> the last slot it fired for.
+pub(crate) const PERIODIC: TableDefinition<&str, u64> = TableDefinition::new("quern_periodic");
 /// (queue, phase) -> number of jobs.
 pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");

@@ -1,0 +1,91 @@
+//! The claimer: one task that keeps the dispatch channel fed.
+//!
+//! Each turn is one claim cycle (one transaction: recover expired leases, promote due retries,
+//! fire periodic schedules, claim as many jobs as the channel has room for). Then it sleeps
+//! until the store changes, a worker frees room, the next job comes due, or the poll interval
+//! passes. A job is claimed only when there is room to hand it over, so work that does not fit
+//! stays pending in the database (queue-full recovery); none lives only in memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TrySendError};
+
+use super::metrics::Counters;
+use super::{JobSender, Shared};
+use crate::job::Claimed;
+
+pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed>) {
+    let store = &shared.store;
+    let mut last_retention: Option<Instant> = None;
+    let mut errors = 0u32;
+    loop {
+        if shared.stop.is_cancelled() {
+            break;
+        }
+        if let Some(retention) = shared.retention
+            && last_retention.is_none_or(|t| t.elapsed() >= shared.retention_interval)
+        {
+            last_retention = Some(Instant::now());
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.apply_retention(&retention)).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(jobs = n, "retention pruned finished jobs"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+                _ => {}
+            }
+        }
+        let room = shared.capacity.saturating_sub(tx.len());
+        let seen = store.generation();
+        let mut wake_at = None;
+        match store
+            .claim_cycle(shared.queue.clone(), room, shared.periodic.clone())
+            .await
+        {
+            Ok(cycle) => {
+                errors = 0;
+                let claimed = cycle.claimed.len();
+                Counters::add(&shared.counters.claimed, claimed as u64);
+                for job in cycle.claimed {
+                    match tx.try_send(job) {
+                        Ok(()) => shared.job_ready.notify_one(),
+                        // Only this task sends, and it claimed no more than the room it saw.
+                        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                            shared.give_back(job).await;
+                        }
+                    }
+                }
+                tracing::trace!(claimed, room, "claim cycle");
+                if room > 0 && claimed == room {
+                    continue;
+                }
+                wake_at = cycle.next_due;
+            }
+            Err(e) => {
+                errors = errors.saturating_add(1);
+                if errors == 1 {
+                    tracing::warn!(queue = %shared.queue, error = %e, "claim failed; retrying");
+                } else {
+                    tracing::debug!(queue = %shared.queue, error = %e, errors, "claim failed");
+                }
+            }
+        }
+        let mut sleep = wake_at
+            .map_or(shared.poll_interval, |t| t.since(store.now()))
+            .min(shared.poll_interval);
+        if errors > 0 {
+            sleep = Duration::from_millis(10u64 << errors.min(7)).min(shared.poll_interval);
+        }
+        let full = tx.len() >= shared.capacity;
+        tokio::select! {
+            () = shared.stop.cancelled() => break,
+            _ = store.changed(seen), if errors == 0 => {}
+            () = shared.room.notified(), if full => {}
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+    // Jobs claimed but not started go back to pending, their attempts given back.
+    while let Ok(job) = rx.try_recv() {
+        shared.give_back(job).await;
+    }
+}

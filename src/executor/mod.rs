@@ -1,0 +1,400 @@
+//! The executor: runs jobs of one queue with a fixed number of workers.
+//!
+//! ```text
+//!   store ──claim cycle──> claimer ──bounded channel──> workers (concurrency) ──settle──> store
+//!            (one txn)       │  sleeps on the store's change watermark and the next due time
+//!                            └─ claims only what fits in the channel; the rest stays pending
+//! ```
+//!
+//! - `claimer.rs`: the claim loop, restart and queue-full recovery, periodic schedules,
+//!   retention.
+//! - `worker.rs`: a worker's loop and the life of one job (heartbeats, timeout, panics,
+//!   settling).
+//! - `metrics.rs`: counters a user can read; `failure_log.rs`: logging that does not flood.
+
+mod claimer;
+mod failure_log;
+mod metrics;
+mod worker;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+
+use self::failure_log::FailureLog;
+use self::metrics::Counters;
+use crate::error::{Error, Result};
+use crate::job::{Claimed, Job, Lease};
+use crate::periodic::Periodic;
+use crate::store::{Retention, Store, lease_ref};
+
+/// What a handler says about the job it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: the job succeeds.
+    Success,
+    /// This attempt failed: retry with backoff, or fail for good once the attempts are spent.
+    Retry(String),
+    /// Not ready yet (a dependency is missing): run again after this long, with the attempt
+    /// given back.
+    Snooze(Duration),
+    /// Will never work: fail for good now.
+    Discard(String),
+}
+
+impl Outcome {
+    /// A failed attempt with `error` as its message.
+    pub fn retry(error: impl std::fmt::Display) -> Self {
+        Outcome::Retry(error.to_string())
+    }
+
+    /// A job that will never succeed, with `error` as its message.
+    pub fn discard(error: impl std::fmt::Display) -> Self {
+        Outcome::Discard(error.to_string())
+    }
+}
+
+/// What a handler gets: the job, and calls fenced by the job's lease.
+#[derive(Debug)]
+pub struct JobContext {
+    job: Job,
+    lease: Lease,
+    store: Store,
+}
+
+impl JobContext {
+    /// The job being run (in progress, with this attempt counted).
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The job's payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.job.payload
+    }
+
+    /// The store, for enqueueing follow-up work.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records progress text, visible to `quern show` and [`Store::get`] while the job runs.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the job was taken from this run (cancelled, or its lease
+    /// expired and it was recovered); storage errors.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped, the progress may or may not be recorded.
+    pub async fn set_progress(&self, progress: impl Into<String>) -> Result<()> {
+        self.store
+            .set_progress_async(&self.lease, progress.into())
+            .await
+    }
+
+    /// Extends the lease now. The executor already heartbeats while the handler runs; this is
+    /// for handlers that want to know at once whether they still hold the job.
+    ///
+    /// # Errors
+    /// As [`JobContext::set_progress`].
+    ///
+    /// # Cancel safety
+    /// If the future is dropped, the lease may or may not be extended.
+    pub async fn heartbeat(&self) -> Result<()> {
+        self.store.heartbeat_async(&self.lease).await
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+type Handler = Arc<dyn Fn(JobContext) -> BoxFuture + Send + Sync>;
+
+/// Runs jobs; see [`Executor::builder`].
+#[derive(Debug)]
+pub struct Executor;
+
+impl Executor {
+    /// Options for an executor working `store`.
+    pub fn builder(store: Store) -> ExecutorBuilder {
+        ExecutorBuilder {
+            store,
+            queue: "default".into(),
+            concurrency: 4,
+            channel_capacity: None,
+            timeout: None,
+            poll_interval: Duration::from_secs(1),
+            periodic: Vec::new(),
+            retention: Some(Retention::default()),
+            retention_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Options for an executor; [`ExecutorBuilder::spawn`] starts it.
+#[derive(Debug)]
+#[must_use]
+pub struct ExecutorBuilder {
+    store: Store,
+    queue: String,
+    concurrency: usize,
+    channel_capacity: Option<usize>,
+    timeout: Option<Duration>,
+    poll_interval: Duration,
+    periodic: Vec<Periodic>,
+    retention: Option<Retention>,
+    retention_interval: Duration,
+}
+
+impl ExecutorBuilder {
+    /// The queue to work. Default: `"default"`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// How many jobs run at once (at least 1). Default: 4.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The capacity of the bounded channel between the claimer and the workers: how many
+    /// claimed jobs may wait for a free worker (at least 1). Jobs beyond it stay pending in the
+    /// database. Default: twice the concurrency.
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        self.channel_capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// How long one attempt may run before it is cancelled and counted as a failed attempt; a
+    /// job's own [`NewJob::timeout`](crate::NewJob::timeout) takes precedence. Default: none.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How often the claimer looks at the database without being woken: covers clock changes
+    /// and writers it cannot hear. Default: 1 s.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Adds a periodic schedule; its jobs go to the queue their [`NewJob`](crate::NewJob)
+    /// names. Default: none.
+    pub fn periodic(mut self, schedule: Periodic) -> Self {
+        self.periodic.push(schedule);
+        self
+    }
+
+    /// How long finished jobs are kept, or `None` to keep them until pruned by hand. Default:
+    /// [`Retention::default`] (succeeded 24 h, failed 7 days, at most 100,000 failures).
+    pub fn retention(mut self, retention: Option<Retention>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Starts the executor on the current tokio runtime: expired leases are recovered and
+    /// persisted pending work is dispatched before anything else.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside a tokio runtime or for a bad queue name;
+    /// [`Error::ReadOnly`] for a read-only store.
+    pub fn spawn<F, Fut>(self, handler: F) -> Result<ExecutorHandle>
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::invalid("executor", "spawn must be called within a tokio runtime")
+        })?;
+        crate::store::validate_queue(&self.queue)?;
+        if self.store.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let capacity = self
+            .channel_capacity
+            .unwrap_or(self.concurrency.saturating_mul(2));
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        let shared = Arc::new(Shared {
+            store: self.store,
+            queue: self.queue.into(),
+            capacity,
+            timeout: self.timeout,
+            poll_interval: self.poll_interval,
+            periodic: self.periodic.into(),
+            retention: self.retention,
+            retention_interval: self.retention_interval,
+            handler,
+            stop: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            job_ready: Notify::new(),
+            room: Notify::new(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            failures: FailureLog::default(),
+        });
+        tracing::info!(
+            queue = %shared.queue, concurrency = self.concurrency, capacity,
+            "executor starting"
+        );
+        let claimer = runtime.spawn(claimer::run(shared.clone(), tx, rx.clone()));
+        let workers = (0..self.concurrency)
+            .map(|_| runtime.spawn(worker::run(shared.clone(), rx.clone())))
+            .collect();
+        Ok(ExecutorHandle {
+            shared,
+            rx,
+            claimer: Some(claimer),
+            workers,
+        })
+    }
+}
+
+/// What the claimer and the workers share.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub queue: Arc<str>,
+    pub capacity: usize,
+    pub timeout: Option<Duration>,
+    pub poll_interval: Duration,
+    pub periodic: Arc<[Periodic]>,
+    pub retention: Option<Retention>,
+    pub retention_interval: Duration,
+    pub handler: Handler,
+    /// Stop claiming and taking new jobs.
+    pub stop: CancellationToken,
+    /// Cancel running handlers (after the grace period).
+    pub kill: CancellationToken,
+    /// A job was put in the channel.
+    pub job_ready: Notify,
+    /// A job was taken from the channel.
+    pub room: Notify,
+    /// Look at the database now.
+    pub wake: Notify,
+    pub counters: Counters,
+    pub failures: FailureLog,
+}
+
+impl Shared {
+    /// Gives a claimed job that will not run here back to pending, with its attempt given back.
+    pub(crate) async fn give_back(&self, claimed: Claimed) {
+        let id = claimed.job.id;
+        match self
+            .store
+            .settle_async(claimed.lease, crate::store::Settle::Snooze(Duration::ZERO))
+            .await
+        {
+            Ok(()) => tracing::debug!(job = %id, "gave a claimed job back"),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire")
+            }
+        }
+    }
+}
+
+/// A running executor. Keep it: dropping it stops claiming (without waiting for running jobs);
+/// [`ExecutorHandle::shutdown`] stops gracefully.
+#[must_use = "dropping the handle stops the executor"]
+pub struct ExecutorHandle {
+    shared: Arc<Shared>,
+    rx: Receiver<Claimed>,
+    claimer: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ExecutorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorHandle")
+            .field("queue", &self.shared.queue)
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutorHandle {
+    /// Makes the claimer look at the database now rather than at its next due time or poll:
+    /// for changes it cannot hear, such as another process's writes or a clock moved by hand.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Counters and gauges of this executor.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.counters.snapshot(self.rx.len())
+    }
+
+    /// Stops claiming, gives back claimed jobs that have not started, lets running jobs finish
+    /// within `grace`, then cancels the rest and gives them back as snoozed (attempt given
+    /// back). When it returns, no job is in progress under this executor's leases.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if a task of the executor panicked.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future part way leaves the remaining jobs to finish in the
+    /// background, and their leases to expire if the runtime stops.
+    pub async fn shutdown(mut self, grace: Duration) -> Result<()> {
+        tracing::info!(queue = %self.shared.queue, "executor shutting down");
+        self.shared.stop.cancel();
+        let mut result = Ok(());
+        if let Some(claimer) = self.claimer.take()
+            && claimer.await.is_err()
+        {
+            result = Err(Error::Closed);
+        }
+        while let Ok(claimed) = self.rx.try_recv() {
+            self.shared.give_back(claimed).await;
+        }
+        let workers = std::mem::take(&mut self.workers);
+        let mut all = Box::pin(futures_join_all(workers));
+        let joined = tokio::select! {
+            r = &mut all => r,
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!(queue = %self.shared.queue, "grace period over: cancelling running jobs");
+                self.shared.kill.cancel();
+                all.await
+            }
+        };
+        if joined.is_err() {
+            result = Err(Error::Closed);
+        }
+        tracing::info!(queue = %self.shared.queue, "executor stopped");
+        result
+    }
+}
+
+impl Drop for ExecutorHandle {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+/// Awaits every handle; an error if any task panicked.
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) -> std::result::Result<(), ()> {
+    let mut ok = true;
+    for h in handles {
+        ok &= h.await.is_ok();
+    }
+    if ok { Ok(()) } else { Err(()) }
+}
+
+/// A copy of the lease for the handler's context; the worker keeps the original to settle.
+pub(crate) fn context(store: &Store, claimed: &Claimed) -> JobContext {
+    JobContext {
+        job: claimed.job.clone(),
+        lease: lease_ref(&claimed.lease),
+        store: store.clone(),
+    }
+}
+
+/// Messages sent between tasks: the claimer's end of the channel.
+pub(crate) type JobSender = Sender<Claimed>;

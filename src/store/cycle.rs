@@ -1,0 +1,121 @@
+//! The executor's claim cycle: one transaction that recovers expired leases, promotes due
+//! retries, fires periodic schedules, claims what fits in the dispatch channel, and says when
+//! the next piece of work comes due, so the claimer can sleep until then.
+
+use redb::ReadableTable;
+
+use super::codec::{queue_prefix, timed_tail};
+use super::ctx::{Ctx, w};
+use super::{enqueue, housekeeping, index, work};
+use crate::error::Result;
+use crate::job::{Claimed, Enqueued, RunAt, Timestamp};
+use crate::periodic::Periodic;
+
+/// What a claim cycle did.
+pub(crate) struct Cycle {
+    pub claimed: Vec<Claimed>,
+    /// The earliest time something becomes due: a scheduled job of the queue, a retry, a lease
+    /// expiry, or a periodic slot.
+    pub next_due: Option<Timestamp>,
+}
+
+pub(crate) fn claim_cycle(
+    cx: &mut Ctx<'_>,
+    queue: &str,
+    room: usize,
+    periodic: &[Periodic],
+) -> Result<Cycle> {
+    housekeeping::recover_expired(cx)?;
+    housekeeping::promote_due(cx)?;
+    let next_slot = fire_periodic(cx, periodic)?;
+    let claimed = if room > 0 {
+        work::claim(cx, queue, room)?
+    } else {
+        Vec::new()
+    };
+    let next_due = [
+        next_scheduled(cx, queue)?,
+        next_retry(cx)?,
+        next_expiry(cx)?,
+        next_slot,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(Cycle { claimed, next_due })
+}
+
+/// Enqueues the job of every schedule whose current slot has not fired. Returns when the next
+/// slot of any schedule starts.
+fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Timestamp>> {
+    let now = Timestamp(cx.now());
+    let mut next = None::<Timestamp>;
+    for p in schedules {
+        let slot = p.slot(now);
+        let fired =
+            cx.t.periodic
+                .get(p.name.as_str())
+                .map_err(w)?
+                .map(|g| g.value());
+        if fired.is_none_or(|f| f < slot) {
+            let mut job = p.job.clone();
+            job.run_at = RunAt::At(p.slot_start(slot));
+            enqueue::validate(&job)?;
+            match enqueue::enqueue(cx, job)? {
+                Enqueued::Created(id) => {
+                    cx.t.periodic.insert(p.name.as_str(), slot).map_err(w)?;
+                    tracing::debug!(schedule = %p.name, slot, job = %id, "periodic job enqueued");
+                }
+                // The previous slot's job is still live: this slot fires when it finishes (its
+                // settlement wakes the claimer), unless the slot is over by then.
+                Enqueued::Duplicate(id) => {
+                    tracing::trace!(schedule = %p.name, slot, live = %id, "periodic slot waits");
+                }
+            }
+        }
+        let start = p.slot_start(slot.saturating_add(1));
+        next = Some(next.map_or(start, |n| n.min(start)));
+    }
+    Ok(next)
+}
+
+fn next_scheduled(cx: &Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
+    let prefix = queue_prefix(queue);
+    let mut range = cx.t.scheduled.range(prefix.as_slice()..).map_err(w)?;
+    match range.next() {
+        Some(entry) => {
+            let (k, _) = entry.map_err(w)?;
+            if k.value().starts_with(&prefix) {
+                Ok(Some(Timestamp(timed_tail(k.value())?.0)))
+            } else {
+                Ok(None)
+            }
+        }
+        None => Ok(None),
+    }
+}
+
+fn next_retry(cx: &Ctx<'_>) -> Result<Option<Timestamp>> {
+    let mut next = None::<u64>;
+    for queue in index::queues(&cx.t.counts)? {
+        let prefix = queue_prefix(&queue);
+        let mut range = cx.t.retries.range(prefix.as_slice()..).map_err(w)?;
+        if let Some(entry) = range.next() {
+            let (k, _) = entry.map_err(w)?;
+            if k.value().starts_with(&prefix) {
+                let (t, _) = timed_tail(k.value())?;
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+    }
+    Ok(next.map(Timestamp))
+}
+
+fn next_expiry(cx: &Ctx<'_>) -> Result<Option<Timestamp>> {
+    Ok(cx
+        .t
+        .leases
+        .first()
+        .map_err(w)?
+        .map(|(k, _)| Timestamp(k.value().0)))
+}

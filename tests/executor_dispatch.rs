@@ -1,0 +1,415 @@
+//! The executor: bounded dispatch, fixed concurrency, outcomes, recovery, shutdown, periodic
+//! schedules. Time moves only through `ManualClock`; waits are on events, with timeouts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use quern::{
+    Backoff, Executor, Filter, JobState, ManualClock, NewJob, Outcome, Periodic, Store, Timestamp,
+};
+use tokio::sync::{Semaphore, watch};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
+    Store::builder()
+        .clock(Arc::new(clock.clone()))
+        .backoff(Backoff::fixed(Duration::from_secs(3600)))
+        .open(dir.path().join("q.redb"))
+        .unwrap()
+}
+
+/// Waits until `cond` holds, re-checking after each change the store commits (and every few
+/// milliseconds, for conditions on the executor's own counters).
+async fn until(store: &Store, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = store.generation();
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
+        let recheck = tokio::time::sleep(Duration::from_millis(5));
+        tokio::select! {
+            _ = store.changed(seen) => {}
+            () = recheck => {}
+        }
+    }
+}
+
+fn count(store: &Store, queue: &str, state: JobState) -> usize {
+    store
+        .list(&Filter::default().queue(queue).state(state))
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_channel_keeps_jobs_pending_and_runs_them_all_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    store
+        .enqueue_batch((0..50).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(2)
+        .channel_capacity(3)
+        .spawn(move |_ctx| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    // Two running, three waiting in the channel: everything else stays pending on disk.
+    until(&store, "5 jobs claimed", || {
+        count(&store, "q", JobState::InProgress) == 5
+    })
+    .await;
+    assert_eq!(count(&store, "q", JobState::Pending), 45);
+    assert_eq!(handle.metrics().channel_len, 3);
+    gate.add_permits(50);
+    until(&store, "all 50 succeeded", || {
+        count(&store, "q", JobState::Succeeded) == 50
+    })
+    .await;
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_never_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    store
+        .enqueue_batch((0..40).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (peak_tx, mut peak_rx) = watch::channel(0usize);
+    let peak_tx = Arc::new(peak_tx);
+    let gate = Arc::new(Semaphore::new(0));
+    let (f, p, g) = (in_flight.clone(), peak_tx.clone(), gate.clone());
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(3)
+        .spawn(move |_ctx| {
+            let (f, p, g) = (f.clone(), p.clone(), g.clone());
+            async move {
+                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                p.send_modify(|m| *m = (*m).max(now));
+                g.acquire().await.unwrap().forget();
+                f.fetch_sub(1, Ordering::SeqCst);
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    tokio::time::timeout(WAIT, peak_rx.wait_for(|m| *m == 3))
+        .await
+        .expect("three handlers ran at once")
+        .unwrap();
+    gate.add_permits(1_000);
+    until(&store, "all 40 succeeded", || {
+        count(&store, "q", JobState::Succeeded) == 40
+    })
+    .await;
+    assert_eq!(*peak_rx.borrow(), 3, "more than 3 handlers ran at once");
+    assert_eq!(handle.metrics().max_running, 3);
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_settle_jobs_and_a_panic_is_a_failed_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let ids: HashMap<&str, quern::JobId> = ["ok", "retry", "discard", "panic", "snooze"]
+        .into_iter()
+        .map(|p| (p, store.enqueue(NewJob::new("q", p)).unwrap().id()))
+        .collect();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(|ctx| async move {
+            match ctx.payload() {
+                b"ok" => Outcome::Success,
+                b"retry" => Outcome::retry("remote said 503"),
+                b"discard" => Outcome::discard("bad payload"),
+                b"snooze" => Outcome::Snooze(Duration::from_secs(60)),
+                _ => panic!("handler blew up"),
+            }
+        })
+        .unwrap();
+    until(&store, "every job settled", || {
+        store.list(&Filter::default()).unwrap().iter().all(|j| {
+            j.state != JobState::InProgress
+                && (j.state != JobState::Pending || j.attempts == 0)
+                && j.updated_at >= j.created_at
+                && (j.state != JobState::Pending || j.run_at > j.created_at)
+        })
+    })
+    .await;
+    let get = |k: &str| store.get(ids[k]).unwrap().unwrap();
+    assert_eq!(get("ok").state, JobState::Succeeded);
+    let retry = get("retry");
+    assert_eq!(retry.state, JobState::Failed);
+    assert!(retry.next_attempt_at.is_some());
+    assert_eq!(retry.last_error.as_deref(), Some("remote said 503"));
+    let discard = get("discard");
+    assert_eq!(
+        (discard.state, discard.next_attempt_at),
+        (JobState::Failed, None)
+    );
+    let panic = get("panic");
+    assert_eq!(panic.state, JobState::Failed);
+    assert_eq!(panic.attempts, 1);
+    assert!(panic.last_error.unwrap().contains("handler blew up"));
+    let snooze = get("snooze");
+    assert_eq!((snooze.state, snooze.attempts), (JobState::Pending, 0));
+    assert_eq!(snooze.run_at, clock_after(&clock, 0).max(snooze.run_at));
+    let m = handle.metrics();
+    assert_eq!(
+        (m.succeeded, m.panicked, m.discarded, m.snoozed),
+        (1, 1, 1, 1)
+    );
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+fn clock_after(clock: &ManualClock, secs: u64) -> Timestamp {
+    use quern::Clock;
+    clock.now().after(Duration::from_secs(secs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snoozed_job_runs_again_without_spending_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let id = store
+        .enqueue(NewJob::new("q", "x").max_attempts(1))
+        .unwrap()
+        .id();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(move |ctx| {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            let attempts = ctx.job().attempts;
+            async move {
+                assert_eq!(attempts, 1, "each run is the first attempt");
+                if n == 0 {
+                    Outcome::Snooze(Duration::from_secs(30))
+                } else {
+                    Outcome::Success
+                }
+            }
+        })
+        .unwrap();
+    until(&store, "the snooze", || {
+        store.get(id).unwrap().unwrap().state == JobState::Pending
+            && runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    clock.advance(Duration::from_secs(31));
+    handle.wake();
+    until(&store, "the second run", || {
+        store.get(id).unwrap().unwrap().state == JobState::Succeeded
+    })
+    .await;
+    // With max_attempts 1, a spent attempt would have made the second run impossible.
+    assert_eq!(store.get(id).unwrap().unwrap().attempts, 1);
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_a_crash_recovers_expired_leases_and_runs_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    {
+        let store = open(&dir, &clock);
+        store
+            .enqueue_batch((0..10).map(|i| NewJob::new("q", format!("{i}"))))
+            .unwrap();
+        // A worker claimed three jobs and died: its leases are left behind.
+        let claimed = store.claim("q", 3).unwrap();
+        assert_eq!(claimed.len(), 3);
+        std::mem::forget(claimed);
+    }
+    clock.advance(Duration::from_secs(31));
+    let store = Store::builder()
+        .clock(Arc::new(clock.clone()))
+        .backoff(Backoff::fixed(Duration::ZERO))
+        .open(dir.path().join("q.redb"))
+        .unwrap();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap();
+    until(&store, "all 10 succeeded", || {
+        count(&store, "q", JobState::Succeeded) == 10
+    })
+    .await;
+    let recovered = store
+        .list(&Filter::default().queue("q"))
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.attempts == 2)
+        .count();
+    assert_eq!(recovered, 3, "the three crashed attempts were counted");
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_expired_and_was_recovered_cannot_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let id = store.enqueue(NewJob::new("q", "x")).unwrap().id();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(move |_ctx| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    until(&store, "the claim", || {
+        store.get(id).unwrap().unwrap().state == JobState::InProgress
+    })
+    .await;
+    clock.advance(Duration::from_secs(31));
+    // Recovered here, or by the executor's own claim cycle if it looks first.
+    store.recover_expired().unwrap();
+    assert_eq!(store.get(id).unwrap().unwrap().state, JobState::Failed);
+    gate.add_permits(1);
+    until(&store, "the dropped outcome", || {
+        handle.metrics().lease_lost == 1
+    })
+    .await;
+    let job = store.get(id).unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Failed,
+        "the stale run's success was not recorded"
+    );
+    assert_eq!(job.last_error.as_deref(), Some("lease expired"));
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_nothing_in_progress_and_gives_attempts_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    store
+        .enqueue_batch((0..20).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let started = Arc::new(Semaphore::new(0));
+    let s = started.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(2)
+        .channel_capacity(4)
+        .spawn(move |_ctx| {
+            let s = s.clone();
+            async move {
+                s.add_permits(1);
+                // Never finishes by itself: shutdown must cancel it.
+                std::future::pending::<()>().await;
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    tokio::time::timeout(WAIT, started.acquire_many(2))
+        .await
+        .unwrap()
+        .unwrap()
+        .forget();
+    handle.shutdown(Duration::from_millis(50)).await.unwrap();
+    let jobs = store.list(&Filter::default()).unwrap();
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Pending),
+        "{jobs:#?}"
+    );
+    assert!(
+        jobs.iter().all(|j| j.attempts == 0),
+        "attempts were given back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_jobs_fire_once_per_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_000_000_001));
+    let store = open(&dir, &clock);
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let r = runs.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("sync")
+        .periodic(Periodic::new(
+            "reconcile",
+            Duration::from_secs(10),
+            NewJob::new("sync", "reconcile"),
+        ))
+        .spawn(move |ctx| {
+            r.lock().push(ctx.job().run_at);
+            async { Outcome::Success }
+        })
+        .unwrap();
+    until(&store, "the first slot's run", || runs.lock().len() == 1).await;
+    assert_eq!(
+        runs.lock()[0],
+        Timestamp(1_000_000_000),
+        "run_at is the slot's start"
+    );
+    clock.advance(Duration::from_secs(5));
+    handle.wake();
+    clock.advance(Duration::from_secs(5));
+    handle.wake();
+    until(&store, "the second slot's run", || runs.lock().len() == 2).await;
+    clock.advance(Duration::from_secs(10));
+    handle.wake();
+    until(&store, "the third slot's run", || runs.lock().len() == 3).await;
+    assert_eq!(
+        *runs.lock(),
+        vec![
+            Timestamp(1_000_000_000),
+            Timestamp(1_000_010_000),
+            Timestamp(1_000_020_000)
+        ]
+    );
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_executor_starts_a_new_job_without_waiting_for_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .poll_interval(Duration::from_secs(3600))
+        .spawn(move |ctx| {
+            let _ = tx.send(ctx.job().id);
+            async { Outcome::Success }
+        })
+        .unwrap();
+    let id = store.enqueue(NewJob::new("q", "x")).unwrap().id();
+    let started = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+    assert_eq!(started, Some(id));
+    handle.shutdown(WAIT).await.unwrap();
+}
