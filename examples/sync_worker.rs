@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quern::redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
-use quern::{Backoff, Enqueued, Executor, NewJob, Outcome, Store};
+use quern::{Backoff, Executor, NewJob, Outcome, Store};
 
 const FILES: u64 = 3_000;
+/// The local files to sync: name -> number.
+const LOCAL: TableDefinition<&str, u64> = TableDefinition::new("demo_local");
 /// The simulated remote bucket: file name -> number of times it was written.
 const REMOTE: TableDefinition<&str, u64> = TableDefinition::new("demo_remote");
 
@@ -39,20 +41,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .lease_ttl(Duration::from_secs(3))
         .open(path)?;
 
-    // Unique keys make a rerun enqueue nothing twice.
-    let outcomes = store.enqueue_batch((0..FILES).map(|i| {
-        NewJob::new("uploads", format!("photos/{i:05}.jpg"))
-            .unique_key(format!("upload-{i:05}"))
-            .max_attempts(10)
-    }))?;
-    let created = outcomes
-        .iter()
-        .filter(|o| matches!(o, Enqueued::Created(_)))
-        .count();
-    println!(
-        "enqueued {created} uploads ({} already known from an earlier run)",
-        outcomes.len() - created
-    );
+    // The local side: files to sync, recorded together with their upload jobs in one
+    // transaction (the outbox pattern), so a rerun enqueues only files it never recorded.
+    let created = store.write(|tx| {
+        let mut local = tx.open_table(LOCAL)?;
+        let mut jobs = Vec::new();
+        for i in 0..FILES {
+            let name = format!("photos/{i:05}.jpg");
+            if local.get(name.as_str())?.is_none() {
+                local.insert(name.as_str(), i)?;
+                jobs.push(
+                    NewJob::new("uploads", name)
+                        .unique_key(format!("upload-{i:05}"))
+                        .max_attempts(10),
+                );
+            }
+        }
+        drop(local);
+        Ok::<_, quern::Error>(tx.enqueue_batch(jobs)?.len())
+    })?;
+    println!("recorded {created} new files to upload");
 
     let remote = Arc::new(FlakyRemote::default());
     let handle = Executor::builder(store.clone())

@@ -62,10 +62,13 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
         let mut rec = old.clone();
         state::recover(&mut rec, now, &backoff, jitter_seed(id, &old));
         cx.put(id, Some(&old), &rec)?;
-        tracing::warn!(
+        tracing::debug!(
             job = id, queue = %rec.queue, attempt = rec.attempts,
             "recovered job whose lease expired"
         );
+    }
+    if !expired.is_empty() {
+        tracing::warn!(jobs = expired.len(), "recovered jobs whose leases expired");
     }
     Ok(expired.len() as u64)
 }
