@@ -12,7 +12,7 @@ pub struct Metrics {
     pub claimed: u64,
     /// Jobs whose handler started.
     pub started: u64,
-    /// Jobs that succeeded.
+    /// Jobs that succeeded (counted once the success is committed, as are the other outcomes).
     pub succeeded: u64,
     /// Failed attempts (a `Retry` outcome, a panic or a timeout).
     pub failed: u64,
@@ -24,8 +24,10 @@ pub struct Metrics {
     pub panicked: u64,
     /// Handlers cancelled for running past their timeout (also counted in `failed`).
     pub timed_out: u64,
-    /// Jobs whose lease was lost while they ran; their outcome was dropped.
+    /// Jobs whose lease was lost while they ran or waited; their outcome was dropped.
     pub lease_lost: u64,
+    /// Jobs given back to pending, attempt returned, because the executor stopped.
+    pub given_back: u64,
     /// Handlers running now.
     pub running: u64,
     /// The most handlers that ever ran at once.
@@ -49,6 +51,7 @@ pub(crate) struct Counters {
     pub panicked: AtomicU64,
     pub timed_out: AtomicU64,
     pub lease_lost: AtomicU64,
+    pub given_back: AtomicU64,
     running: AtomicU64,
     max_running: AtomicU64,
     delay_total_ms: AtomicU64,
@@ -87,6 +90,7 @@ impl Counters {
             panicked: self.panicked.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             lease_lost: self.lease_lost.load(Relaxed),
+            given_back: self.given_back.load(Relaxed),
             running: self.running.load(Relaxed),
             max_running: self.max_running.load(Relaxed),
             channel_len,

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
 
@@ -167,7 +168,9 @@ impl ExecutorBuilder {
 
     /// The capacity of the bounded channel between the claimer and the workers: how many
     /// claimed jobs may wait for a free worker (at least 1). Jobs beyond it stay pending in the
-    /// database. Default: twice the concurrency.
+    /// database. A larger channel lets more claims and settles share commits; a claimed job that
+    /// waited long in it has its lease renewed before it starts. Default: twice the
+    /// concurrency, at least 32.
     pub fn channel_capacity(mut self, capacity: usize) -> Self {
         self.channel_capacity = Some(capacity.max(1));
         self
@@ -221,7 +224,7 @@ impl ExecutorBuilder {
         }
         let capacity = self
             .channel_capacity
-            .unwrap_or(self.concurrency.saturating_mul(2));
+            .unwrap_or(self.concurrency.saturating_mul(2).max(32));
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
         let shared = Arc::new(Shared {
@@ -241,6 +244,7 @@ impl ExecutorBuilder {
             wake: Notify::new(),
             counters: Counters::default(),
             failures: FailureLog::default(),
+            settles: TaskTracker::new(),
         });
         tracing::info!(
             queue = %shared.queue, concurrency = self.concurrency, capacity,
@@ -282,6 +286,8 @@ pub(crate) struct Shared {
     pub wake: Notify,
     pub counters: Counters,
     pub failures: FailureLog,
+    /// Settles handed to the store and not yet committed.
+    pub settles: TaskTracker,
 }
 
 impl Shared {
@@ -293,7 +299,10 @@ impl Shared {
             .settle_async(claimed.lease, crate::store::Settle::Snooze(Duration::ZERO))
             .await
         {
-            Ok(()) => tracing::debug!(job = %id, "gave a claimed job back"),
+            Ok(()) => {
+                Counters::add(&self.counters.given_back, 1);
+                tracing::debug!(job = %id, "gave a claimed job back");
+            }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire")
             }
@@ -367,6 +376,8 @@ impl ExecutorHandle {
         if joined.is_err() {
             result = Err(Error::Closed);
         }
+        self.shared.settles.close();
+        self.shared.settles.wait().await;
         tracing::info!(queue = %self.shared.queue, "executor stopped");
         result
     }

@@ -1,6 +1,7 @@
 //! A worker: takes claimed jobs from the channel one at a time and runs each to its settlement.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -45,7 +46,7 @@ enum End {
     LeaseLost,
 }
 
-async fn run_job(shared: &Shared, claimed: Claimed) {
+async fn run_job(shared: &Arc<Shared>, claimed: Claimed) {
     let span = tracing::info_span!(
         "job",
         id = %claimed.job.id,
@@ -55,14 +56,38 @@ async fn run_job(shared: &Shared, claimed: Claimed) {
     let ctx = context(&shared.store, &claimed);
     let Claimed { job, lease } = claimed;
     async {
+        if !still_held(shared, &job, &lease).await {
+            return;
+        }
         shared.counters.start(shared.store.now().since(job.run_at));
         let task = tokio::spawn((shared.handler)(ctx).in_current_span());
         let end = supervise(shared, &job, &lease, task).await;
         shared.counters.end();
-        settle(shared, &job, lease, end).await;
+        settle(shared, &job, lease, end);
     }
     .instrument(span)
     .await;
+}
+
+/// A job may have waited in the channel while its lease ran down. If less than two thirds of
+/// the lease is left, renew it before starting, and drop the job if it was taken away
+/// meanwhile (recovered, cancelled). Fresh jobs, the common case, start without a commit.
+async fn still_held(shared: &Shared, job: &Job, lease: &Lease) -> bool {
+    let ttl = shared.store.lease_ttl();
+    let left = job
+        .lease_expires_at
+        .map_or(Duration::ZERO, |exp| exp.since(shared.store.now()));
+    if left >= ttl * 2 / 3 {
+        return true;
+    }
+    match shared.store.heartbeat_async(lease).await {
+        Ok(()) => true,
+        Err(e) => {
+            Counters::add(&shared.counters.lease_lost, 1);
+            tracing::info!(error = %e, "a claimed job was lost before it started");
+            false
+        }
+    }
 }
 
 /// Waits for the handler while heartbeating its lease; cancels it on timeout, shutdown or a lost
@@ -107,54 +132,57 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn settle(shared: &Shared, job: &Job, lease: Lease, end: End) {
-    let c = &shared.counters;
-    let how = match end {
-        End::Returned(Ok(Outcome::Success)) => {
-            Counters::add(&c.succeeded, 1);
-            Settle::Complete
-        }
-        End::Returned(Ok(Outcome::Retry(e))) => failed(shared, job, e),
-        End::Returned(Ok(Outcome::Snooze(d))) => {
-            Counters::add(&c.snoozed, 1);
-            Settle::Snooze(d)
-        }
+/// Hands the job's outcome to the store. The worker does not wait for the commit: settles of
+/// many jobs share commits, and a job whose settle is lost with the process is recovered and
+/// run again. Shutdown waits for every settle in flight.
+fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
+    let (how, counter): (Settle, fn(&Counters) -> &AtomicU64) = match end {
+        End::Returned(Ok(Outcome::Success)) => (Settle::Complete, |c| &c.succeeded),
+        End::Returned(Ok(Outcome::Retry(e))) => (failed(shared, job, e), |c| &c.failed),
+        End::Returned(Ok(Outcome::Snooze(d))) => (Settle::Snooze(d), |c| &c.snoozed),
         End::Returned(Ok(Outcome::Discard(e))) => {
-            Counters::add(&c.discarded, 1);
             shared
                 .failures
                 .failure(&job.queue, job.id, job.attempts, &e);
-            Settle::Discard(e)
+            (Settle::Discard(e), |c| &c.discarded)
         }
         End::Returned(Err(e)) if e.is_panic() => {
-            Counters::add(&c.panicked, 1);
+            Counters::add(&shared.counters.panicked, 1);
             let message = panic_message(e.into_panic());
-            failed(shared, job, format!("panicked: {message}"))
+            let how = failed(shared, job, format!("panicked: {message}"));
+            (how, |c| &c.failed)
         }
         End::TimedOut(after) => {
-            Counters::add(&c.timed_out, 1);
-            failed(shared, job, format!("timed out after {after:?}"))
+            Counters::add(&shared.counters.timed_out, 1);
+            let how = failed(shared, job, format!("timed out after {after:?}"));
+            (how, |c| &c.failed)
         }
         // Cancelled by shutdown (or from outside): not the job's fault.
-        End::Returned(Err(_)) | End::Killed => Settle::Snooze(Duration::ZERO),
+        End::Returned(Err(_)) | End::Killed => (Settle::Snooze(Duration::ZERO), |c| &c.given_back),
         End::LeaseLost => {
-            Counters::add(&c.lease_lost, 1);
+            Counters::add(&shared.counters.lease_lost, 1);
             tracing::info!("lease lost while running; the outcome is dropped");
             return;
         }
     };
-    match shared.store.settle_async(lease, how).await {
-        Ok(()) => {}
-        Err(Error::LeaseLost { .. }) => {
-            Counters::add(&c.lease_lost, 1);
-            tracing::info!("lease lost before settling; the outcome is dropped");
+    let shared2 = shared.clone();
+    let span = tracing::Span::current();
+    shared.settles.spawn(
+        async move {
+            match shared2.store.settle_async(lease, how).await {
+                Ok(()) => Counters::add(counter(&shared2.counters), 1),
+                Err(Error::LeaseLost { .. }) => {
+                    Counters::add(&shared2.counters.lease_lost, 1);
+                    tracing::info!("lease lost before settling; the outcome is dropped");
+                }
+                Err(e) => tracing::error!(error = %e, "could not settle; the lease will expire"),
+            }
         }
-        Err(e) => tracing::error!(error = %e, "could not settle; the lease will expire"),
-    }
+        .instrument(span),
+    );
 }
 
 fn failed(shared: &Shared, job: &Job, error: String) -> Settle {
-    Counters::add(&shared.counters.failed, 1);
     shared
         .failures
         .failure(&job.queue, job.id, job.attempts, &error);
