@@ -1,6 +1,7 @@
 //! The write context: the tables of one write transaction, the counters it allocates from, and
 //! the one way a record is written (record, indexes and counts together).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,9 @@ pub(crate) struct Ctx<'t> {
     changed: bool,
     /// Whether the inbox may hold entries (unknown at the start of a transaction).
     inbox_maybe: bool,
+    /// Count changes not yet written: (queue, phase code) -> delta. Written once per
+    /// transaction rather than twice per transition.
+    count_deltas: HashMap<(String, u8), i64>,
 }
 
 impl<'t> Ctx<'t> {
@@ -116,6 +120,7 @@ impl<'t> Ctx<'t> {
             deleted: false,
             changed: false,
             inbox_maybe: true,
+            count_deltas: HashMap::new(),
         })
     }
 
@@ -124,6 +129,7 @@ impl<'t> Ctx<'t> {
     /// The next id needs writing only when jobs were deleted (the highest id may be among them);
     /// otherwise it is derived from the tables, which keeps an enqueue to one table.
     pub(crate) fn finish(mut self) -> Result<bool> {
+        self.flush_counts()?;
         if self.tokens_used {
             self.t
                 .meta
@@ -246,22 +252,43 @@ impl<'t> Ctx<'t> {
                 index::remove(&mut self.t, id, old)?;
                 index::insert(&mut self.t, id, new, now)?;
                 index::pass_concurrency_key(&mut self.t, old, new)?;
-                index::count(&mut self.t, old, -1)?;
-                index::count(&mut self.t, new, 1)?;
+                self.count(old, -1);
+                self.count(new, 1);
             }
             None => {
                 index::insert(&mut self.t, id, new, now)?;
-                index::count(&mut self.t, new, 1)?;
+                self.count(new, 1);
             }
         }
         self.changed = true;
         Ok(())
     }
 
+    fn count(&mut self, rec: &Record, delta: i64) {
+        *self
+            .count_deltas
+            .entry((rec.queue.clone(), rec.phase().code()))
+            .or_default() += delta;
+    }
+
+    /// Writes the pending count changes, so that the counts table is exact.
+    pub(crate) fn flush_counts(&mut self) -> Result<()> {
+        for ((queue, code), delta) in std::mem::take(&mut self.count_deltas) {
+            index::add_count(&mut self.t, &queue, code, delta)?;
+        }
+        Ok(())
+    }
+
+    /// The queues that ever held a job.
+    pub(crate) fn queues(&mut self) -> Result<Vec<String>> {
+        self.flush_counts()?;
+        index::queues(&self.t.counts)
+    }
+
     /// Deletes job `id` and everything that points to it.
     pub(crate) fn delete(&mut self, id: u64, old: &Record) -> Result<()> {
         index::remove(&mut self.t, id, old)?;
-        index::count(&mut self.t, old, -1)?;
+        self.count(old, -1);
         self.t.jobs.remove(id).map_err(w)?;
         self.t.payloads.remove(id).map_err(w)?;
         self.deleted = true;

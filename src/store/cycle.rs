@@ -6,7 +6,7 @@ use redb::ReadableTable;
 
 use super::codec::{queue_prefix, timed_tail};
 use super::ctx::{Ctx, w};
-use super::{enqueue, housekeeping, index, work};
+use super::{enqueue, housekeeping, work};
 use crate::error::Result;
 use crate::job::{Claimed, Enqueued, RunAt, Timestamp};
 use crate::periodic::Periodic;
@@ -95,9 +95,9 @@ fn next_scheduled(cx: &Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
     }
 }
 
-fn next_retry(cx: &Ctx<'_>) -> Result<Option<Timestamp>> {
+fn next_retry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
     let mut next = None::<u64>;
-    for queue in index::queues(&cx.t.counts)? {
+    for queue in cx.queues()? {
         let prefix = queue_prefix(&queue);
         let mut range = cx.t.retries.range(prefix.as_slice()..).map_err(w)?;
         if let Some(entry) = range.next() {

@@ -5,7 +5,6 @@ use redb::ReadableTable;
 
 use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
 use super::ctx::{Ctx, w};
-use super::index;
 use super::work::jitter_seed;
 use crate::error::{Error, Result};
 use crate::job::{JobId, Timestamp};
@@ -16,7 +15,7 @@ pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
     cx.drain_inbox()?;
     let now = cx.now();
     let mut moved = 0;
-    for queue in index::queues(&cx.t.counts)? {
+    for queue in cx.queues()? {
         let prefix = queue_prefix(&queue);
         let hi = prefix_then(&prefix_then(&prefix, now), u64::MAX);
         let due: Vec<u64> =
@@ -150,9 +149,9 @@ fn finished_before(
         .collect()
 }
 
-fn dead_count(cx: &Ctx<'_>) -> Result<u64> {
+fn dead_count(cx: &mut Ctx<'_>) -> Result<u64> {
     let mut total = 0;
-    for queue in index::queues(&cx.t.counts)? {
+    for queue in cx.queues()? {
         let key = count_key(&queue, Phase::Dead.code());
         total +=
             cx.t.counts

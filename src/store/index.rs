@@ -168,9 +168,12 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     Ok(())
 }
 
-/// Adds `delta` to the count of `rec`'s queue and phase.
-pub(crate) fn count(t: &mut Tables<'_>, rec: &Record, delta: i64) -> Result<()> {
-    let key = count_key(&rec.queue, rec.phase().code());
+/// Adds `delta` to the count of `queue` and phase `code`.
+pub(crate) fn add_count(t: &mut Tables<'_>, queue: &str, code: u8, delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let key = count_key(queue, code);
     let current = t
         .counts
         .get(key.as_slice())

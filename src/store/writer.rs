@@ -9,8 +9,9 @@
 //! operations applied before it get its error, the ones after it run in a fresh transaction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -22,6 +23,10 @@ use crate::error::{Error, Result};
 
 /// The most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// The longest a commit waits for the callers of the previous one to come back; far below a
+/// commit's own time (a few hundred microseconds here).
+const GATHER_WAIT: Duration = Duration::from_micros(150);
 
 /// What to tell a caller once the fate of its transaction is known.
 type Done = Box<dyn FnOnce(Result<(), &Error>) + Send>;
@@ -75,6 +80,8 @@ pub(crate) struct Shared {
     /// Held while a batch is applied and committed, by the writer thread or by a caller
     /// committing its own operation directly.
     commit: Mutex<()>,
+    /// The size of the last batch: how many callers were active.
+    last_batch: AtomicUsize,
 }
 
 /// The writer thread and the channel to it. Dropping it lets the thread finish what is queued,
@@ -82,6 +89,7 @@ pub(crate) struct Shared {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     tx: Option<Sender<Box<dyn Op>>>,
+    rx: Receiver<Box<dyn Op>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -98,15 +106,18 @@ impl Writer {
             watermark,
             poisoned,
             commit: Mutex::new(()),
+            last_batch: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn Op>>();
         let thread_shared = shared.clone();
+        let thread_rx = rx.clone();
         let thread = std::thread::Builder::new()
             .name("quern-writer".into())
-            .spawn(move || run(&rx, &thread_shared))?;
+            .spawn(move || run(&thread_rx, &thread_shared))?;
         Ok(Writer {
             shared,
             tx: Some(tx),
+            rx,
             thread: Some(thread),
         })
     }
@@ -119,16 +130,22 @@ impl Writer {
         }
     }
 
-    /// Commits `op` on the calling thread when nothing else is committing or queued: a lone
-    /// caller then pays one commit and no thread hand-off. Otherwise queues it for the writer
-    /// thread, which batches it with the others.
+    /// Commits `op` on the calling thread when no commit is under way, together with whatever
+    /// other callers queued meanwhile: a lone caller pays one commit and no thread hand-off.
+    /// When a commit is under way, queues `op` for the next batch (the writer thread's, or the
+    /// next caller's who finds the lock free).
     pub(crate) fn send_or_commit(&self, op: Box<dyn Op>) -> Result<()> {
-        let idle = self.tx.as_ref().is_some_and(Sender::is_empty);
-        if idle && let Some(_guard) = self.shared.commit.try_lock() {
-            commit_batch(vec![op], &self.shared);
-            return Ok(());
+        if self.tx.is_none() {
+            return Err(Error::Closed);
         }
-        self.send(op)
+        let Some(_guard) = self.shared.commit.try_lock() else {
+            return self.send(op);
+        };
+        let mut batch = Vec::with_capacity(1 + self.rx.len());
+        batch.push(op);
+        gather(&mut batch, &self.rx, &self.shared);
+        commit_batch(batch, &self.shared);
+        Ok(())
     }
 }
 
@@ -147,14 +164,38 @@ fn run(rx: &Receiver<Box<dyn Op>>, shared: &Shared) {
         let _guard = shared.commit.lock();
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+        gather(&mut batch, rx, shared);
+        commit_batch(batch, shared);
+    }
+}
+
+/// Adds what waits in the channel to `batch`, up to [`MAX_BATCH`]; then, if callers of the
+/// previous commit are likely to be back in a moment, waits briefly for them.
+///
+/// Without the wait, N callers that each wait for their commit split into two groups that take
+/// turns (one commits while the other queues), so commits carry N/2 operations. The callers of
+/// the previous batch, less the one now leading, plus those queued, estimate how many callers
+/// are active; gathering up to that many (for at most [`GATHER_WAIT`]) makes one group of N.
+/// A lone caller estimates one, itself, and never waits.
+fn gather(batch: &mut Vec<Box<dyn Op>>, rx: &Receiver<Box<dyn Op>>, shared: &Shared) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    let previous = shared.last_batch.load(Ordering::Relaxed);
+    let active = (previous + batch.len()).saturating_sub(1).min(MAX_BATCH);
+    if batch.len() < active {
+        let deadline = Instant::now() + GATHER_WAIT;
+        while batch.len() < active {
+            match rx.recv_deadline(deadline) {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        commit_batch(batch, shared);
     }
+    shared.last_batch.store(batch.len(), Ordering::Relaxed);
 }
 
 /// Applies `batch` in one write transaction and commits it. The caller holds the commit lock.
