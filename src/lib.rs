@@ -65,5 +65,8 @@ pub use store::{
     Stats, Store, StoreBuilder, WriteTx,
 };
 
+#[doc(hidden)]
+pub use store::decode as __decode;
+
 /// The redb this build of quern uses, for [`Store::write`] transactions over your own tables.
 pub use redb;

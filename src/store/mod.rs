@@ -29,6 +29,31 @@ use std::time::Duration;
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 
 pub(crate) use cycle::Cycle;
+
+/// Decoders of on-disk bytes, for the fuzzer and its corpus replay. Not part of the API.
+#[doc(hidden)]
+pub mod decode {
+    use crate::error::Result;
+
+    /// Decodes `bytes` as a job record.
+    pub fn record(bytes: &[u8]) -> Result<()> {
+        super::codec::decode_record(0, bytes).map(drop)
+    }
+
+    /// Decodes `bytes` as an inbox entry.
+    pub fn inbox(bytes: &[u8]) -> Result<()> {
+        super::codec::decode_inbox(0, bytes).map(drop)
+    }
+
+    /// Parses `bytes` as each kind of index key and value.
+    pub fn keys(bytes: &[u8]) -> Result<()> {
+        let tail = super::codec::ordered_tail(bytes).map(drop);
+        let timed = super::codec::timed_tail(bytes).map(drop);
+        let count = super::codec::parse_count_key(bytes).map(drop);
+        let value = super::codec::parse_scheduled_value(bytes).map(drop);
+        tail.and(timed).and(count).and(value)
+    }
+}
 pub(crate) use enqueue::validate_queue;
 pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub use read::{Filter, QueueStats, Stats};
