@@ -26,7 +26,6 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
 
@@ -244,7 +243,7 @@ impl ExecutorBuilder {
             wake: Notify::new(),
             counters: Counters::default(),
             failures: FailureLog::default(),
-            settles: TaskTracker::new(),
+            settles: Arc::default(),
         });
         tracing::info!(
             queue = %shared.queue, concurrency = self.concurrency, capacity,
@@ -287,7 +286,7 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub failures: FailureLog,
     /// Settles handed to the store and not yet committed.
-    pub settles: TaskTracker,
+    pub settles: Arc<InFlight>,
 }
 
 impl Shared {
@@ -306,6 +305,47 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire")
             }
+        }
+    }
+}
+
+/// Counts operations in flight, so that shutdown can wait for the last one.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlightOwned {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightOwned(self.clone())
+    }
+
+    /// Resolves once nothing is in flight.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One operation in flight, owning its counter; dropping it ends it.
+pub(crate) struct InFlightOwned(Arc<InFlight>);
+
+impl Drop for InFlightOwned {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
         }
     }
 }
@@ -376,8 +416,7 @@ impl ExecutorHandle {
         if joined.is_err() {
             result = Err(Error::Closed);
         }
-        self.shared.settles.close();
-        self.shared.settles.wait().await;
+        self.shared.settles.drained().await;
         tracing::info!(queue = %self.shared.queue, "executor stopped");
         result
     }

@@ -165,21 +165,24 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
             return;
         }
     };
+    let done = shared.settles.start();
     let shared2 = shared.clone();
     let span = tracing::Span::current();
-    shared.settles.spawn(
-        async move {
-            match shared2.store.settle_async(lease, how).await {
-                Ok(()) => Counters::add(counter(&shared2.counters), 1),
-                Err(Error::LeaseLost { .. }) => {
-                    Counters::add(&shared2.counters.lease_lost, 1);
-                    tracing::info!("lease lost before settling; the outcome is dropped");
-                }
-                Err(e) => tracing::error!(error = %e, "could not settle; the lease will expire"),
+    let sent = shared.store.settle_then(lease, how, move |result| {
+        let _entered = span.enter();
+        match result {
+            Ok(()) => Counters::add(counter(&shared2.counters), 1),
+            Err(Error::LeaseLost { .. }) => {
+                Counters::add(&shared2.counters.lease_lost, 1);
+                tracing::info!("lease lost before settling; the outcome is dropped");
             }
+            Err(e) => tracing::error!(error = %e, "could not settle; the lease will expire"),
         }
-        .instrument(span),
-    );
+        drop(done);
+    });
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "could not settle; the lease will expire");
+    }
 }
 
 fn failed(shared: &Shared, job: &Job, error: String) -> Settle {

@@ -762,6 +762,17 @@ pub(crate) enum Settle {
     Snooze(Duration),
 }
 
+impl Settle {
+    fn apply(self, cx: &mut Ctx<'_>, lease: &Lease) -> Result<()> {
+        match self {
+            Settle::Complete => work::complete(cx, lease),
+            Settle::Fail(e) => work::fail(cx, lease, &e),
+            Settle::Discard(e) => work::discard(cx, lease, &e),
+            Settle::Snooze(d) => work::snooze(cx, lease, d),
+        }
+    }
+}
+
 /// The executor's side of the store: the same operations, awaited without blocking a runtime
 /// thread (they always go through the writer thread's group commit).
 impl Store {
@@ -776,13 +787,20 @@ impl Store {
     }
 
     pub(crate) async fn settle_async(&self, lease: Lease, how: Settle) -> Result<()> {
-        self.call_async(move |cx| match how {
-            Settle::Complete => work::complete(cx, &lease),
-            Settle::Fail(e) => work::fail(cx, &lease, &e),
-            Settle::Discard(e) => work::discard(cx, &lease, &e),
-            Settle::Snooze(d) => work::snooze(cx, &lease, d),
-        })
-        .await
+        self.call_async(move |cx| how.apply(cx, &lease)).await
+    }
+
+    /// Hands a settle to the writer and returns at once; `then` runs after its commit.
+    pub(crate) fn settle_then(
+        &self,
+        lease: Lease,
+        how: Settle,
+        then: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.writer()?.send(Box::new(Request {
+            op: move |cx: &mut Ctx<'_>| how.apply(cx, &lease),
+            reply: Box::new(then),
+        }))
     }
 
     pub(crate) async fn heartbeat_async(&self, lease: &Lease) -> Result<()> {
