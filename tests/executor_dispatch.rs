@@ -242,7 +242,7 @@ async fn restart_after_a_crash_recovers_expired_leases_and_runs_everything() {
         // A worker claimed three jobs and died: its leases are left behind.
         let claimed = store.claim("q", 3).unwrap();
         assert_eq!(claimed.len(), 3);
-        std::mem::forget(claimed);
+        drop(claimed);
     }
     clock.advance(Duration::from_secs(31));
     let store = Store::builder()
