@@ -1,0 +1,280 @@
+//! Opening, reopening, read-only handles, the outbox transaction, group commit, and every refusal
+//! of bad input: each a typed error, never a panic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quern::redb::{ReadableTable, TableDefinition};
+use quern::{Enqueued, Error, Filter, JobId, JobState, MAX_PAYLOAD, ManualClock, NewJob, Store};
+
+fn path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("q.redb")
+}
+
+#[test]
+fn reopening_after_drop_keeps_every_job_and_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let store = Store::open(path(&dir)).unwrap();
+        let ids: Vec<JobId> = store
+            .enqueue_batch((0..5).map(|i| NewJob::new("q", format!("{i}"))))
+            .unwrap()
+            .into_iter()
+            .map(Enqueued::id)
+            .collect();
+        let mut claimed = store.claim("q", 2).unwrap();
+        store.complete(claimed.remove(0).lease).unwrap();
+        ids
+    };
+    let store = Store::open(path(&dir)).unwrap();
+    let states: Vec<JobState> = ids
+        .iter()
+        .map(|id| store.get(*id).unwrap().unwrap().state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Succeeded,
+            JobState::InProgress,
+            JobState::Pending,
+            JobState::Pending,
+            JobState::Pending
+        ]
+    );
+    let next = store.enqueue(NewJob::new("q", "later")).unwrap().id();
+    assert!(next > ids[4], "ids keep increasing across reopen");
+}
+
+#[test]
+fn a_second_writer_gets_already_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(path(&dir)).unwrap();
+    match Store::open(path(&dir)) {
+        Err(Error::AlreadyOpen { path: p }) => assert_eq!(p, path(&dir)),
+        other => panic!("expected AlreadyOpen, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        path(&dir),
+        b"this is not a database at all, just text".repeat(200),
+    )
+    .unwrap();
+    let err = Store::open(path(&dir)).unwrap_err();
+    assert!(err.to_string().contains("q.redb"), "{err}");
+    let err = Store::open_read_only(path(&dir)).unwrap_err();
+    assert!(err.to_string().contains("q.redb"), "{err}");
+}
+
+#[test]
+fn a_redb_database_without_a_quern_header_is_not_quern() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        const OTHER: TableDefinition<u64, u64> = TableDefinition::new("other");
+        let db = quern::redb::Database::create(path(&dir)).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(OTHER).unwrap().insert(1, 2).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open(path(&dir)),
+        Err(Error::NotQuern { .. })
+    ));
+}
+
+#[test]
+fn a_missing_file_is_an_error_for_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open_read_only(path(&dir)).unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert!(!path(&dir).exists(), "a reader creates nothing");
+}
+
+#[test]
+fn a_read_only_handle_follows_the_writer_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Store::open(path(&dir)).unwrap();
+    let reader = Store::open_read_only(path(&dir)).unwrap();
+    let id = writer.enqueue(NewJob::new("q", "x")).unwrap().id();
+    assert_eq!(reader.get(id).unwrap().unwrap().state, JobState::Pending);
+    assert_eq!(reader.stats().unwrap().queue("q").unwrap().pending, 1);
+    assert!(matches!(
+        reader.enqueue(NewJob::new("q", "y")),
+        Err(Error::ReadOnly)
+    ));
+    assert!(matches!(reader.claim("q", 1), Err(Error::ReadOnly)));
+    assert!(matches!(reader.cancel(id), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_typed_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let refused = |job: NewJob| matches!(store.enqueue(job), Err(Error::InvalidInput { .. }));
+    assert!(refused(NewJob::new("", "x")));
+    assert!(refused(NewJob::new("q".repeat(256), "x")));
+    assert!(refused(NewJob::new("q", vec![0u8; MAX_PAYLOAD + 1])));
+    assert!(refused(NewJob::new("q", "x").max_attempts(0)));
+    assert!(refused(NewJob::new("q", "x").unique_key("")));
+    assert!(refused(
+        NewJob::new("q", "x").concurrency_key("k".repeat(2_000))
+    ));
+    assert!(matches!(
+        store.claim("", 1),
+        Err(Error::InvalidInput { .. })
+    ));
+    let batch = store.enqueue_batch([
+        NewJob::new("q", "ok"),
+        NewJob::new("q", "bad").max_attempts(0),
+    ]);
+    assert!(matches!(batch, Err(Error::InvalidInput { .. })));
+    assert!(
+        store.list(&Filter::default()).unwrap().is_empty(),
+        "nothing was written"
+    );
+    assert!(matches!(
+        store.retry(JobId(99)),
+        Err(Error::NotFound { job: JobId(99) })
+    ));
+    assert!(matches!(
+        store.cancel(JobId(99)),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn a_lease_from_another_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path().join("a.redb")).unwrap();
+    let b = Store::open(dir.path().join("b.redb")).unwrap();
+    a.enqueue(NewJob::new("q", "x")).unwrap();
+    b.enqueue(NewJob::new("q", "x")).unwrap();
+    let lease = a.claim("q", 1).unwrap().pop().unwrap().lease;
+    assert!(matches!(b.complete(lease), Err(Error::ForeignLease { .. })));
+    assert_eq!(b.get(JobId(1)).unwrap().unwrap().state, JobState::Pending);
+}
+
+const FILES: TableDefinition<&str, u64> = TableDefinition::new("files");
+
+#[test]
+fn the_outbox_commits_user_rows_and_jobs_together_or_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    store
+        .write(|tx| {
+            tx.open_table(FILES)?.insert("a.txt", 1)?;
+            tx.enqueue(NewJob::new("uploads", "a.txt"))?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    let failed: Result<(), Error> = store.write(|tx| {
+        tx.open_table(FILES)?.insert("b.txt", 2)?;
+        tx.enqueue(NewJob::new("uploads", "b.txt"))?;
+        Err(Error::InvalidInput {
+            what: "test",
+            reason: "roll back".into(),
+        })
+    });
+    assert!(failed.is_err());
+    let jobs = store.list(&Filter::default()).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload, b"a.txt");
+    let names: Vec<String> = store
+        .write(|tx| {
+            let t = tx.open_table(FILES)?;
+            let names = t
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, Error>(names)
+        })
+        .unwrap();
+    assert_eq!(names, ["a.txt"]);
+}
+
+#[test]
+fn a_store_call_inside_a_write_is_refused_rather_than_deadlocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let inner = store.write(|_tx| Ok::<_, Error>(store.enqueue(NewJob::new("q", "x"))));
+    assert!(matches!(inner, Ok(Err(Error::InvalidInput { .. }))));
+}
+
+#[test]
+fn sixteen_threads_enqueueing_at_once_all_succeed_with_distinct_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let ids: Vec<JobId> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let store = &store;
+                s.spawn(move || {
+                    (0..100)
+                        .map(|i| {
+                            store
+                                .enqueue(NewJob::new("q", format!("{t}-{i}")))
+                                .unwrap()
+                                .id()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 1_600);
+    assert_eq!(store.stats().unwrap().queue("q").unwrap().pending, 1_600);
+}
+
+#[test]
+fn a_refused_operation_does_not_sink_its_neighbours_in_a_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = Store::builder()
+        .clock(Arc::new(clock.clone()))
+        .open(path(&dir))
+        .unwrap();
+    store.enqueue(NewJob::new("q", "x")).unwrap();
+    let stale = store.claim("q", 1).unwrap().pop().unwrap().lease;
+    store.cancel(stale.job()).unwrap();
+    std::thread::scope(|s| {
+        let enqueuers: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| (0..50).all(|_| store.enqueue(NewJob::new("q", "y")).is_ok())))
+            .collect();
+        let refused = s.spawn(|| matches!(store.complete(stale), Err(Error::LeaseLost { .. })));
+        assert!(refused.join().unwrap());
+        assert!(enqueuers.into_iter().all(|h| h.join().unwrap()));
+    });
+    assert_eq!(store.stats().unwrap().queue("q").unwrap().pending, 400);
+}
+
+#[test]
+fn the_change_watermark_wakes_a_waiter_when_another_thread_enqueues() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let seen = store.generation();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| store.wait_for_change(seen, Duration::from_secs(20)));
+        store.enqueue(NewJob::new("q", "x")).unwrap();
+        assert!(waiter.join().unwrap() > seen);
+    });
+}
+
+#[test]
+fn public_handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+    check::<quern::Lease>();
+    check::<quern::Job>();
+    check::<Error>();
+    check::<quern::ExecutorHandle>();
+}
