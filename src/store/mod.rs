@@ -13,6 +13,7 @@ mod housekeeping;
 mod index;
 mod read;
 mod tables;
+mod verify;
 mod watermark;
 mod work;
 mod writer;
@@ -57,6 +58,7 @@ pub mod decode {
 pub(crate) use enqueue::validate_queue;
 pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub use read::{Filter, QueueStats, Stats};
+pub use verify::Problem;
 
 use self::ctx::{Config, Ctx};
 use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID};

@@ -498,6 +498,10 @@ impl Harness {
             });
             check_eq(&format!("counts of queue {queue}"), got, want)?;
         }
+        let problems = store.check().map_err(|e| e.to_string())?;
+        if !problems.is_empty() {
+            return Err(format!("check found {problems:?}"));
+        }
         let mut running = std::collections::HashSet::new();
         for m in self.jobs.values() {
             if m.state == JobState::InProgress

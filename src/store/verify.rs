@@ -1,0 +1,258 @@
+//! `Store::check`: quern's own invariants (docs/design.md), verified from one read transaction.
+//! Works on a read-only store, alongside a live writer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use redb::{ReadTransaction, ReadableTable};
+
+use super::Store;
+use super::codec::{
+    blocked_key, decode_inbox, decode_record, keyed, parse_count_key, ready_key, timed_key,
+};
+use super::tables::{
+    BLOCKED, BUSY, COUNTS, DEAD, INBOX, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED,
+    SUCCEEDED, UNIQUE,
+};
+use crate::error::{Error, Result};
+use crate::state::{Phase, Record};
+
+/// One broken invariant found by [`Store::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a table, or a job.
+    pub place: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.detail)
+    }
+}
+
+fn r(e: impl Into<redb::Error>) -> Error {
+    Error::storage("checking the database", e)
+}
+
+type ByteSet = HashSet<Vec<u8>>;
+
+/// Every entry of a byte-keyed table.
+fn byte_keys<V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    def: redb::TableDefinition<&'static [u8], V>,
+) -> Result<ByteSet> {
+    let table = tx.open_table(def).map_err(r)?;
+    let mut out = HashSet::new();
+    for e in table.iter().map_err(r)? {
+        let (k, _) = e.map_err(r)?;
+        out.insert(k.value().to_vec());
+    }
+    Ok(out)
+}
+
+fn pair_keys(
+    tx: &ReadTransaction,
+    def: redb::TableDefinition<(u64, u64), ()>,
+) -> Result<HashSet<(u64, u64)>> {
+    let table = tx.open_table(def).map_err(r)?;
+    let mut out = HashSet::new();
+    for e in table.iter().map_err(r)? {
+        let (k, _) = e.map_err(r)?;
+        out.insert(k.value());
+    }
+    Ok(out)
+}
+
+fn owners(
+    tx: &ReadTransaction,
+    def: redb::TableDefinition<&'static [u8], u64>,
+) -> Result<HashMap<Vec<u8>, u64>> {
+    let table = tx.open_table(def).map_err(r)?;
+    let mut out = HashMap::new();
+    for e in table.iter().map_err(r)? {
+        let (k, v) = e.map_err(r)?;
+        out.insert(k.value().to_vec(), v.value());
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Verifies quern's invariants: every record decodes; every job has exactly the index
+    /// entries of its state and every index entry points to a job in that state; unique and busy
+    /// keys point to the live jobs that hold them; counts match. Returns the problems found
+    /// (none for a healthy database).
+    ///
+    /// # Errors
+    /// Storage errors that prevent reading the database at all.
+    pub fn check(&self) -> Result<Vec<Problem>> {
+        self.read(check_tx)
+    }
+}
+
+fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |place: String, detail: String| problems.push(Problem { place, detail });
+
+    let mut ready = byte_keys(tx, READY)?;
+    let mut scheduled = byte_keys(tx, SCHEDULED)?;
+    let mut blocked = byte_keys(tx, BLOCKED)?;
+    let mut retries = byte_keys(tx, RETRIES)?;
+    let mut leases = pair_keys(tx, LEASES)?;
+    let mut succeeded = pair_keys(tx, SUCCEEDED)?;
+    let mut dead = pair_keys(tx, DEAD)?;
+    let mut busy = owners(tx, BUSY)?;
+    let mut unique = owners(tx, UNIQUE)?;
+    let mut counted: BTreeMap<(String, u8), u64> = BTreeMap::new();
+
+    let jobs = tx.open_table(JOBS).map_err(r)?;
+    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    for e in jobs.iter().map_err(r)? {
+        let (k, v) = e.map_err(r)?;
+        let id = k.value();
+        let place = format!("job {id}");
+        let rec = match decode_record(id, v.value()) {
+            Ok(rec) => rec,
+            Err(e) => {
+                problem(place, e.to_string());
+                continue;
+            }
+        };
+        if payloads.get(id).map_err(r)?.is_none() {
+            problem(place.clone(), "has no payload".into());
+        }
+        *counted
+            .entry((rec.queue.clone(), rec.phase().code()))
+            .or_default() += 1;
+        let q = rec.queue.as_str();
+        let mut missing: Vec<&str> = Vec::new();
+        let mut expect = |found: bool, index: &'static str| {
+            if !found {
+                missing.push(index);
+            }
+        };
+        match rec.phase() {
+            Phase::Pending => {
+                let in_ready = ready.remove(&ready_key(q, rec.priority, rec.run_at, id));
+                let in_scheduled = scheduled.remove(&timed_key(q, rec.run_at, id));
+                let in_blocked = rec.concurrency_key.as_ref().is_some_and(|c| {
+                    blocked.remove(&blocked_key(q, c, rec.priority, rec.run_at, id))
+                });
+                let places = [in_ready, in_scheduled, in_blocked]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                expect(places == 1, "single ready, scheduled or blocked");
+            }
+            Phase::InProgress => {
+                expect(
+                    rec.lease_expires_at
+                        .is_some_and(|t| leases.remove(&(t, id))),
+                    "leases",
+                );
+                if let Some(c) = &rec.concurrency_key {
+                    expect(busy.remove(&keyed(q, c)) == Some(id), "busy");
+                }
+            }
+            Phase::Retrying => expect(
+                rec.next_attempt_at
+                    .is_some_and(|t| retries.remove(&timed_key(q, t, id))),
+                "retries",
+            ),
+            Phase::Succeeded => expect(
+                rec.finished_at.is_some_and(|t| succeeded.remove(&(t, id))),
+                "succeeded",
+            ),
+            Phase::Dead => expect(
+                rec.finished_at.is_some_and(|t| dead.remove(&(t, id))),
+                "dead",
+            ),
+        }
+        if rec.phase().is_live()
+            && let Some(u) = &rec.unique_key
+        {
+            expect(unique.remove(&keyed(q, u)) == Some(id), "unique");
+        }
+        for index in missing {
+            problem(
+                place.clone(),
+                format!("is {} but has no {index} entry", phase_name(&rec)),
+            );
+        }
+    }
+
+    let inbox = tx.open_table(INBOX).map_err(r)?;
+    for e in inbox.iter().map_err(r)? {
+        let (k, v) = e.map_err(r)?;
+        let id = k.value();
+        let place = format!("inbox job {id}");
+        match decode_inbox(id, v.value()) {
+            Ok((rec, _)) => {
+                if jobs.get(id).map_err(r)?.is_some() {
+                    problem(place.clone(), "is also in the jobs table".into());
+                }
+                if let Some(u) = &rec.unique_key
+                    && unique.remove(&keyed(&rec.queue, u)) != Some(id)
+                {
+                    problem(place, "does not hold its unique key".into());
+                }
+            }
+            Err(e) => problem(place, e.to_string()),
+        }
+    }
+
+    let leftovers: [(&str, usize); 9] = [
+        ("ready", ready.len()),
+        ("scheduled", scheduled.len()),
+        ("blocked", blocked.len()),
+        ("retries", retries.len()),
+        ("leases", leases.len()),
+        ("succeeded", succeeded.len()),
+        ("dead", dead.len()),
+        ("busy", busy.len()),
+        ("unique", unique.len()),
+    ];
+    for (table, n) in leftovers {
+        if n > 0 {
+            problem(
+                format!("{table} index"),
+                format!("{n} entries point to no job in the matching state"),
+            );
+        }
+    }
+
+    let counts = tx.open_table(COUNTS).map_err(r)?;
+    for e in counts.iter().map_err(r)? {
+        let (k, v) = e.map_err(r)?;
+        let key = parse_count_key(k.value())?;
+        let actual = counted.remove(&key).unwrap_or(0);
+        if actual != v.value() {
+            problem(
+                format!("counts of queue {:?}", key.0),
+                format!(
+                    "say {} in state {}, the jobs table has {actual}",
+                    v.value(),
+                    key.1
+                ),
+            );
+        }
+    }
+    for ((queue, code), n) in counted {
+        problem(
+            format!("counts of queue {queue:?}"),
+            format!("missing for state {code}, the jobs table has {n}"),
+        );
+    }
+    Ok(problems)
+}
+
+fn phase_name(rec: &Record) -> &'static str {
+    match rec.phase() {
+        Phase::Pending => "pending",
+        Phase::InProgress => "in progress",
+        Phase::Succeeded => "succeeded",
+        Phase::Retrying => "failed with a retry scheduled",
+        Phase::Dead => "failed for good",
+    }
+}

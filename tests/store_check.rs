@@ -1,0 +1,72 @@
+//! `Store::check` finds nothing wrong in a healthy database and names what is wrong in a damaged
+//! one.
+
+use quern::redb::{ReadableTable, TableDefinition};
+use quern::{NewJob, Store};
+
+const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");
+const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
+
+#[test]
+fn a_healthy_database_has_no_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("q.redb")).unwrap();
+    store
+        .enqueue_batch((0..20).map(|i| NewJob::new("q", format!("{i}")).unique_key(format!("{i}"))))
+        .unwrap();
+    for c in store.claim("q", 5).unwrap() {
+        store.complete(c.lease).unwrap();
+    }
+    store.enqueue(NewJob::new("q", "in the inbox")).unwrap();
+    assert_eq!(store.check().unwrap(), []);
+    let reader = Store::open_read_only(dir.path().join("q.redb")).unwrap();
+    assert_eq!(reader.check().unwrap(), [], "checks run on a live database");
+}
+
+#[test]
+fn a_lost_index_entry_and_a_wrong_count_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .enqueue_batch((0..3).map(|i| NewJob::new("q", format!("{i}"))))
+            .unwrap();
+        // Index the inbox.
+        store.promote_due().unwrap();
+    }
+    {
+        let db = quern::redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut ready = tx.open_table(READY).unwrap();
+            let first = ready
+                .first()
+                .unwrap()
+                .map(|(k, _)| k.value().to_vec())
+                .unwrap();
+            ready.remove(first.as_slice()).unwrap();
+            let mut counts = tx.open_table(COUNTS).unwrap();
+            let key = counts
+                .first()
+                .unwrap()
+                .map(|(k, _)| k.value().to_vec())
+                .unwrap();
+            counts.insert(key.as_slice(), 7).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let problems: Vec<String> = store
+        .check()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("job 1: is pending but has no"),
+        "{problems:#?}"
+    );
+    assert!(problems[1].contains("say 7"), "{problems:#?}");
+}
