@@ -1,0 +1,222 @@
+//! The `quern` utility: parsing in `args.rs`, rendering in `render.rs`, time formats in
+//! `time.rs`; this file runs the commands.
+//!
+//! Read commands open the database read-only, so they work while a worker writes it. Write
+//! commands (retry, cancel, prune) need the database to themselves. Errors print one line and
+//! exit with code 2; `check` exits with 1 when it finds problems.
+
+mod args;
+mod render;
+mod time;
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use quern::{Error, Filter, JobId, JobState, Store};
+
+use self::args::{Args, Command, Format};
+
+/// Exit codes.
+const OK: i32 = 0;
+const PROBLEMS: i32 = 1;
+const FAILURE: i32 = 2;
+
+pub fn main() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let code = if e.use_stderr() { FAILURE } else { OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match try_main(args) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => OK,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("quern: {}", chain.join(": "));
+            FAILURE
+        }
+    }
+}
+
+/// A closed pipe (`quern dump | head`) ends the output; it is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn try_main(args: Args) -> Result<i32> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let code = match args.command {
+        Command::Stats { db, format } => {
+            let store = open_read(&db)?;
+            let stats = store.stats()?;
+            match format {
+                Format::Json | Format::Jsonl => render::stats_json(&mut out, &stats)?,
+                Format::Table => render::stats_table(&mut out, &stats)?,
+            }
+            OK
+        }
+        Command::Dump {
+            db,
+            queue,
+            state,
+            limit,
+            format,
+        } => {
+            let store = open_read(&db)?;
+            let mut filter = Filter::default();
+            if let Some(q) = queue {
+                filter = filter.queue(q);
+            }
+            if let Some(s) = state {
+                filter = filter.state(s);
+            }
+            if let Some(n) = limit {
+                filter = filter.limit(n);
+            }
+            render::dump(&mut out, &store, &filter, format)?;
+            OK
+        }
+        Command::Show { db, id, format } => {
+            let store = open_read(&db)?;
+            let job = store
+                .get(JobId(id))?
+                .ok_or_else(|| anyhow!("job {id} not found in {}", db.display()))?;
+            match format {
+                Format::Json | Format::Jsonl => render::job_json_line(&mut out, &job)?,
+                Format::Table => render::job_text(&mut out, &job, store.now())?,
+            }
+            OK
+        }
+        Command::Retry {
+            db,
+            ids,
+            queue,
+            state,
+        } => {
+            let store = open_write(&db)?;
+            let ids = select(&store, ids, queue, state)?;
+            for id in &ids {
+                store
+                    .retry(*id)
+                    .with_context(|| format!("retry of job {id} in {}", db.display()))?;
+            }
+            writeln!(out, "retried {} job(s): now pending", ids.len())?;
+            OK
+        }
+        Command::Cancel { db, ids } => {
+            let store = open_write(&db)?;
+            for id in &ids {
+                store
+                    .cancel(JobId(*id))
+                    .with_context(|| format!("cancel of job {id} in {}", db.display()))?;
+            }
+            writeln!(out, "cancelled {} job(s)", ids.len())?;
+            OK
+        }
+        Command::Prune { db, older_than } => {
+            let store = open_write(&db)?;
+            let n = store.prune(older_than.0)?;
+            writeln!(
+                out,
+                "pruned {n} finished job(s) older than {}",
+                time::duration(older_than.0)
+            )?;
+            OK
+        }
+        Command::Check { db } => check(&mut out, &db)?,
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+/// The jobs a retry names: the ids given, or every job of a queue in a state.
+fn select(
+    store: &Store,
+    ids: Vec<u64>,
+    queue: Option<String>,
+    state: Option<JobState>,
+) -> Result<Vec<JobId>> {
+    if !ids.is_empty() {
+        return Ok(ids.into_iter().map(JobId).collect());
+    }
+    let (Some(queue), Some(state)) = (queue, state) else {
+        bail!("name job ids, or both --queue and --state");
+    };
+    Ok(store
+        .list(&Filter::default().queue(queue).state(state))?
+        .into_iter()
+        .map(|j| j.id)
+        .collect())
+}
+
+fn missing(db: &Path) -> anyhow::Error {
+    anyhow!("{}: no such file", db.display())
+}
+
+fn open_read(db: &Path) -> Result<Store> {
+    if !db.exists() {
+        return Err(missing(db));
+    }
+    Ok(Store::open_read_only(db)?)
+}
+
+fn open_write(db: &Path) -> Result<Store> {
+    if !db.exists() {
+        return Err(missing(db));
+    }
+    match Store::open(db) {
+        Err(Error::AlreadyOpen { path }) => bail!(
+            "{} is open for writing by another process: stop it to retry, cancel or prune \
+             (stats, dump, show and check work while it runs)",
+            path.display()
+        ),
+        other => Ok(other?),
+    }
+}
+
+/// redb's own integrity check when no writer holds the file, then quern's invariants.
+fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
+    if !db.exists() {
+        return Err(missing(db));
+    }
+    let integrity = redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(db);
+    match integrity {
+        Ok(mut raw) => match raw.check_integrity() {
+            Ok(true) => writeln!(out, "storage: ok")?,
+            Ok(false) => writeln!(out, "storage: damaged pages found and repaired")?,
+            Err(e) => {
+                writeln!(out, "storage: corrupt: {e}")?;
+                return Ok(PROBLEMS);
+            }
+        },
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            writeln!(out, "storage: skipped (a writer holds the database)")?;
+        }
+        Err(e) => {
+            writeln!(out, "storage: cannot open: {e}")?;
+            return Ok(PROBLEMS);
+        }
+    }
+    let store = open_read(db)?;
+    let problems = store.check()?;
+    if problems.is_empty() {
+        writeln!(out, "invariants: ok")?;
+        return Ok(OK);
+    }
+    writeln!(out, "invariants: {} problem(s)", problems.len())?;
+    for p in &problems {
+        writeln!(out, "  {p}")?;
+    }
+    Ok(PROBLEMS)
+}

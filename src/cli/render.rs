@@ -1,0 +1,242 @@
+//! Rendering: every renderer writes to any `io::Write`, so tests capture output.
+
+use std::io::{self, Write};
+
+use quern::{Filter, Job, Stats, Store, Timestamp};
+use serde_json::{Value, json};
+
+use super::args::Format;
+use super::time;
+
+pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+    if stats.queues.is_empty() {
+        return writeln!(out, "no jobs");
+    }
+    writeln!(
+        out,
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<16} {:<16}",
+        "QUEUE",
+        "PENDING",
+        "RUNNING",
+        "RETRYING",
+        "FAILED",
+        "SUCCEEDED",
+        "OLDEST DUE",
+        "NEXT RETRY"
+    )?;
+    for q in &stats.queues {
+        let oldest = q
+            .oldest_due_pending
+            .map_or("-".into(), |t| time::relative(t, stats.at));
+        let retry = q
+            .next_retry_at
+            .map_or("-".into(), |t| time::relative(t, stats.at));
+        writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<16} {:<16}",
+            q.queue, q.pending, q.in_progress, q.retrying, q.failed, q.succeeded, oldest, retry
+        )?;
+    }
+    if let Some(t) = stats.next_lease_expiry {
+        writeln!(out, "next lease expiry: {}", time::relative(t, stats.at))?;
+    }
+    Ok(())
+}
+
+pub fn stats_json(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+    let queues: Vec<Value> = stats
+        .queues
+        .iter()
+        .map(|q| {
+            json!({
+                "queue": q.queue,
+                "pending": q.pending,
+                "in_progress": q.in_progress,
+                "retrying": q.retrying,
+                "failed": q.failed,
+                "succeeded": q.succeeded,
+                "oldest_due_pending": q.oldest_due_pending.map(|t| t.0),
+                "next_retry_at": q.next_retry_at.map(|t| t.0),
+                "next_scheduled_at": q.next_scheduled_at.map(|t| t.0),
+            })
+        })
+        .collect();
+    let v = json!({
+        "at": stats.at.0,
+        "next_lease_expiry": stats.next_lease_expiry.map(|t| t.0),
+        "queues": queues,
+    });
+    serde_json::to_writer_pretty(&mut *out, &v)?;
+    writeln!(out)
+}
+
+/// The payload as people read it: JSON when it parses, UTF-8 text when it is, hex otherwise.
+fn payload(bytes: &[u8]) -> (&'static str, Value) {
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes)
+        && (v.is_object() || v.is_array())
+    {
+        return ("json", v);
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => ("utf8", Value::String(s.to_owned())),
+        Err(_) => ("hex", Value::String(hex(bytes))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ts(t: Option<Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| json!(t.0))
+}
+
+pub fn job_value(job: &Job) -> Value {
+    let (encoding, payload) = payload(&job.payload);
+    json!({
+        "id": job.id.0,
+        "queue": job.queue,
+        "state": job.state.as_str(),
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "run_at": job.run_at.0,
+        "next_attempt_at": ts(job.next_attempt_at),
+        "last_error": job.last_error,
+        "unique_key": job.unique_key,
+        "concurrency_key": job.concurrency_key,
+        "progress": job.progress,
+        "lease_expires_at": ts(job.lease_expires_at),
+        "timeout_ms": job.timeout.map(|d| d.as_millis()),
+        "created_at": job.created_at.0,
+        "updated_at": job.updated_at.0,
+        "finished_at": ts(job.finished_at),
+        "manual_retries": job.manual_retries,
+        "payload_encoding": encoding,
+        "payload": payload,
+    })
+}
+
+pub fn job_json_line(out: &mut impl Write, job: &Job) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &job_value(job))?;
+    writeln!(out)
+}
+
+pub fn job_text(out: &mut impl Write, job: &Job, now: Timestamp) -> io::Result<()> {
+    let when = |t: Option<Timestamp>| {
+        t.map_or("-".to_owned(), |t| {
+            format!("{} ({})", time::utc(t), time::relative(t, now))
+        })
+    };
+    let (encoding, payload) = payload(&job.payload);
+    let payload = match payload {
+        Value::String(s) => s,
+        v => v.to_string(),
+    };
+    writeln!(out, "job {}  queue {}  {}", job.id, job.queue, job.state)?;
+    writeln!(
+        out,
+        "  attempts       {} of {}",
+        job.attempts, job.max_attempts
+    )?;
+    writeln!(out, "  priority       {}", job.priority)?;
+    writeln!(out, "  run at         {}", when(Some(job.run_at)))?;
+    writeln!(out, "  next attempt   {}", when(job.next_attempt_at))?;
+    writeln!(out, "  lease expires  {}", when(job.lease_expires_at))?;
+    writeln!(out, "  created        {}", when(Some(job.created_at)))?;
+    writeln!(out, "  updated        {}", when(Some(job.updated_at)))?;
+    writeln!(out, "  finished       {}", when(job.finished_at))?;
+    writeln!(
+        out,
+        "  unique key     {}",
+        job.unique_key.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  concurrency    {}",
+        job.concurrency_key.as_deref().unwrap_or("-")
+    )?;
+    writeln!(out, "  manual retries {}", job.manual_retries)?;
+    writeln!(
+        out,
+        "  progress       {}",
+        job.progress.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  last error     {}",
+        job.last_error.as_deref().unwrap_or("-")
+    )?;
+    writeln!(
+        out,
+        "  payload ({encoding}, {} bytes) {payload}",
+        job.payload.len()
+    )
+}
+
+/// Streams the jobs the filter admits; nothing is held in memory but the current job.
+pub fn dump(
+    out: &mut impl Write,
+    store: &Store,
+    filter: &Filter,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut failed: Option<io::Error> = None;
+    let mut first = true;
+    if format == Format::Table {
+        writeln!(
+            out,
+            "{:>8} {:<14} {:<12} {:>8} {:>4} {:<24} PAYLOAD",
+            "ID", "QUEUE", "STATE", "ATTEMPTS", "PRIO", "RUN AT"
+        )?;
+    } else if format == Format::Json {
+        write!(out, "[")?;
+    }
+    store.for_each(filter, |job| {
+        let written = match format {
+            Format::Jsonl => job_json_line(out, &job),
+            Format::Json => {
+                let sep = if first { "\n" } else { ",\n" };
+                write!(out, "{sep}").and_then(|()| {
+                    serde_json::to_writer(&mut *out, &job_value(&job)).map_err(io::Error::from)
+                })
+            }
+            Format::Table => {
+                let (_, payload) = payload(&job.payload);
+                let mut payload = match payload {
+                    Value::String(s) => s,
+                    v => v.to_string(),
+                };
+                if payload.chars().count() > 40 {
+                    payload = payload.chars().take(39).collect::<String>() + "…";
+                }
+                writeln!(
+                    out,
+                    "{:>8} {:<14} {:<12} {:>8} {:>4} {:<24} {}",
+                    job.id.0,
+                    job.queue,
+                    job.state.as_str(),
+                    format!("{}/{}", job.attempts, job.max_attempts),
+                    job.priority,
+                    time::utc(job.run_at),
+                    payload.replace('\n', " ")
+                )
+            }
+        };
+        first = false;
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    if format == Format::Json {
+        writeln!(out, "{}]", if first { "" } else { "\n" })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The `quern` utility, run as a real process against databases built here, also while this
+//! process holds the database open for writing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use quern::redb::TableDefinition;
+use quern::{JobId, JobState, NewJob, Store};
+use serde_json::Value;
+
+fn quern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quern"))
+        .args(args)
+        .output()
+        .expect("run quern")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A database with a succeeded, a failed-for-good, a running and two pending jobs.
+fn build(dir: &tempfile::TempDir) -> (PathBuf, Store) {
+    let path = dir.path().join("q.redb");
+    let store = Store::open(&path).unwrap();
+    store
+        .enqueue_batch([
+            NewJob::new("uploads", r#"{"file":"a.jpg"}"#),
+            NewJob::new("uploads", "b.jpg").max_attempts(1),
+            NewJob::new("uploads", vec![0xff, 0x00, 0x10]),
+            NewJob::new("mail", "hello").unique_key("welcome"),
+        ])
+        .unwrap();
+    let mut claimed = store.claim("uploads", 3).unwrap();
+    let running = claimed.pop().unwrap();
+    store.set_progress(&running.lease, "3/9 parts").unwrap();
+    let b = claimed.pop().unwrap();
+    store.fail(b.lease, "bucket said 403").unwrap();
+    store.complete(claimed.pop().unwrap().lease).unwrap();
+    (path, store)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn stats_and_dump_read_a_database_another_process_is_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _writer) = build(&dir);
+    let out = quern(&["stats", s(&path)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let uploads = text.lines().find(|l| l.starts_with("uploads")).unwrap();
+    let numbers: Vec<&str> = uploads.split_whitespace().skip(1).take(5).collect();
+    assert_eq!(
+        numbers,
+        ["0", "1", "0", "1", "1"],
+        "pending running retrying failed succeeded"
+    );
+
+    let out = quern(&["dump", s(&path), "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jobs: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 4);
+    for field in [
+        "id",
+        "queue",
+        "state",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "run_at",
+        "next_attempt_at",
+        "last_error",
+        "unique_key",
+        "concurrency_key",
+        "progress",
+        "lease_expires_at",
+        "created_at",
+        "updated_at",
+        "finished_at",
+        "manual_retries",
+        "payload",
+        "payload_encoding",
+    ] {
+        assert!(
+            jobs.iter().all(|j| j.get(field).is_some()),
+            "missing {field}"
+        );
+    }
+    assert_eq!(
+        jobs[0]["payload"]["file"], "a.jpg",
+        "JSON payloads are JSON"
+    );
+    assert_eq!(jobs[1]["payload"], "b.jpg", "text payloads are text");
+    assert_eq!(jobs[2]["payload"], "ff0010", "other payloads are hex");
+    assert_eq!(jobs[2]["progress"], "3/9 parts");
+    assert_eq!(jobs[1]["last_error"], "bucket said 403");
+}
+
+#[test]
+fn dump_filters_by_queue_state_and_limit_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _writer) = build(&dir);
+    let out = quern(&[
+        "dump",
+        s(&path),
+        "--queue",
+        "uploads",
+        "--state",
+        "failed",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jobs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "failed");
+    let out = quern(&["dump", s(&path), "--limit", "2"]);
+    assert_eq!(stdout(&out).lines().count(), 3, "a header and two rows");
+    let out = quern(&["dump", s(&path), "--state", "pending", "--format", "json"]);
+    let jobs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs[0]["queue"], "mail");
+}
+
+#[test]
+fn show_prints_every_field_of_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _writer) = build(&dir);
+    let out = quern(&["show", s(&path), "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("job 2  queue uploads  failed"), "{text}");
+    assert!(text.contains("bucket said 403"));
+    let out = quern(&["show", s(&path), "3", "--format", "json"]);
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (job["id"].as_u64(), job["state"].as_str()),
+        (Some(3), Some("in_progress"))
+    );
+}
+
+#[test]
+fn retry_cancel_and_prune_write_when_no_writer_holds_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, writer) = build(&dir);
+    drop(writer);
+    let out = quern(&["retry", s(&path), "--queue", "uploads", "--state", "failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = quern(&["cancel", s(&path), "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = quern(&["prune", s(&path), "--older-than", "0s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("pruned 2"), "{}", stdout(&out));
+    let store = Store::open(&path).unwrap();
+    let retried = store.get(JobId(2)).unwrap().unwrap();
+    assert_eq!(
+        (retried.state, retried.attempts, retried.manual_retries),
+        (JobState::Pending, 0, 1)
+    );
+    assert!(
+        store.get(JobId(4)).unwrap().is_none(),
+        "cancelled, then pruned"
+    );
+    assert!(
+        store.get(JobId(1)).unwrap().is_none(),
+        "succeeded, then pruned"
+    );
+}
+
+#[test]
+fn check_passes_a_healthy_database_live_and_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, writer) = build(&dir);
+    let out = quern(&["check", s(&path)]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("storage: skipped"));
+    drop(writer);
+    let out = quern(&["check", s(&path)]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out), "storage: ok\ninvariants: ok\n");
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = quern(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_input_is_one_line_naming_what_and_where_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.redb");
+    fails_with(&["stats", s(&missing)], "missing.redb: no such file");
+    fails_with(&["retry", s(&missing), "1"], "no such file");
+    assert!(!missing.exists(), "nothing was created");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database".repeat(500)).unwrap();
+    fails_with(&["dump", s(&text)], "notes.txt");
+
+    let other = dir.path().join("other.redb");
+    {
+        const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+        let db = quern::redb::Database::create(&other).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().insert(1, 1).unwrap();
+        tx.commit().unwrap();
+    }
+    fails_with(&["stats", s(&other)], "is not a quern database");
+
+    let newer = dir.path().join("newer.redb");
+    drop(Store::open(&newer).unwrap());
+    {
+        const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+        let db = quern::redb::Database::create(&newer).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("format_version", 99)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    fails_with(&["stats", s(&newer)], "format version 99");
+
+    let (path, _writer) = build(&dir);
+    fails_with(
+        &["cancel", s(&path), "1"],
+        "open for writing by another process",
+    );
+    fails_with(&["show", s(&path), "42"], "job 42 not found");
+    fails_with(
+        &["prune", s(&path), "--older-than", "7 parsecs"],
+        "older-than",
+    );
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .enqueue_batch((0..5_000).map(|i| NewJob::new("q", format!("job {i}"))))
+            .unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quern"))
+        .args(["dump", s(&path), "--format", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
