@@ -1,0 +1,303 @@
+//! Crash tests with real process death: a child process runs an executor (or enqueues batches)
+//! on a real database file and is killed with SIGKILL at random moments, then restarted, until
+//! the work is done. `QUERN_CRASH_KILLS` sets the number of kills (default 12 per test);
+//! `QUERN_CRASH_SEED` replays a run.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use quern::{Executor, Filter, JobState, NewJob, Outcome, Store};
+
+const BATCH: usize = 500;
+
+/// Jobs for the worker test: enough work that every kill lands mid-work.
+fn job_count() -> u64 {
+    170 * u64::from(kills())
+}
+
+fn kills() -> u32 {
+    std::env::var("QUERN_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
+
+/// xorshift64*, seeded from the clock unless `QUERN_CRASH_SEED` says otherwise.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::env::var("QUERN_CRASH_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("crash test seed: QUERN_CRASH_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn open(db: &Path) -> Store {
+    Store::builder()
+        .lease_ttl(Duration::from_millis(300))
+        .backoff(quern::Backoff::fixed(Duration::from_millis(10)))
+        .open(db)
+        .unwrap()
+}
+
+/// Runs this test binary again as the child `role` of `test`.
+fn spawn_child(test: &str, role: &str, db: &Path, log: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("QUERN_CRASH_CHILD", role)
+        .env("QUERN_CRASH_DB", db)
+        .env("QUERN_CRASH_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn child_role() -> Option<(String, PathBuf, PathBuf)> {
+    let role = std::env::var("QUERN_CRASH_CHILD").ok()?;
+    let db = std::env::var_os("QUERN_CRASH_DB")?.into();
+    let log = std::env::var_os("QUERN_CRASH_LOG")?.into();
+    Some((role, db, log))
+}
+
+/// The worker child: runs every job, logging each run's start and end in an append-only file.
+fn worker_child(db: &Path, log: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = open(db);
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap(),
+    ));
+    let pid = std::process::id();
+    let _guard = rt.enter();
+    let handle = Executor::builder(store.clone())
+        .queue("crash")
+        .concurrency(4)
+        .channel_capacity(8)
+        .spawn(move |ctx| {
+            let log = log.clone();
+            let (id, attempt) = (ctx.job().id.0, ctx.job().attempts);
+            async move {
+                writeln!(log.lock(), "start {id} {attempt} {pid}").unwrap();
+                tokio::time::sleep(Duration::from_millis(1 + id % 3)).await;
+                writeln!(log.lock(), "end {id} {attempt} {pid}").unwrap();
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    loop {
+        let q = store
+            .stats()
+            .unwrap()
+            .queue("crash")
+            .cloned()
+            .unwrap_or_default();
+        if q.pending + q.in_progress + q.retrying == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rt.block_on(handle.shutdown(Duration::from_secs(5)))
+        .unwrap();
+}
+
+/// The enqueuing child: writes batches tagged with their number until killed.
+fn enqueue_child(db: &Path) {
+    let store = open(db);
+    for batch in 0.. {
+        store
+            .enqueue_batch((0..BATCH).map(|i| NewJob::new("batches", format!("{batch}:{i}"))))
+            .unwrap();
+    }
+}
+
+#[test]
+fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
+    if let Some((role, db, log)) = child_role() {
+        if role == "worker" {
+            worker_child(&db, &log);
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    let log = dir.path().join("runs.log");
+    open(&db)
+        .enqueue_batch(
+            (0..job_count()).map(|i| NewJob::new("crash", format!("{i}")).max_attempts(1_000)),
+        )
+        .unwrap();
+    let mut rng = Rng::new();
+    let mut killed = HashSet::new();
+    let test = "killed_workers_lose_no_job_and_never_run_one_twice_at_once";
+    // Kill children mid-work until the kills are spent or a child finishes the work.
+    while killed.len() < kills() as usize {
+        let mut child = spawn_child(test, "worker", &db, &log);
+        std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
+        let pid = child.id();
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed.insert(pid);
+    }
+    let started = Instant::now();
+    let mut child = spawn_child(test, "worker", &db, &log);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the final run failed: {status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the final run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let store = open(&db);
+    let jobs = store.list(&Filter::default().queue("crash")).unwrap();
+    assert_eq!(jobs.len() as u64, job_count(), "no job was lost");
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "every job succeeded"
+    );
+    assert_eq!(store.check().unwrap(), [], "the database is consistent");
+
+    // Runs per job, in log order: (attempt, pid, ended).
+    let mut runs: BTreeMap<u64, Vec<(u32, u32, bool)>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [kind, id, attempt, pid] = parts[..] else {
+            // A line cut by a kill.
+            continue;
+        };
+        let (Ok(id), Ok(attempt), Ok(pid)) = (id.parse(), attempt.parse(), pid.parse()) else {
+            continue;
+        };
+        let job = runs.entry(id).or_default();
+        match kind {
+            "start" => {
+                assert!(
+                    !job.iter().any(|&(_, p, ended)| p == pid && !ended),
+                    "job {id} started twice at once in process {pid}"
+                );
+                job.push((attempt, pid, false));
+            }
+            "end" => {
+                if let Some(run) = job.iter_mut().rev().find(|r| r.1 == pid && r.0 == attempt) {
+                    run.2 = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let reruns = runs.values().filter(|r| r.len() > 1).count();
+    let cut = runs.values().flatten().filter(|r| !r.2).count();
+    let working: HashSet<u32> = runs.values().flatten().map(|r| r.1).collect();
+    let killed_working = working.intersection(&killed).count();
+    eprintln!(
+        "{} kills ({killed_working} while running jobs); {cut} runs cut short by a kill; \
+         {reruns} jobs ran more than once",
+        killed.len(),
+    );
+    assert!(
+        killed_working >= 3,
+        "too few kills landed mid-work: {killed_working}"
+    );
+    for job in &jobs {
+        let r = runs.get(&job.id.0).map_or(&[][..], Vec::as_slice);
+        assert!(
+            !r.is_empty(),
+            "job {} succeeded without a logged run",
+            job.id
+        );
+        assert!(
+            r.len() as u32 <= job.attempts,
+            "job {} ran {} times but counts {} attempts",
+            job.id,
+            r.len(),
+            job.attempts
+        );
+        for (attempt, pid, _) in &r[..r.len() - 1] {
+            assert!(
+                killed.contains(pid),
+                "job {} ran again after attempt {attempt} in process {pid}, which was not killed",
+                job.id
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all() {
+    if let Some((role, db, _)) = child_role() {
+        if role == "enqueue" {
+            enqueue_child(&db);
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("batches.redb");
+    let log = dir.path().join("unused.log");
+    drop(open(&db));
+    let mut rng = Rng::new();
+    let test = "a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all";
+    for _ in 0..kills() {
+        let mut child = spawn_child(test, "enqueue", &db, &log);
+        std::thread::sleep(Duration::from_millis(20 + rng.below(200)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let store = open(&db);
+    let mut per_batch: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    let mut child_runs = 0;
+    for job in store.list(&Filter::default()).unwrap() {
+        let payload = String::from_utf8(job.payload).unwrap();
+        let batch: u64 = payload.split(':').next().unwrap().parse().unwrap();
+        let i: usize = payload.split(':').nth(1).unwrap().parse().unwrap();
+        if batch == 0 && i == 0 {
+            child_runs += 1;
+        }
+        // Each child run restarts at batch 0; the run is told apart by the id range.
+        *per_batch
+            .entry((format!("run{child_runs}"), batch))
+            .or_default() += 1;
+    }
+    eprintln!(
+        "{} complete batches over {child_runs} killed runs",
+        per_batch.len()
+    );
+    assert!(!per_batch.is_empty(), "some batches were written");
+    for ((run, batch), n) in &per_batch {
+        assert_eq!(*n, BATCH, "{run} batch {batch} has {n} of {BATCH} jobs");
+    }
+    assert_eq!(store.check().unwrap(), []);
+}
