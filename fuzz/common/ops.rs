@@ -1,0 +1,88 @@
+//! Fuzz input -> a bounded sequence of model operations.
+//!
+//! Shared by the `ops_model` fuzz target and the corpus replay in `tests/fuzz_corpus.rs`: both
+//! include this file (and `input.rs`, as `crate::input`) by path, with the model of
+//! `tests/model` as `crate::model`, so that a corpus file means the same operations in both.
+//! An operation is a byte choosing its kind, then a byte per field.
+
+use crate::input::Input;
+use crate::model::{Op, Spec};
+
+/// The most operations one input runs.
+pub const MAX_OPS: usize = 64;
+/// The most jobs in one enqueue batch.
+pub const MAX_BATCH: usize = 6;
+
+/// The operations `data` encodes: at most [`MAX_OPS`], one per leading byte and its fields.
+pub fn ops(data: &[u8]) -> Vec<Op> {
+    let mut input = Input::new(data);
+    let mut ops = Vec::new();
+    while !input.is_empty() && ops.len() < MAX_OPS {
+        ops.push(op(&mut input));
+    }
+    ops
+}
+
+/// One operation. The weights follow `tests/prop_model.rs`: claims and enqueues often, a
+/// reopen (the slowest step) rarely.
+fn op(input: &mut Input<'_>) -> Op {
+    match input.below(32) {
+        0..=5 => Op::Enqueue(spec(input)),
+        6..=7 => {
+            let n = input.below(MAX_BATCH as u8 + 1);
+            Op::EnqueueBatch((0..n).map(|_| spec(input)).collect())
+        }
+        8..=13 => Op::Claim {
+            queue: input.below(2),
+            n: input.below(5),
+        },
+        14..=16 => Op::Complete {
+            lease: input.byte(),
+        },
+        17..=18 => Op::Fail {
+            lease: input.byte(),
+        },
+        19 => Op::Discard {
+            lease: input.byte(),
+        },
+        20..=21 => Op::Snooze {
+            lease: input.byte(),
+            secs: input.below(60),
+        },
+        22 => Op::Heartbeat {
+            lease: input.byte(),
+        },
+        // Up to 255 s: past the backoff (10 s) and the lease TTL (30 s) in one step or a few.
+        23..=25 => Op::Advance {
+            secs: u16::from(input.byte()),
+        },
+        26 => Op::PromoteDue,
+        27 => Op::RecoverExpired,
+        28 => Op::Retry { job: input.byte() },
+        29 => Op::Cancel { job: input.byte() },
+        30 => Op::Prune {
+            secs: u16::from(input.below(120)),
+        },
+        _ => Op::Reopen,
+    }
+}
+
+/// A job: six bytes, one a field.
+fn spec(input: &mut Input<'_>) -> Spec {
+    let queue = input.below(2);
+    let priority = input.below(5) as i8 - 2;
+    // Mostly due now, as in the property test; otherwise up to 89 s ahead.
+    let delay = input.byte();
+    let delay_secs = if delay < 192 { 0 } else { delay % 90 };
+    let max_attempts = 1 + input.below(3);
+    let unique = input.byte();
+    let ckey = input.byte();
+    Spec {
+        queue,
+        priority,
+        delay_secs,
+        max_attempts,
+        unique: (unique >= 160).then_some(unique % 4),
+        ckey: (ckey >= 160).then_some(ckey % 3),
+    }
+}
