@@ -173,11 +173,18 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// Indexes the inbox in id order, up to a bound per transaction. Every operation that
-    /// looks jobs up by state or id calls this first, so that it sees every enqueued job.
-    pub(crate) fn drain_inbox(&mut self) -> Result<()> {
+    /// Indexes the inbox in id order, up to a bound per transaction, except the entries `keep`
+    /// selects: those are taken out of the inbox with their payloads stored, and returned
+    /// instead of indexed, and the caller must [`Ctx::put`] each (a claim writes them in
+    /// progress at once, saving their trip through the ready index). A claim calls this first,
+    /// so that it sees every enqueued job.
+    pub(crate) fn drain_inbox(
+        &mut self,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<(u64, Record)>> {
+        let mut kept = Vec::new();
         if !self.inbox_maybe {
-            return Ok(());
+            return Ok(kept);
         }
         let mut moved = 0;
         while moved < DRAIN_LIMIT {
@@ -192,21 +199,27 @@ impl<'t> Ctx<'t> {
                 .map_err(w)?;
             if batch.is_empty() {
                 self.inbox_maybe = false;
-                return Ok(());
+                break;
             }
             for (id, bytes) in batch {
-                self.index_entry(id, &bytes)?;
+                let rec = self.unbox(id, &bytes)?;
+                if keep(&rec) {
+                    self.changed = true;
+                    kept.push((id, rec));
+                } else {
+                    self.put(id, None, &rec)?;
+                }
                 moved += 1;
             }
         }
-        Ok(())
+        Ok(kept)
     }
 
-    /// Moves one inbox entry into the jobs table and the indexes.
-    fn index_entry(&mut self, id: u64, bytes: &[u8]) -> Result<Record> {
+    /// Takes one inbox entry out of the inbox, storing its payload; returns its record, which
+    /// the caller must [`Ctx::put`].
+    fn unbox(&mut self, id: u64, bytes: &[u8]) -> Result<Record> {
         let (rec, payload) = decode_inbox(id, bytes)?;
         self.t.payloads.insert(id, payload).map_err(w)?;
-        self.put(id, None, &rec)?;
         self.t.inbox.remove(id).map_err(w)?;
         Ok(rec)
     }
@@ -217,7 +230,13 @@ impl<'t> Ctx<'t> {
             return Ok(Some(rec));
         }
         let entry = self.t.inbox.get(id).map_err(w)?.map(|g| g.value().to_vec());
-        entry.map(|bytes| self.index_entry(id, &bytes)).transpose()
+        entry
+            .map(|bytes| {
+                let rec = self.unbox(id, &bytes)?;
+                self.put(id, None, &rec)?;
+                Ok(rec)
+            })
+            .transpose()
     }
 
     pub(crate) fn load(&self, id: u64) -> Result<Option<Record>> {

@@ -12,7 +12,6 @@ use crate::state::{self, Phase, Refusal};
 
 /// Failed jobs whose retry is due -> Pending. Returns how many moved.
 pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
-    cx.drain_inbox()?;
     let now = cx.now();
     let mut moved = 0;
     for queue in cx.queues()? {
@@ -46,7 +45,6 @@ pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
 
 /// In-progress jobs whose lease expired -> a failed attempt ("lease expired"). Returns how many.
 pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
-    cx.drain_inbox()?;
     let now = cx.now();
     let expired: Vec<u64> =
         cx.t.leases

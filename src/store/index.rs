@@ -10,19 +10,23 @@ use super::ctx::{Tables, w};
 use crate::error::Result;
 use crate::state::{Phase, Record};
 
-/// Removes every index entry `rec` can have. A pending job may sit in ready, scheduled or
-/// blocked depending on when it was last looked at; all three are tried.
+/// Removes every index entry `rec` can have. A pending job sits in exactly one of ready,
+/// scheduled or blocked, depending on when it was last looked at: they are tried in that order
+/// (ready is where a claimed job comes from) until one held it.
 pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
     let q = rec.queue.as_str();
     match rec.phase() {
         Phase::Pending => {
-            t.ready
+            let found = t
+                .ready
                 .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
-                .map_err(w)?;
-            t.scheduled
-                .remove(timed_key(q, rec.run_at, id).as_slice())
-                .map_err(w)?;
-            if let Some(k) = &rec.concurrency_key {
+                .map_err(w)?
+                .is_some()
+                || t.scheduled
+                    .remove(timed_key(q, rec.run_at, id).as_slice())
+                    .map_err(w)?
+                    .is_some();
+            if !found && let Some(k) = &rec.concurrency_key {
                 t.blocked
                     .remove(blocked_key(q, k, rec.priority, rec.run_at, id).as_slice())
                     .map_err(w)?;

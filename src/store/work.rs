@@ -12,22 +12,36 @@ use super::codec::{
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
 use crate::job::{Claimed, JobId, Lease, duration_ms};
-use crate::state::{self, Record, Refusal};
+use crate::state::{self, JobState, Record, Refusal};
 
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
 
 /// Claims up to `n` due pending jobs of `queue` in (priority desc, run_at asc, id asc) order,
 /// skipping jobs whose concurrency key is busy.
+///
+/// Candidates come from two places, merged in that order: the ready index, and the inbox
+/// entries of this queue that are due and have no concurrency key. An inbox entry that is
+/// claimed goes straight to in progress; the others are indexed as usual.
 pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claimed>> {
-    cx.drain_inbox()?;
     let now = cx.now();
+    let mut fresh =
+        cx.drain_inbox(|r| r.queue == queue && r.run_at <= now && r.concurrency_key.is_none())?;
+    // Sorted by ready key, which is the claim order; claimed from the back.
+    fresh.sort_by(|(a, ra), (b, rb)| {
+        ready_key(queue, rb.priority, rb.run_at, *b).cmp(&ready_key(
+            queue,
+            ra.priority,
+            ra.run_at,
+            *a,
+        ))
+    });
     let prefix = queue_prefix(queue);
     make_due_scheduled_ready(cx, queue, &prefix, now)?;
 
     let mut out = Vec::with_capacity(n.min(1024));
     let mut from = prefix.clone();
-    while out.len() < n {
+    'scan: while out.len() < n {
         let chunk = read_ready(cx, &prefix, &from)?;
         let Some((last, _)) = chunk.last() else {
             break;
@@ -36,8 +50,9 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
         from.push(0);
         let exhausted = chunk.len() < SCAN_CHUNK;
         for (key, ckey) in chunk {
+            claim_fresh_before(cx, queue, &mut fresh, Some(&key), n, now, &mut out)?;
             if out.len() == n {
-                break;
+                break 'scan;
             }
             let (priority, run_at, id) = ordered_tail(&key)?;
             if run_at > now {
@@ -64,13 +79,49 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
                     continue;
                 }
             }
-            out.push(claim_one(cx, id, now)?);
+            let old = cx.load(id)?.ok_or_else(|| Error::Corrupt {
+                what: "ready index".into(),
+                detail: format!("entry for job {id}, which does not exist"),
+            })?;
+            out.push(claim_one(cx, id, Some(&old), old.clone(), now)?);
         }
         if exhausted {
             break;
         }
     }
+    claim_fresh_before(cx, queue, &mut fresh, None, n, now, &mut out)?;
+    // What was not claimed is indexed like any other inbox entry.
+    for (id, rec) in fresh {
+        cx.put(id, None, &rec)?;
+    }
     Ok(out)
+}
+
+/// Claims fresh inbox entries that come before the ready entry `next` (all of them when
+/// `None`), while fewer than `n` are claimed.
+fn claim_fresh_before(
+    cx: &mut Ctx<'_>,
+    queue: &str,
+    fresh: &mut Vec<(u64, Record)>,
+    next: Option<&[u8]>,
+    n: usize,
+    now: u64,
+    out: &mut Vec<Claimed>,
+) -> Result<()> {
+    while out.len() < n {
+        let Some((id, rec)) = fresh.last() else {
+            return Ok(());
+        };
+        if next.is_some_and(|k| ready_key(queue, rec.priority, rec.run_at, *id).as_slice() > k) {
+            return Ok(());
+        }
+        let Some((id, rec)) = fresh.pop() else {
+            return Ok(());
+        };
+        // A fresh job was never indexed: it is written in progress directly.
+        out.push(claim_one(cx, id, None, rec, now)?);
+    }
+    Ok(())
 }
 
 /// Moves the scheduled jobs of a queue that are now due into ready. Each job moves once.
@@ -106,15 +157,24 @@ fn read_ready(cx: &Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u8>, 
     Ok(chunk)
 }
 
-fn claim_one(cx: &mut Ctx<'_>, id: u64, now: u64) -> Result<Claimed> {
-    let old = cx.load(id)?.ok_or_else(|| Error::Corrupt {
-        what: "ready index".into(),
-        detail: format!("entry for job {id}, which does not exist"),
-    })?;
-    let mut rec = old.clone();
+/// Claims job `id`: `rec` is its pending record, indexed as `old` (or `None` for a fresh inbox
+/// entry that was never indexed).
+fn claim_one(
+    cx: &mut Ctx<'_>,
+    id: u64,
+    old: Option<&Record>,
+    mut rec: Record,
+    now: u64,
+) -> Result<Claimed> {
+    if rec.state != JobState::Pending {
+        return Err(Error::Corrupt {
+            what: "ready index".into(),
+            detail: format!("entry for job {id}, which is {}", rec.state),
+        });
+    }
     let token = cx.alloc_token();
     state::claim(&mut rec, now, cx.cfg.lease_ttl, token);
-    cx.put(id, Some(&old), &rec)?;
+    cx.put(id, old, &rec)?;
     tracing::debug!(job = id, queue = %rec.queue, attempt = rec.attempts, "claimed");
     let payload = cx.payload(id)?;
     Ok(Claimed {
