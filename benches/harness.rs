@@ -1,10 +1,18 @@
 //! Whole-run figures for the README, measured in one run beside the disk's own limits:
 //! `cargo bench --bench harness` (set `QUERN_HARNESS_JOBS` to change the drain size, default
 //! 100,000).
+//!
+//! `cargo bench --bench harness -- FILTER` runs only the rows whose name contains FILTER (e.g.
+//! `drain`, `mixed`, `scale`), for profiling one workload.
+//!
+//! Other knobs: `QUERN_HARNESS_MIXED_SECS` (the mixed load's length, default 3 s) and
+//! `QUERN_HARNESS_SCALE` (jobs in the scale run, default 1,000,000; 0 skips it).
+//!
+//! The peer comparison with effectum lives in its own workspace: `benches/peer/`.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quern::redb::{self, ConcurrencyMode, TableDefinition};
@@ -12,11 +20,20 @@ use quern::{Executor, NewJob, Outcome, Store};
 
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
 
-fn main() {
-    let jobs: u64 = std::env::var("QUERN_HARNESS_JOBS")
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let jobs = env_u64("QUERN_HARNESS_JOBS", 100_000);
+    let mixed_secs = env_u64("QUERN_HARNESS_MIXED_SECS", 3);
+    let scale = env_u64("QUERN_HARNESS_SCALE", 1_000_000);
+    // `cargo bench` passes `--bench`; the first argument that is not a flag is the filter.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let want = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -28,82 +45,142 @@ fn main() {
         rows.push((name.to_owned(), value));
     };
 
-    let fsyncs = fsync_rate(2_000);
-    row("raw file: write + fsync", format!("{fsyncs:.0} /s"));
-    let raw = raw_commit_rate(ConcurrencyMode::SingleWriter, 2_000);
-    row(
-        "redb raw durable commit (shared mode)",
-        format!("{raw:.0} /s"),
-    );
-    let raw_x = raw_commit_rate(ConcurrencyMode::ExclusiveWriter, 2_000);
-    row(
-        "redb raw durable commit (exclusive mode)",
-        format!("{raw_x:.0} /s"),
-    );
+    const FSYNC: &str = "raw file: write + fsync";
+    const RAW_SHARED: &str = "redb raw durable commit (shared mode)";
+    const RAW_EXCL: &str = "redb raw durable commit (exclusive mode)";
+    const SINGLE: &str = "enqueue, one job per commit (shared mode)";
+    const SINGLE_EXCL: &str = "enqueue, one job per commit (exclusive mode)";
+    if want(FSYNC) {
+        let fsyncs = fsync_rate(2_000);
+        row(FSYNC, format!("{fsyncs:.0} /s"));
+    }
+    // The raw rates are the yardsticks of the single-enqueue rows, so they run with them.
+    let mut raw = None;
+    if want(RAW_SHARED) || want(SINGLE) {
+        let r = raw_commit_rate(ConcurrencyMode::SingleWriter, 2_000);
+        row(RAW_SHARED, format!("{r:.0} /s"));
+        raw = Some(r);
+    }
+    let mut raw_x = None;
+    if want(RAW_EXCL) || want(SINGLE_EXCL) {
+        let r = raw_commit_rate(ConcurrencyMode::ExclusiveWriter, 2_000);
+        row(RAW_EXCL, format!("{r:.0} /s"));
+        raw_x = Some(r);
+    }
+    let of_raw = |rate: f64, raw: Option<f64>| match raw {
+        Some(raw) => format!("{rate:.0} /s ({:.2} of raw)", rate / raw),
+        None => format!("{rate:.0} /s"),
+    };
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("enqueue.redb")).expect("open");
-    let single = rate(2_000, || {
-        store.enqueue(NewJob::new("q", "x")).expect("enqueue");
-    });
-    row(
-        "enqueue, one job per commit (shared mode)",
-        format!("{single:.0} /s ({:.2} of raw)", single / raw),
-    );
-    drop(store);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::builder()
-        .exclusive(true)
-        .open(dir.path().join("enqueue.redb"))
-        .expect("open");
-    let single_x = rate(2_000, || {
-        store.enqueue(NewJob::new("q", "x")).expect("enqueue");
-    });
-    row(
-        "enqueue, one job per commit (exclusive mode)",
-        format!("{single_x:.0} /s ({:.2} of raw)", single_x / raw_x),
-    );
-    drop(store);
+    if want(SINGLE) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("enqueue.redb")).expect("open");
+        let single = rate(2_000, || {
+            store.enqueue(NewJob::new("q", "x")).expect("enqueue");
+        });
+        row(SINGLE, of_raw(single, raw));
+    }
+    if want(SINGLE_EXCL) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::builder()
+            .exclusive(true)
+            .open(dir.path().join("enqueue.redb"))
+            .expect("open");
+        let single_x = rate(2_000, || {
+            store.enqueue(NewJob::new("q", "x")).expect("enqueue");
+        });
+        row(SINGLE_EXCL, of_raw(single_x, raw_x));
+    }
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("threads.redb")).expect("open");
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| {
-                for _ in 0..500 {
-                    store.enqueue(NewJob::new("q", "x")).expect("enqueue");
+    const THREADS: &str = "enqueue from 16 threads at once";
+    const BATCH_100: &str = "enqueue_batch of 100";
+    const BATCH_1000: &str = "enqueue_batch of 1,000";
+    if want(THREADS) || want(BATCH_100) || want(BATCH_1000) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("threads.redb")).expect("open");
+        if want(THREADS) {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..16 {
+                    s.spawn(|| {
+                        for _ in 0..500 {
+                            store.enqueue(NewJob::new("q", "x")).expect("enqueue");
+                        }
+                    });
                 }
             });
+            let threads = 8_000.0 / start.elapsed().as_secs_f64();
+            row(THREADS, format!("{threads:.0} jobs/s"));
         }
-    });
-    let threads = 8_000.0 / start.elapsed().as_secs_f64();
-    row(
-        "enqueue from 16 threads at once",
-        format!("{threads:.0} jobs/s"),
-    );
-    let batch = rate(100, || {
-        store
-            .enqueue_batch((0..1_000).map(|_| NewJob::new("b", "x")))
-            .expect("batch");
-    }) * 1_000.0;
-    row("enqueue_batch of 1,000", format!("{batch:.0} jobs/s"));
-    drop(store);
+        if want(BATCH_100) {
+            let batch = rate(500, || {
+                store
+                    .enqueue_batch((0..100).map(|_| NewJob::new("b", "x")))
+                    .expect("batch");
+            }) * 100.0;
+            row(BATCH_100, format!("{batch:.0} jobs/s"));
+        }
+        if want(BATCH_1000) {
+            let batch = rate(100, || {
+                store
+                    .enqueue_batch((0..1_000).map(|_| NewJob::new("b", "x")))
+                    .expect("batch");
+            }) * 1_000.0;
+            row(BATCH_1000, format!("{batch:.0} jobs/s"));
+        }
+    }
 
     for concurrency in [1, 4, 16] {
-        let per_sec = drain(&rt, jobs, concurrency);
+        let name = format!("drain {jobs} no-op jobs, concurrency {concurrency}");
+        if want(&name) {
+            let per_sec = drain(&rt, jobs, concurrency);
+            row(&name, format!("{per_sec:.0} jobs/s"));
+        }
+    }
+
+    const IDLE: &str = "enqueue-to-start on an idle executor";
+    if want(IDLE) {
+        let (p50, p99, max) = idle_latency(&rt, 1_000);
+        row(IDLE, format!("p50 {p50:?}  p99 {p99:?}  max {max:?}"));
+    }
+
+    let mixed_done = format!("mixed load {mixed_secs} s: jobs/s enqueued, completed");
+    let mixed_latency = format!("mixed load {mixed_secs} s: enqueue-to-start");
+    if want(&mixed_done) || want(&mixed_latency) {
+        let m = mixed_load(&rt, Duration::from_secs(mixed_secs));
         row(
-            &format!("drain {jobs} no-op jobs, concurrency {concurrency}"),
-            format!("{per_sec:.0} jobs/s"),
+            &mixed_done,
+            format!(
+                "{:.0} enqueued, {:.0} completed /s (backlog {} at the end of the window)",
+                m.enqueued_per_sec, m.completed_per_sec, m.backlog
+            ),
+        );
+        row(
+            &mixed_latency,
+            format!("p50 {:?}  p99 {:?}  max {:?}", m.p50, m.p99, m.max),
         );
     }
 
-    let (p50, p99, max) = idle_latency(&rt, 1_000);
-    row(
-        "enqueue-to-start on an idle executor",
-        format!("p50 {p50:?}  p99 {p99:?}  max {max:?}"),
-    );
-    row("peak RSS", format!("{} MiB", peak_rss_kib() / 1024));
+    // Before the scale run, which resets the peak.
+    const RSS: &str = "peak RSS";
+    if want(RSS) {
+        row(RSS, format!("{} MiB", peak_rss_kib() / 1024));
+    }
+
+    let scale_names = [
+        format!("scale {scale}: enqueue in batches of 10,000"),
+        format!("scale {scale}: file after enqueue"),
+        format!("scale {scale}: drain at concurrency 16"),
+        format!("scale {scale}: file after drain"),
+        format!("scale {scale}: prune all, file after"),
+        format!("scale {scale}: file after redb compaction"),
+        format!("scale {scale}: peak RSS of the scale run"),
+    ];
+    if scale > 0 && scale_names.iter().any(|n| want(n)) {
+        for (name, value) in scale_names.iter().zip(scale_run(&rt, scale)) {
+            row(name, value);
+        }
+    }
 
     println!("\n| workload | figure |\n|---|---|");
     for (name, value) in rows_snapshot(&rows) {
@@ -223,6 +300,179 @@ fn idle_latency(rt: &tokio::runtime::Runtime, samples: usize) -> (Duration, Dura
     delays.sort();
     let at = |q: f64| delays[((delays.len() as f64 * q) as usize).min(delays.len() - 1)];
     (at(0.50), at(0.99), delays[delays.len() - 1])
+}
+
+struct Mixed {
+    enqueued_per_sec: f64,
+    completed_per_sec: f64,
+    backlog: u64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+/// A steady mixed load: 4 producer threads enqueue for `window` (each: nine single jobs, then
+/// a batch of 10, over and over) while an executor of concurrency 16 drains. Every payload is
+/// the time of its enqueue call, so the handler measures enqueue-to-start under load; the
+/// latencies cover every job, including the backlog drained after the window.
+fn mixed_load(rt: &tokio::runtime::Runtime, window: Duration) -> Mixed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("mixed.redb")).expect("open");
+    let _guard = rt.enter();
+    let base = Instant::now();
+    let delays = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+    let seen = delays.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(16)
+        .spawn(move |ctx| {
+            let now = base.elapsed().as_nanos() as u64;
+            let at = u64::from_be_bytes(ctx.payload().try_into().expect("8-byte payload"));
+            seen.lock().push(now.saturating_sub(at));
+            async { Outcome::Success }
+        })
+        .expect("spawn");
+    let stamp = || (base.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+    let stop = AtomicBool::new(false);
+    let enqueued = AtomicU64::new(0);
+    let mut at_window = (0, 0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if i % 10 == 9 {
+                        let at = stamp();
+                        store
+                            .enqueue_batch((0..10).map(|_| NewJob::new("q", at.clone())))
+                            .expect("batch");
+                        enqueued.fetch_add(10, Ordering::Relaxed);
+                    } else {
+                        store.enqueue(NewJob::new("q", stamp())).expect("enqueue");
+                        enqueued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(window);
+        at_window = (enqueued.load(Ordering::Relaxed), handle.metrics().succeeded);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let total = enqueued.load(Ordering::Relaxed);
+    while handle.metrics().succeeded < total {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.block_on(handle.shutdown(Duration::from_secs(10)))
+        .expect("shutdown");
+    let mut delays = std::mem::take(&mut *delays.lock());
+    delays.sort_unstable();
+    let at = |q: f64| {
+        Duration::from_nanos(delays[((delays.len() as f64 * q) as usize).min(delays.len() - 1)])
+    };
+    let secs = window.as_secs_f64();
+    Mixed {
+        enqueued_per_sec: at_window.0 as f64 / secs,
+        completed_per_sec: at_window.1 as f64 / secs,
+        backlog: at_window.0.saturating_sub(at_window.1),
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+fn file_mib(path: &std::path::Path) -> String {
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    }
+}
+
+/// `n` jobs enqueued in batches of 10,000, drained at concurrency 16 and pruned: the file's
+/// size after each step, after a redb compaction (quern never compacts; redb only reuses the
+/// freed pages), and the peak RSS of these steps alone.
+fn scale_run(rt: &tokio::runtime::Runtime, n: u64) -> [String; 7] {
+    // Writing 5 to clear_refs resets VmHWM, so the peak is this run's own.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("scale.redb");
+    let store = Store::open(&path).expect("open");
+
+    let start = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(10_000);
+        store
+            .enqueue_batch((0..k).map(|_| NewJob::new("q", "x")))
+            .expect("enqueue");
+        left -= k;
+    }
+    let took = start.elapsed();
+    let enqueue = format!(
+        "{:.0} jobs/s ({:.1} s)",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    let after_enqueue = file_mib(&path);
+
+    let _guard = rt.enter();
+    let start = Instant::now();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(16)
+        .channel_capacity(256)
+        .spawn(|_ctx| async { Outcome::Success })
+        .expect("spawn");
+    while handle.metrics().succeeded < n {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    rt.block_on(handle.shutdown(Duration::from_secs(10)))
+        .expect("shutdown");
+    let drain = format!(
+        "{:.0} jobs/s ({:.1} s)",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    let after_drain = file_mib(&path);
+
+    let start = Instant::now();
+    let pruned = store
+        .prune(store.now().after(Duration::from_secs(1)))
+        .expect("prune");
+    let after_prune = format!(
+        "{} ({pruned} jobs pruned in {:.1} s)",
+        file_mib(&path),
+        start.elapsed().as_secs_f64()
+    );
+    drop(store);
+
+    let compacted = match redb::Database::open(&path) {
+        Ok(mut db) => match db.compact() {
+            Ok(_) => {
+                drop(db);
+                file_mib(&path)
+            }
+            Err(e) => format!("compaction failed: {e}"),
+        },
+        Err(e) => format!("could not reopen for compaction: {e}"),
+    };
+    let rss = if reset {
+        format!("{} MiB", peak_rss_kib() / 1024)
+    } else {
+        format!("{} MiB (peak of the whole process)", peak_rss_kib() / 1024)
+    };
+    [
+        enqueue,
+        after_enqueue,
+        drain,
+        after_drain,
+        after_prune,
+        compacted,
+        rss,
+    ]
 }
 
 fn peak_rss_kib() -> u64 {
