@@ -104,9 +104,12 @@ fn worker_child(db: &Path, log: &Path) {
             let log = log.clone();
             let (id, attempt) = (ctx.job().id.0, ctx.job().attempts);
             async move {
-                writeln!(log.lock(), "start {id} {attempt} {pid}").unwrap();
+                // One write per line: a kill cannot cut a line in two (`writeln!` on a
+                // `File` may write each piece separately).
+                let line = |kind: &str| format!("{kind} {id} {attempt} {pid}\n");
+                log.lock().write_all(line("start").as_bytes()).unwrap();
                 tokio::time::sleep(Duration::from_millis(1 + id % 3)).await;
-                writeln!(log.lock(), "end {id} {attempt} {pid}").unwrap();
+                log.lock().write_all(line("end").as_bytes()).unwrap();
                 Outcome::Success
             }
         })
@@ -158,8 +161,18 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
     let test = "killed_workers_lose_no_job_and_never_run_one_twice_at_once";
     // Kill children mid-work until the kills are spent or a child finishes the work.
     while killed.len() < kills() as usize {
+        let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
         let mut child = spawn_child(test, "worker", &db, &log);
-        std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
+        // Kill at a random moment once the child is at work (it logged a run), so that the
+        // kills land mid-work even on a loaded machine where a child is slow to start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) == logged
+            && Instant::now() < deadline
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
         let pid = child.id();
         if child.try_wait().unwrap().is_some() {
             break;
