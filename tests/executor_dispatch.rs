@@ -57,7 +57,9 @@ async fn full_channel_keeps_jobs_pending_and_runs_them_all_later() {
     store
         .enqueue_batch((0..50).map(|i| NewJob::new("q", format!("{i}"))))
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
+    // Two jobs go through at once: the executor learns that jobs are quick, and fills the
+    // channel ahead of its workers from then on.
+    let gate = Arc::new(Semaphore::new(2));
     let g = gate.clone();
     let handle = Executor::builder(store.clone())
         .queue("q")
@@ -72,15 +74,55 @@ async fn full_channel_keeps_jobs_pending_and_runs_them_all_later() {
         })
         .unwrap();
     // Two running, three waiting in the channel: everything else stays pending on disk.
-    until(&store, "5 jobs claimed", || {
-        count(&store, "q", JobState::InProgress) == 5
-    })
+    until(
+        &store,
+        "2 succeeded, 5 claimed, 3 of them in the channel",
+        || {
+            count(&store, "q", JobState::Succeeded) == 2
+                && count(&store, "q", JobState::InProgress) == 5
+                && handle.metrics().channel_len == 3
+        },
+    )
     .await;
-    assert_eq!(count(&store, "q", JobState::Pending), 45);
-    assert_eq!(handle.metrics().channel_len, 3);
+    assert_eq!(count(&store, "q", JobState::Pending), 43);
     gate.add_permits(50);
     until(&store, "all 50 succeeded", || {
         count(&store, "q", JobState::Succeeded) == 50
+    })
+    .await;
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_claimed_ahead_of_the_workers_before_a_job_has_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    store
+        .enqueue_batch((0..20).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(2)
+        .channel_capacity(8)
+        .spawn(move |_ctx| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    // How long a job runs is unknown until one ends: a job claimed ahead might wait in the
+    // channel past its lease, so only idle workers are fed.
+    until(&store, "2 started", || handle.metrics().started == 2).await;
+    assert_eq!(count(&store, "q", JobState::InProgress), 2);
+    assert_eq!(handle.metrics().channel_len, 0);
+    gate.add_permits(20);
+    until(&store, "all 20 succeeded", || {
+        count(&store, "q", JobState::Succeeded) == 20
     })
     .await;
     handle.shutdown(WAIT).await.unwrap();

@@ -19,6 +19,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
     let store = &shared.store;
     let mut last_retention: Option<Instant> = None;
     let mut errors = 0u32;
+    let mut demand = Demand::new(&shared);
     loop {
         if shared.stop.is_cancelled() {
             break;
@@ -34,7 +35,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 _ => {}
             }
         }
-        let room = shared.capacity.saturating_sub(tx.len());
+        let target = demand.target(&shared);
+        let room = target.saturating_sub(tx.len());
         let seen = store.generation();
         let mut wake_at = None;
         match store
@@ -75,7 +77,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         if errors > 0 {
             sleep = Duration::from_millis(10u64 << errors.min(7)).min(shared.poll_interval);
         }
-        let full = tx.len() >= shared.capacity;
+        let full = tx.len() >= target;
         tokio::select! {
             () = shared.stop.cancelled() => break,
             _ = store.changed(seen), if errors == 0 => {}
@@ -87,5 +89,48 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
     // Jobs claimed but not started go back to pending, their attempts given back.
     while let Ok(job) = rx.try_recv() {
         shared.give_back(job).await;
+    }
+}
+
+/// How many claimed jobs should wait in the channel: one for each idle worker, and ahead of
+/// those as many as the workers, at the mean running time of recent jobs, will start within a
+/// third of a lease (Little's law), so that a job starts with most of its lease left and none
+/// expires while it waits; at most the channel's capacity. Fast jobs get the whole channel, and
+/// claims that share commits; jobs that run longer than a third of a lease are claimed only as
+/// workers free up. Until a job has ended, nothing is claimed ahead.
+struct Demand {
+    ended: u64,
+    ran_us: u64,
+    /// The mean running time of recent jobs, in seconds, smoothed.
+    mean: Option<f64>,
+}
+
+impl Demand {
+    fn new(shared: &Shared) -> Self {
+        let (ended, ran_us) = shared.counters.ran();
+        Demand {
+            ended,
+            ran_us,
+            mean: None,
+        }
+    }
+
+    fn target(&mut self, shared: &Shared) -> usize {
+        let (ended, ran_us) = shared.counters.ran();
+        if ended > self.ended {
+            let recent =
+                ran_us.saturating_sub(self.ran_us) as f64 / 1e6 / (ended - self.ended) as f64;
+            self.mean = Some(self.mean.map_or(recent, |m| (m + recent) / 2.0));
+            self.ended = ended;
+            self.ran_us = ran_us;
+        }
+        let horizon = shared.store.lease_ttl().as_secs_f64() / 3.0;
+        let ahead = self.mean.map_or(0, |mean| {
+            // A saturating conversion: a tiny mean gives usize::MAX, clamped below.
+            (shared.concurrency as f64 * horizon / mean.max(1e-9)) as usize
+        });
+        let running = usize::try_from(shared.counters.running()).unwrap_or(usize::MAX);
+        let idle = shared.concurrency.saturating_sub(running);
+        idle.saturating_add(ahead).min(shared.capacity)
     }
 }

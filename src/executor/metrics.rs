@@ -54,6 +54,8 @@ pub(crate) struct Counters {
     pub given_back: AtomicU64,
     running: AtomicU64,
     max_running: AtomicU64,
+    ended: AtomicU64,
+    ran_us: AtomicU64,
     delay_total_ms: AtomicU64,
     delay_max_ms: AtomicU64,
 }
@@ -73,9 +75,22 @@ impl Counters {
         self.delay_max_ms.fetch_max(ms, Relaxed);
     }
 
-    /// A handler ended.
-    pub(crate) fn end(&self) {
+    /// A handler ended after running for `ran`.
+    pub(crate) fn end(&self, ran: Duration) {
         self.running.fetch_sub(1, Relaxed);
+        let us = u64::try_from(ran.as_micros()).unwrap_or(u64::MAX);
+        self.ran_us.fetch_add(us, Relaxed);
+        self.ended.fetch_add(1, Relaxed);
+    }
+
+    /// How many handlers are running now.
+    pub(crate) fn running(&self) -> u64 {
+        self.running.load(Relaxed)
+    }
+
+    /// How many handlers ended, and their total running time in microseconds.
+    pub(crate) fn ran(&self) -> (u64, u64) {
+        (self.ended.load(Relaxed), self.ran_us.load(Relaxed))
     }
 
     pub(crate) fn snapshot(&self, channel_len: usize) -> Metrics {

@@ -165,11 +165,12 @@ impl ExecutorBuilder {
         self
     }
 
-    /// The capacity of the bounded channel between the claimer and the workers: how many
-    /// claimed jobs may wait for a free worker (at least 1). Jobs beyond it stay pending in the
-    /// database. A larger channel lets more claims and settles share commits; a claimed job that
-    /// waited long in it has its lease renewed before it starts. Default: twice the
-    /// concurrency, at least 32.
+    /// The capacity of the bounded channel between the claimer and the workers: the most
+    /// claimed jobs that may wait for a free worker (at least 1). Jobs beyond it stay pending in
+    /// the database. A larger channel lets more claims share a commit, which is what fast jobs
+    /// need; the claimer fills it only as far as the workers, at the rate they have been
+    /// starting jobs, will start them within a third of a lease, so slow jobs do not wait in
+    /// it until their leases run out. Default: eight per worker, at least 256.
     pub fn channel_capacity(mut self, capacity: usize) -> Self {
         self.channel_capacity = Some(capacity.max(1));
         self
@@ -223,12 +224,13 @@ impl ExecutorBuilder {
         }
         let capacity = self
             .channel_capacity
-            .unwrap_or(self.concurrency.saturating_mul(2).max(32));
+            .unwrap_or(self.concurrency.saturating_mul(8).max(256));
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
         let shared = Arc::new(Shared {
             store: self.store,
             queue: self.queue.into(),
+            concurrency: self.concurrency,
             capacity,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
@@ -266,6 +268,7 @@ impl ExecutorBuilder {
 pub(crate) struct Shared {
     pub store: Store,
     pub queue: Arc<str>,
+    pub concurrency: usize,
     pub capacity: usize,
     pub timeout: Option<Duration>,
     pub poll_interval: Duration,

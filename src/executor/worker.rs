@@ -60,9 +60,10 @@ async fn run_job(shared: &Arc<Shared>, claimed: Claimed) {
             return;
         }
         shared.counters.start(shared.store.now().since(job.run_at));
+        let started = std::time::Instant::now();
         let task = tokio::spawn((shared.handler)(ctx).in_current_span());
         let end = supervise(shared, &job, &lease, task).await;
-        shared.counters.end();
+        shared.counters.end(started.elapsed());
         settle(shared, &job, lease, end);
     }
     .instrument(span)
