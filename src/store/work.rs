@@ -12,7 +12,7 @@ use super::codec::{
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
 use crate::job::{Claimed, JobId, Lease, duration_ms};
-use crate::state::{self, Record, Refusal};
+use crate::state::{self, JobState, Record, Refusal};
 
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
@@ -111,6 +111,13 @@ fn claim_one(cx: &mut Ctx<'_>, id: u64, now: u64) -> Result<Claimed> {
         what: "ready index".into(),
         detail: format!("entry for job {id}, which does not exist"),
     })?;
+    if old.state != JobState::Pending {
+        // Data from disk: an index that disagrees with its record is damage to report.
+        return Err(Error::Corrupt {
+            what: "ready index".into(),
+            detail: format!("entry for job {id}, which is {}", old.state),
+        });
+    }
     let mut rec = old.clone();
     let token = cx.alloc_token();
     state::claim(&mut rec, now, cx.cfg.lease_ttl, token);
