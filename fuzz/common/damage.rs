@@ -303,8 +303,10 @@ fn check_then_read(store: &Store, out: &mut Outcome) {
     let clean = check(store, out);
     let failures = read(store, out);
     if clean && let Some(first) = failures.first() {
+        let last = last_panic();
         panic!(
-            "check found nothing wrong, but {} read(s) failed; the first: {first}",
+            "check found nothing wrong, but {} read(s) failed; the first: {first} \
+             (the last panic seen: {last})",
             failures.len()
         );
     }
