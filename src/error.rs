@@ -62,10 +62,12 @@ pub enum Error {
         #[source]
         source: StorageError,
     },
-    /// A record on disk could not be decoded.
+    /// A record on disk could not be decoded, an index disagrees with its record, or the
+    /// database file is damaged (a page failing redb's integrity check at a writable open, or
+    /// one redb could not read in a read-only store).
     #[error("corrupt {what}: {detail}")]
     Corrupt {
-        /// What record (a job id, an index, the header).
+        /// What: a job's record, an index, the header, or the database file by its path.
         what: String,
         /// What is wrong with it.
         detail: String,

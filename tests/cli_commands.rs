@@ -189,6 +189,39 @@ fn check_passes_a_healthy_database_live_and_at_rest() {
     assert_eq!(stdout(&out), "storage: ok\ninvariants: ok\n");
 }
 
+#[test]
+fn check_reports_a_damaged_file_and_show_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.redb"))
+            .unwrap();
+    // The page type byte of the page holding the job records: no longer a kind of page.
+    let at = bytes.windows(4).position(|w| w == b"boom").unwrap();
+    bytes[at / 4096 * 4096] ^= 1;
+    let path = dir.path().join("damaged.redb");
+    std::fs::write(&path, bytes).unwrap();
+    let out = quern(&["check", s(&path)]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).starts_with("storage: corrupt: "),
+        "{}",
+        stdout(&out)
+    );
+    let out = quern(&["show", s(&path), "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("quern: corrupt database file {}", s(&path))),
+        "{}",
+        stderr(&out)
+    );
+}
+
 fn fails_with(args: &[&str], needle: &str) {
     let out = quern(args);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -106,41 +106,6 @@ fn open_damaged_corpus_gives_errors_not_panics() {
     }
 }
 
-/// Crashes the fuzzer found that are not fixed yet (`fuzz/regressions/<target>/`, one file per
-/// panic site, named after the store call and the panicking line): each replayed alone, all
-/// reported. Once one passes, move it into the corpus, where the tests above keep it fixed.
-#[test]
-#[ignore = "known panics of redb on damaged files, not caught by quern yet (fuzz/regressions)"]
-fn open_damaged_regressions() {
-    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    damage::record_panics();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/open_damaged");
-    let mut failed = Vec::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_none())
-        .collect();
-    names.sort();
-    for file in &names {
-        let bytes = std::fs::read(file).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("damaged.redb");
-        std::fs::write(&path, damage::damage(&bytes)).unwrap();
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        // catch_unwind only to replay every file before failing: a panic is the failure.
-        if std::panic::catch_unwind(|| damage::exercise(&path)).is_err() {
-            failed.push(format!("{name}: {}", damage::last_panic()));
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} still panic: {failed:#?}",
-        failed.len(),
-        names.len()
-    );
-}
-
 /// The seed files of each target, by name (without the `seed-` prefix).
 fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     match target {

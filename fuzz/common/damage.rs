@@ -7,10 +7,13 @@
 //!
 //! The oracle: opening the damaged file gives an error, or a store whose every operation
 //! returns, with a result or an error; never a panic that escapes quern (the fuzzer aborts on
-//! it), never a panic that quern swallows outside its guarded open (the writer thread's, say:
-//! [`exercise`] reports those), never a hang (the fuzzer's timeout). And when `Store::check`
-//! finds nothing wrong with a store, its reads of the same state all succeed: damage that a
-//! read trips over is damage `check` should have found.
+//! it), never a panic that quern swallows outside its guards (the writer thread's, say:
+//! [`exercise`] reports those), never a hang (the fuzzer's timeout). quern guards two places,
+//! where redb reads a file it never verified: the redb open itself, and the reads of a store
+//! opened read-only (redb verifies only writable opens); a panic caught in a read-only read
+//! must come back as `Error::Corrupt`. A writable store is verified at open, so any panic in
+//! it is a failure. And when `Store::check` finds nothing wrong with a store, its reads of the
+//! same state all succeed: damage that a read trips over is damage `check` should have found.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -77,13 +80,14 @@ static PANICS: AtomicUsize = AtomicUsize::new(0);
 static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 
 thread_local! {
-    /// Set while this thread runs a store's open, whose panics quern catches on purpose.
-    static IN_OPEN: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread runs a call whose panics quern catches on purpose: a store's open,
+    /// a read of a read-only store.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Installs a panic hook, once, that counts every panic and keeps the last one's message. A
-/// panic in a store's open stops there (quern catches it and returns an error); any other goes
-/// on to the hook that was installed before: libFuzzer's aborts, so the fuzzer reports the
+/// panic in a call quern guards stops there (quern catches it and returns an error); any other
+/// goes on to the hook that was installed before: libFuzzer's aborts, so the fuzzer reports the
 /// panic where it happened.
 pub fn record_panics() {
     static ONCE: Once = Once::new();
@@ -96,7 +100,7 @@ pub fn record_panics() {
             // drops: every use takes it poisoned or not.
             *LAST_PANIC.lock().unwrap_or_else(PoisonError::into_inner) =
                 format!("thread '{thread}': {info}");
-            if !IN_OPEN.with(Cell::get) {
+            if !GUARDED.with(Cell::get) {
                 then(info);
             }
         }));
@@ -132,22 +136,25 @@ pub struct Outcome {
     pub problems: usize,
     /// Panics inside an open that quern caught and turned into an error.
     pub caught_in_open: usize,
+    /// Reads of a read-only store in which quern caught a panic and returned `Error::Corrupt`.
+    pub caught_in_reads: usize,
 }
 
 impl Outcome {
-    /// One short line: `ro=<error kind or ok> rw=... reopen=... ok=N err=N`.
+    /// One short line: `ro=<error kind or ok> rw=... reopen=... ok=N err=N ...`.
     #[allow(dead_code)] // the fuzz targets print nothing
     pub fn summary(&self) -> String {
         let kind = |r: &Option<String>| r.clone().unwrap_or_else(|| "ok".into());
         format!(
-            "ro={} rw={} reopen={} ok={} err={} problems={} caught={}",
+            "ro={} rw={} reopen={} ok={} err={} problems={} caught={} caught_ro={}",
             kind(&self.read_only),
             kind(&self.writable),
             kind(&self.reopened),
             self.ok,
             self.errors,
             self.problems,
-            self.caught_in_open
+            self.caught_in_open,
+            self.caught_in_reads
         )
     }
 }
@@ -166,8 +173,9 @@ fn kind(e: &Error) -> String {
 /// operation, reopens it, and reads again.
 ///
 /// # Panics
-/// When a panic was swallowed by quern anywhere but inside its guarded open (the writer
-/// thread's): [`record_panics`] must be installed for that to be seen.
+/// When a panic was swallowed by quern anywhere but inside its guarded open or a read-only
+/// store's guarded reads (the writer thread's, say), or a guarded read swallowed one but did
+/// not return `Error::Corrupt`: [`record_panics`] must be installed for that to be seen.
 pub fn exercise(path: &Path) -> Outcome {
     let mut out = Outcome::default();
     let clock = ManualClock::new(NOW);
@@ -199,9 +207,9 @@ pub fn exercise(path: &Path) -> Outcome {
 /// swallowed.
 fn open(out: &mut Outcome, f: impl FnOnce() -> quern::Result<Store>) -> Result<Store, String> {
     let before = panics();
-    IN_OPEN.with(|o| o.set(true));
+    GUARDED.with(|o| o.set(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    IN_OPEN.with(|o| o.set(false));
+    GUARDED.with(|o| o.set(false));
     // Raised again outside the open, so that the hook after this one (libFuzzer's) sees it.
     let Ok(result) = result else {
         let last = last_panic();
@@ -242,17 +250,51 @@ fn tally<T>(out: &mut Outcome, r: quern::Result<T>) -> Option<T> {
     }
 }
 
+/// Runs one read of `store`. A writable store's reads are not guarded: a panic goes on to the
+/// hook (and libFuzzer's abort). A read-only store's are: a panic quern caught there must come
+/// back as `Error::Corrupt`, and is counted.
+fn guarded<T>(
+    store: &Store,
+    out: &mut Outcome,
+    what: &str,
+    f: impl FnOnce() -> quern::Result<T>,
+) -> quern::Result<T> {
+    if !store.is_read_only() {
+        return f();
+    }
+    let before = panics();
+    GUARDED.with(|g| g.set(true));
+    let result = f();
+    GUARDED.with(|g| g.set(false));
+    let caught = panics() - before;
+    if caught > 0 {
+        match &result {
+            Err(Error::Corrupt { .. }) => out.caught_in_reads += caught,
+            other => {
+                let other = other.as_ref().map(drop).map_err(kind);
+                let last = last_panic();
+                panic!(
+                    "{what} of a read-only store swallowed {caught} panic(s) but returned \
+                     {other:?}, not Corrupt; the last: {last}"
+                );
+            }
+        }
+    }
+    result
+}
+
 /// Runs `Store::check`; true when it found nothing wrong.
 fn check(store: &Store, out: &mut Outcome) -> bool {
-    let before = panics();
-    let clean = match tally(out, store.check()) {
+    let before = panics() - out.caught_in_reads;
+    let checked = guarded(store, out, "check", || store.check());
+    let clean = match tally(out, checked) {
         Some(problems) => {
             out.problems += problems.len();
             problems.is_empty()
         }
         None => false,
     };
-    assert_no_panic(panics() - before, "check");
+    assert_no_panic(panics() - out.caught_in_reads - before, "check");
     clean
 }
 
@@ -261,8 +303,10 @@ fn check_then_read(store: &Store, out: &mut Outcome) {
     let clean = check(store, out);
     let failures = read(store, out);
     if clean && let Some(first) = failures.first() {
+        let last = last_panic();
         panic!(
-            "check found nothing wrong, but {} read(s) failed; the first: {first}",
+            "check found nothing wrong, but {} read(s) failed; the first: {first} \
+             (the last panic seen: {last})",
             failures.len()
         );
     }
@@ -270,28 +314,36 @@ fn check_then_read(store: &Store, out: &mut Outcome) {
 
 /// Reads every job, lists and counts; returns the reads that failed, with their errors.
 fn read(store: &Store, out: &mut Outcome) -> Vec<String> {
-    let before = panics();
+    let before = panics() - out.caught_in_reads;
     let mut failures = Vec::new();
-    let mut note = |what: String, r: quern::Result<()>| {
+    let mut note = |out: &mut Outcome, what: String, f: &mut dyn FnMut() -> quern::Result<()>| {
+        let r = guarded(store, out, &what, f);
         if let Err(e) = &r {
             failures.push(format!("{what}: {e}"));
         }
         tally(out, r);
     };
     for id in IDS {
-        note(format!("get({id})"), store.get(JobId(id)).map(drop));
+        note(out, format!("get({id})"), &mut || {
+            store.get(JobId(id)).map(drop)
+        });
     }
-    note("list".into(), store.list(&Filter::default()).map(drop));
-    let page = Filter::default().queue("sync").limit(3);
-    note("list(sync, 3)".into(), store.list(&page).map(drop));
-    note("stats".into(), store.stats().map(drop));
-    let mut seen = 0;
-    let each = store.for_each(&Filter::default(), |_| {
-        seen += 1;
-        seen < 100
+    note(out, "list".into(), &mut || {
+        store.list(&Filter::default()).map(drop)
     });
-    note("for_each".into(), each);
-    assert_no_panic(panics() - before, "reads");
+    let page = Filter::default().queue("sync").limit(3);
+    note(out, "list(sync, 3)".into(), &mut || {
+        store.list(&page).map(drop)
+    });
+    note(out, "stats".into(), &mut || store.stats().map(drop));
+    note(out, "for_each".into(), &mut || {
+        let mut seen = 0;
+        store.for_each(&Filter::default(), |_| {
+            seen += 1;
+            seen < 100
+        })
+    });
+    assert_no_panic(panics() - out.caught_in_reads - before, "reads");
     failures
 }
 

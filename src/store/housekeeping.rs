@@ -8,7 +8,7 @@ use super::ctx::{Ctx, w};
 use super::work::jitter_seed;
 use crate::error::{Error, Result};
 use crate::job::{JobId, Timestamp};
-use crate::state::{self, Phase, Refusal};
+use crate::state::{self, JobState, Phase, Refusal};
 
 /// Failed jobs whose retry is due -> Pending. Returns how many moved.
 pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
@@ -56,6 +56,13 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
     let backoff = cx.cfg.backoff;
     for &id in &expired {
         let old = cx.load(id)?.ok_or_else(|| dangling("leases", id))?;
+        if old.state != JobState::InProgress {
+            // Data from disk: an index that disagrees with its record is damage to report.
+            return Err(Error::Corrupt {
+                what: "leases index".into(),
+                detail: format!("entry for job {id}, which is {}", old.state),
+            });
+        }
         let mut rec = old.clone();
         state::recover(&mut rec, now, &backoff, jitter_seed(id, &old));
         cx.put(id, Some(&old), &rec)?;

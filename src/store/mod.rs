@@ -166,6 +166,7 @@ pub struct StoreBuilder {
     backoff: Backoff,
     clock: Arc<dyn Clock>,
     exclusive: bool,
+    verify_on_open: bool,
 }
 
 impl Default for StoreBuilder {
@@ -175,6 +176,7 @@ impl Default for StoreBuilder {
             backoff: Backoff::default(),
             clock: Arc::new(SystemClock),
             exclusive: false,
+            verify_on_open: true,
         }
     }
 }
@@ -208,12 +210,29 @@ impl StoreBuilder {
         self
     }
 
+    /// Verify the whole file when opening it for writing: the checksum of every page of every
+    /// table is checked (redb's integrity check), so that a file damaged outside quern (a bad
+    /// disk, a stray write, a partial copy) fails to open with [`Error::Corrupt`] naming it,
+    /// instead of being trusted until a later read or commit trips over the damage; a refused
+    /// open writes nothing. It costs one read of the whole file per open, plus one durable
+    /// commit (redb rebuilds its record of free pages from what it read). Default: true.
+    ///
+    /// With `false`, the open trusts the file: faster for a large database, but a damaged one
+    /// may make redb panic in a later call. Read-only opens are never verified (redb cannot
+    /// verify without writing); their reads report damage they meet as [`Error::Corrupt`].
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.verify_on_open = verify;
+        self
+    }
+
     /// Opens the database at `path` for writing, creating it if missing.
     ///
     /// # Errors
     /// [`Error::AlreadyOpen`] when another process (or another store in this one) writes it;
     /// [`Error::NotQuern`] for a redb file quern did not write; [`Error::UnsupportedFormat`]
-    /// for a newer format; [`Error::Open`] when the file cannot be read as a database.
+    /// for a newer format; [`Error::Corrupt`] when the file is damaged (see
+    /// [`StoreBuilder::verify_on_open`]); [`Error::Open`] when the file cannot be read as a
+    /// database.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let mode = if self.exclusive {
@@ -224,6 +243,7 @@ impl StoreBuilder {
         let db = guarded_open(&path, || {
             redb::Builder::new()
                 .set_concurrency_mode(mode)
+                .set_check_integrity_on_open(self.verify_on_open)
                 .create(&path)
         })?;
         let store_id = init_header(&db, &path)?;
@@ -267,9 +287,10 @@ impl StoreBuilder {
                 .set_concurrency_mode(ConcurrencyMode::SingleWriter)
                 .open_read_only(&path)
         })?;
-        let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
-        let store_id = read_header(&tx, &path)?;
-        drop(tx);
+        let store_id = guarded_read(&path, || {
+            let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
+            read_header(&tx, &path)
+        })?;
         let cfg = Arc::new(Config {
             clock: self.clock,
             lease_ttl: self.lease_ttl,
@@ -302,17 +323,53 @@ fn guarded_open<D>(
             path: path.to_path_buf(),
         }),
         Ok(Err(e)) => Err(open_error(path, e)),
-        Err(_) => Err(Error::Corrupt {
-            what: format!("database file {}", path.display()),
-            detail: "the storage engine could not read it".into(),
-        }),
+        Err(_) => Err(unreadable(path)),
     }
 }
 
+/// An error of opening `path`: [`Error::Corrupt`] naming the file when redb found it damaged
+/// (its header, or a page failing the integrity check), [`Error::Open`] otherwise.
 fn open_error(path: &Path, e: impl Into<redb::Error>) -> Error {
-    Error::Open {
-        path: path.to_path_buf(),
-        source: StorageError(Arc::new(e.into())),
+    match e.into() {
+        redb::Error::Corrupted(detail) => corrupt_file(path, &detail),
+        e => Error::Open {
+            path: path.to_path_buf(),
+            source: StorageError(Arc::new(e)),
+        },
+    }
+}
+
+/// [`Error::Corrupt`] naming the database file, with redb's account of the damage.
+fn corrupt_file(path: &Path, detail: &str) -> Error {
+    // redb's messages are sentences ("Invalid magic number"); quern's errors are lowercase.
+    let mut chars = detail.trim_end_matches('.').chars();
+    let detail = match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "damaged".into(),
+    };
+    Error::Corrupt {
+        what: format!("database file {}", path.display()),
+        detail,
+    }
+}
+
+/// Runs a read of a read-only database, turning a panic of redb into [`Error::Corrupt`]
+/// naming the file.
+///
+/// Why only read-only databases: redb verifies a file only when it opens it for writing (its
+/// integrity check rebuilds and commits its allocator state), and trusts it otherwise, so a
+/// read of a damaged page may panic inside redb (an index out of a page's bounds, say). A
+/// writable store verified every page at open (`StoreBuilder::verify_on_open`), so its reads
+/// are not guarded: a panic there would be a bug to see, not damage to report.
+fn guarded_read<R>(path: &Path, read: impl FnOnce() -> Result<R>) -> Result<R> {
+    catch_unwind(AssertUnwindSafe(read)).unwrap_or_else(|_| Err(unreadable(path)))
+}
+
+/// [`Error::Corrupt`] for a file redb panicked on: damage it did not check for.
+fn unreadable(path: &Path) -> Error {
+    Error::Corrupt {
+        what: format!("database file {}", path.display()),
+        detail: "the storage engine could not read it".into(),
     }
 }
 
@@ -468,13 +525,16 @@ impl Store {
         Ok(writer)
     }
 
+    /// Runs `f` in a read transaction. On a read-only store, a panic of redb on a damaged file
+    /// is [`Error::Corrupt`] (see [`guarded_read`]); `f` must not run user code that may panic.
     fn read<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
-        let tx = match &self.inner.db {
-            Db::Writable(db) => db.begin_read(),
-            Db::ReadOnly(db) => db.begin_read(),
+        let begin = |e| Error::storage("beginning a read transaction", e);
+        match &self.inner.db {
+            Db::Writable(db) => f(&db.begin_read().map_err(begin)?),
+            Db::ReadOnly(db) => {
+                guarded_read(&self.inner.path, || f(&db.begin_read().map_err(begin)?))
+            }
         }
-        .map_err(|e| Error::storage("beginning a read transaction", e))?;
-        f(&tx)
     }
 
     /// Enqueues one job, durably.
@@ -666,8 +726,22 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::get`].
-    pub fn for_each(&self, filter: &Filter, each: impl FnMut(Job) -> bool) -> Result<()> {
-        self.read(|tx| read::scan(tx, filter, each))
+    pub fn for_each(&self, filter: &Filter, mut each: impl FnMut(Job) -> bool) -> Result<()> {
+        // A panic of `each` is the caller's, not damage (which a read-only store's guard would
+        // report): it stops the scan and goes on once the read is over.
+        let mut panicked = None;
+        let result = self.read(|tx| {
+            read::scan(tx, filter, |job| {
+                catch_unwind(AssertUnwindSafe(|| each(job))).unwrap_or_else(|p| {
+                    panicked = Some(p);
+                    false
+                })
+            })
+        });
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
+        }
+        result
     }
 
     /// Counts per queue and state, the oldest due pending job, the next retry.

@@ -79,10 +79,10 @@ fn owners(
 }
 
 impl Store {
-    /// Verifies quern's invariants: every record decodes; every job has exactly the index
-    /// entries of its state and every index entry points to a job in that state; unique and busy
-    /// keys point to the live jobs that hold them; counts match. Returns the problems found
-    /// (none for a healthy database).
+    /// Verifies quern's invariants: every record decodes and every payload reads; every job has
+    /// exactly the index entries of its state and every index entry points to a job in that
+    /// state; unique and busy keys point to the live jobs that hold them; counts match. Returns
+    /// the problems found (none for a healthy database).
     ///
     /// # Errors
     /// Storage errors that prevent reading the database at all.
@@ -119,8 +119,11 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                 continue;
             }
         };
-        if payloads.get(id).map_err(r)?.is_none() {
-            problem(place.clone(), "has no payload".into());
+        // The payload's bytes are read, not only found: a read of the job reads them too, and
+        // damage there is damage this check must see (a read-only store reports it as an error).
+        match payloads.get(id).map_err(r)? {
+            Some(payload) => _ = std::hint::black_box(payload.value()),
+            None => problem(place.clone(), "has no payload".into()),
         }
         *counted
             .entry((rec.queue.clone(), rec.phase().code()))

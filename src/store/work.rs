@@ -167,6 +167,7 @@ fn claim_one(
     now: u64,
 ) -> Result<Claimed> {
     if rec.state != JobState::Pending {
+        // Data from disk: an index that disagrees with its record is damage to report.
         return Err(Error::Corrupt {
             what: "ready index".into(),
             detail: format!("entry for job {id}, which is {}", rec.state),
