@@ -304,3 +304,55 @@ fn jobs_sharing_a_concurrency_key_run_one_at_a_time_in_order() {
     assert!(env.store.claim("q", 10).unwrap().is_empty());
     assert_eq!(env.ids_in("q", JobState::Succeeded), ids);
 }
+
+#[test]
+fn a_claim_reaches_a_free_job_behind_hundreds_of_blocked_ones() {
+    let env = Env::new();
+    let ids: Vec<JobId> = env
+        .store
+        .enqueue_batch(
+            (0..150)
+                .map(|i| NewJob::new("q", format!("{i}")).concurrency_key("k"))
+                .chain([NewJob::new("q", "free").priority(-1)]),
+        )
+        .unwrap()
+        .into_iter()
+        .map(Enqueued::id)
+        .collect();
+    let free = ids[150];
+    assert_eq!(env.claim_ids("q", 10), [ids[0], free]);
+    assert!(env.store.check().unwrap().is_empty());
+}
+
+#[test]
+fn cancelling_a_blocked_job_lets_the_next_job_of_its_key_run() {
+    let env = Env::new();
+    env.enqueue(NewJob::new("q", "a1").concurrency_key("a"));
+    let a2 = env.enqueue(NewJob::new("q", "a2").concurrency_key("a"));
+    let a3 = env.enqueue(NewJob::new("q", "a3").concurrency_key("a"));
+    let a1 = env.claim_one("q");
+    assert!(
+        env.store.claim("q", 10).unwrap().is_empty(),
+        "a2, a3 blocked"
+    );
+    env.store.cancel(a2).unwrap();
+    assert!(env.store.check().unwrap().is_empty());
+    env.store.complete(a1.lease).unwrap();
+    assert_eq!(env.claim_ids("q", 10), [a3]);
+    assert!(env.store.check().unwrap().is_empty());
+}
+
+#[test]
+fn a_retried_or_promoted_job_waits_while_its_concurrency_key_is_busy() {
+    let env = Env::new();
+    let first = env.enqueue(NewJob::new("q", "first").concurrency_key("k"));
+    env.store.fail(env.claim_one("q").lease, "boom").unwrap();
+    let second = env.enqueue(NewJob::new("q", "second").concurrency_key("k"));
+    let running = env.claim_one("q");
+    assert_eq!(running.job.id, second);
+    env.store.retry(first).unwrap();
+    assert!(env.store.claim("q", 10).unwrap().is_empty(), "key busy");
+    env.store.complete(running.lease).unwrap();
+    assert_eq!(env.claim_ids("q", 10), [first]);
+    assert!(env.store.check().unwrap().is_empty());
+}

@@ -377,3 +377,17 @@ fn recovering_the_last_attempt_fails_the_job_for_good() {
     assert_eq!(job.last_error.as_deref(), Some("lease expired"));
     assert_eq!(job.finished_at, Some(env.now()));
 }
+
+#[test]
+fn a_job_is_not_claimed_when_the_clock_goes_back_before_its_run_at() {
+    let env = Env::new();
+    let later = env.enqueue(NewJob::new("q", "later").delay(secs(10)));
+    let first = env.enqueue(NewJob::new("q", "first").priority(5).delay(secs(10)));
+    env.advance(secs(10));
+    assert_eq!(env.claim_ids("q", 1), [first], "both became due");
+    env.clock.set(T0.after(secs(5)));
+    assert!(env.store.claim("q", 10).unwrap().is_empty());
+    assert_eq!(env.job(later).state, JobState::Pending);
+    env.clock.set(T0.after(secs(10)));
+    assert_eq!(env.claim_ids("q", 10), [later]);
+}
