@@ -391,3 +391,49 @@ fn a_job_is_not_claimed_when_the_clock_goes_back_before_its_run_at() {
     env.clock.set(T0.after(secs(10)));
     assert_eq!(env.claim_ids("q", 10), [later]);
 }
+
+#[test]
+fn claim_orders_the_extreme_priorities_too() {
+    let env = Env::new();
+    for p in [0, i32::MIN, 1, i32::MAX, -1] {
+        env.enqueue(NewJob::new("q", p.to_string()).priority(p));
+    }
+    let order: Vec<i32> = env
+        .store
+        .claim("q", 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.job.priority)
+        .collect();
+    assert_eq!(order, [i32::MAX, 1, 0, -1, i32::MIN]);
+}
+
+#[test]
+fn stats_follow_a_job_through_each_state() {
+    let env = Env::new();
+    let counts = |env: &Env| {
+        let stats = env.store.stats().unwrap();
+        let q = stats.queue("q").cloned().unwrap_or_default();
+        (q.pending, q.in_progress, q.retrying, q.succeeded, q.failed)
+    };
+    env.enqueue(NewJob::new("q", "x").max_attempts(2));
+    assert_eq!(counts(&env), (1, 0, 0, 0, 0));
+    let c = env.claim_one("q");
+    assert_eq!(counts(&env), (0, 1, 0, 0, 0));
+    assert_eq!(
+        env.store.stats().unwrap().next_lease_expiry,
+        Some(env.now().after(TTL))
+    );
+    env.store.fail(c.lease, "boom").unwrap();
+    assert_eq!(counts(&env), (0, 0, 1, 0, 0));
+    env.advance(secs(30));
+    env.store.promote_due().unwrap();
+    assert_eq!(counts(&env), (1, 0, 0, 0, 0));
+    let c = env.claim_one("q");
+    env.store.fail(c.lease, "boom").unwrap();
+    assert_eq!(counts(&env), (0, 0, 0, 0, 1));
+    env.enqueue(NewJob::new("q", "y"));
+    env.store.complete(env.claim_one("q").lease).unwrap();
+    assert_eq!(counts(&env), (0, 0, 0, 1, 1));
+    assert_eq!(env.store.stats().unwrap().next_lease_expiry, None);
+}
