@@ -1,0 +1,142 @@
+//! Helpers shared by the store tests: a store on a temporary file whose time moves only through
+//! a `ManualClock`, with a jitter-free backoff so that retry times can be asserted exactly.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quern::{
+    Backoff, Claimed, Clock, Enqueued, Error, Filter, Jitter, Job, JobId, JobState, ManualClock,
+    NewJob, Store, Timestamp,
+};
+
+/// The lease of every claim in these tests.
+pub const TTL: Duration = Duration::from_secs(30);
+
+/// Where every test clock starts: a round time far from the epoch.
+pub const T0: Timestamp = Timestamp(1_704_067_200_000);
+
+/// The default schedule without jitter: 30 s doubling to a 10 min cap.
+pub fn schedule() -> Backoff {
+    Backoff::exponential(secs(30), 2.0, secs(600)).jitter(Jitter::None)
+}
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// A store on a file of its own, with the clock that drives it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+    pub store: Store,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let store = open(&dir, &clock);
+        Env { dir, clock, store }
+    }
+
+    /// Drops the store (as a crash or a restart would, without settling anything) and opens
+    /// the same file again with the same clock.
+    pub fn reopen(self) -> Env {
+        let Env { dir, clock, store } = self;
+        drop(store);
+        let store = open(&dir, &clock);
+        Env { dir, clock, store }
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("q.redb")
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Enqueues a job that must be created (not coalesced).
+    pub fn enqueue(&self, job: NewJob) -> JobId {
+        match self.store.enqueue(job).unwrap() {
+            Enqueued::Created(id) => id,
+            Enqueued::Duplicate(id) => panic!("expected a new job, got duplicate of {id}"),
+        }
+    }
+
+    /// The job, which must exist.
+    pub fn job(&self, id: JobId) -> Job {
+        self.store.get(id).unwrap().expect("job exists")
+    }
+
+    /// Claims from `queue`, expecting exactly one job.
+    pub fn claim_one(&self, queue: &str) -> Claimed {
+        let mut claimed = self.store.claim(queue, 1).unwrap();
+        assert_eq!(claimed.len(), 1, "expected one claimable job in {queue}");
+        claimed.pop().unwrap()
+    }
+
+    /// The ids `claim(queue, n)` hands out, in the order it hands them out (leases dropped).
+    pub fn claim_ids(&self, queue: &str, n: usize) -> Vec<JobId> {
+        self.store
+            .claim(queue, n)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.job.id)
+            .collect()
+    }
+
+    /// Ids of the jobs of `queue` in `state`, in id order.
+    pub fn ids_in(&self, queue: &str, state: JobState) -> Vec<JobId> {
+        self.store
+            .list(&Filter::default().queue(queue).state(state))
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect()
+    }
+}
+
+pub fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
+    Store::builder()
+        .clock(Arc::new(clock.clone()))
+        .lease_ttl(TTL)
+        .backoff(schedule())
+        .open(dir.path().join("q.redb"))
+        .unwrap()
+}
+
+/// Asserts `result` is `Error::LeaseLost` naming `job`.
+pub fn assert_lease_lost<T: std::fmt::Debug>(result: Result<T, Error>, job: JobId) {
+    match result {
+        Err(Error::LeaseLost { job: j }) => assert_eq!(j, job, "LeaseLost names the job"),
+        other => panic!("expected LeaseLost for job {job}, got {other:?}"),
+    }
+}
+
+/// Asserts `result` is `Error::InvalidState` naming `job`, its `state` and the `operation`.
+pub fn assert_invalid_state<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    job: JobId,
+    state: JobState,
+    operation: &str,
+) {
+    match result {
+        Err(Error::InvalidState {
+            job: j,
+            state: s,
+            operation: o,
+        }) => assert_eq!((j, s, o), (job, state, operation)),
+        other => panic!("expected InvalidState({job}, {state}, {operation}), got {other:?}"),
+    }
+}
