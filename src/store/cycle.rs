@@ -53,7 +53,7 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
     for p in schedules {
         let slot = p.slot(now);
         let fired =
-            cx.t.periodic
+            cx.t.periodic()?
                 .get(p.name.as_str())
                 .map_err(w)?
                 .map(|g| g.value());
@@ -63,7 +63,7 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
             enqueue::validate(&job)?;
             match enqueue::enqueue(cx, job)? {
                 Enqueued::Created(id) => {
-                    cx.t.periodic.insert(p.name.as_str(), slot).map_err(w)?;
+                    cx.t.periodic()?.insert(p.name.as_str(), slot).map_err(w)?;
                     tracing::debug!(schedule = %p.name, slot, job = %id, "periodic job enqueued");
                 }
                 // The previous slot's job is still live: this slot fires when it finishes (its
@@ -79,9 +79,9 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
     Ok(next)
 }
 
-fn next_scheduled(cx: &Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
+fn next_scheduled(cx: &mut Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
     let prefix = queue_prefix(queue);
-    let mut range = cx.t.scheduled.range(prefix.as_slice()..).map_err(w)?;
+    let mut range = cx.t.scheduled()?.range(prefix.as_slice()..).map_err(w)?;
     match range.next() {
         Some(entry) => {
             let (k, _) = entry.map_err(w)?;
@@ -99,7 +99,7 @@ fn next_retry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
     let mut next = None::<u64>;
     for queue in cx.queues()? {
         let prefix = queue_prefix(&queue);
-        let mut range = cx.t.retries.range(prefix.as_slice()..).map_err(w)?;
+        let mut range = cx.t.retries()?.range(prefix.as_slice()..).map_err(w)?;
         if let Some(entry) = range.next() {
             let (k, _) = entry.map_err(w)?;
             if k.value().starts_with(&prefix) {
@@ -111,10 +111,10 @@ fn next_retry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
     Ok(next.map(Timestamp))
 }
 
-fn next_expiry(cx: &Ctx<'_>) -> Result<Option<Timestamp>> {
+fn next_expiry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
     Ok(cx
         .t
-        .leases
+        .leases()?
         .first()
         .map_err(w)?
         .map(|(k, _)| Timestamp(k.value().0)))

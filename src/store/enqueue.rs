@@ -65,14 +65,14 @@ pub(crate) fn validate(job: &NewJob) -> Result<()> {
 pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
     if let Some(u) = &job.unique_key
         && let Some(existing) =
-            cx.t.unique
+            cx.t.unique()?
                 .get(keyed(&job.queue, u).as_slice())
                 .map_err(w)?
     {
         return Ok(Enqueued::Duplicate(JobId(existing.value())));
     }
     let now = cx.now();
-    let id = cx.alloc_id();
+    let id = cx.alloc_id()?;
     let rec = Record {
         queue: job.queue,
         state: JobState::Pending,
@@ -95,7 +95,7 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
         last_backoff_ms: None,
     };
     if let Some(u) = &rec.unique_key {
-        cx.t.unique
+        cx.t.unique()?
             .insert(keyed(&rec.queue, u).as_slice(), id)
             .map_err(w)?;
     }

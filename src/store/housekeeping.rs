@@ -18,7 +18,7 @@ pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
         let prefix = queue_prefix(&queue);
         let hi = prefix_then(&prefix_then(&prefix, now), u64::MAX);
         let due: Vec<u64> =
-            cx.t.retries
+            cx.t.retries()?
                 .range(prefix.as_slice()..=hi.as_slice())
                 .map_err(w)?
                 .map(|e| {
@@ -47,7 +47,7 @@ pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
 pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
     let now = cx.now();
     let expired: Vec<u64> =
-        cx.t.leases
+        cx.t.leases()?
             .range(..=(now, u64::MAX))
             .map_err(w)?
             .map(|e| e.map(|(k, _)| k.value().1))
@@ -85,7 +85,7 @@ pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
     state::retry(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
     if let Some(u) = &rec.unique_key {
         let holder =
-            cx.t.unique
+            cx.t.unique()?
                 .get(keyed(&rec.queue, u).as_slice())
                 .map_err(w)?;
         if let Some(existing) = holder.map(|g| g.value()).filter(|&h| h != id.0) {
@@ -120,13 +120,13 @@ pub(crate) fn prune(
     failed_before: Timestamp,
     max_failed: Option<u64>,
 ) -> Result<u64> {
-    let mut doomed = finished_before(&cx.t.succeeded, succeeded_before, usize::MAX)?;
-    let old_failures = finished_before(&cx.t.dead, failed_before, usize::MAX)?;
+    let mut doomed = finished_before(cx.t.succeeded()?, succeeded_before, usize::MAX)?;
+    let old_failures = finished_before(cx.t.dead()?, failed_before, usize::MAX)?;
     let failed_left = dead_count(cx)?.saturating_sub(old_failures.len() as u64);
     let excess = max_failed.map_or(0, |max| failed_left.saturating_sub(max));
     let excess = usize::try_from(excess).unwrap_or(usize::MAX);
     doomed.extend(finished_before(
-        &cx.t.dead,
+        cx.t.dead()?,
         Timestamp(u64::MAX),
         old_failures.len().saturating_add(excess),
     )?);
@@ -159,7 +159,7 @@ fn dead_count(cx: &mut Ctx<'_>) -> Result<u64> {
     for queue in cx.queues()? {
         let key = count_key(&queue, Phase::Dead.code());
         total +=
-            cx.t.counts
+            cx.t.counts()?
                 .get(key.as_slice())
                 .map_err(w)?
                 .map_or(0, |g| g.value());

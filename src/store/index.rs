@@ -18,50 +18,50 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
     match rec.phase() {
         Phase::Pending => {
             let found = t
-                .ready
+                .ready()?
                 .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
                 .map_err(w)?
                 .is_some()
-                || t.scheduled
+                || t.scheduled()?
                     .remove(timed_key(q, rec.run_at, id).as_slice())
                     .map_err(w)?
                     .is_some();
             if !found && let Some(k) = &rec.concurrency_key {
-                t.blocked
+                t.blocked()?
                     .remove(blocked_key(q, k, rec.priority, rec.run_at, id).as_slice())
                     .map_err(w)?;
             }
         }
         Phase::InProgress => {
             if let Some(exp) = rec.lease_expires_at {
-                t.leases.remove((exp, id)).map_err(w)?;
+                t.leases()?.remove((exp, id)).map_err(w)?;
             }
             if let Some(k) = &rec.concurrency_key {
-                remove_if_owned(&mut t.busy, &keyed(q, k), id)?;
+                remove_if_owned(t.busy()?, &keyed(q, k), id)?;
             }
         }
         Phase::Retrying => {
             if let Some(next) = rec.next_attempt_at {
-                t.retries
+                t.retries()?
                     .remove(timed_key(q, next, id).as_slice())
                     .map_err(w)?;
             }
         }
         Phase::Succeeded => {
             if let Some(at) = rec.finished_at {
-                t.succeeded.remove((at, id)).map_err(w)?;
+                t.succeeded()?.remove((at, id)).map_err(w)?;
             }
         }
         Phase::Dead => {
             if let Some(at) = rec.finished_at {
-                t.dead.remove((at, id)).map_err(w)?;
+                t.dead()?.remove((at, id)).map_err(w)?;
             }
         }
     }
     if rec.phase().is_live()
         && let Some(u) = &rec.unique_key
     {
-        remove_if_owned(&mut t.unique, &keyed(q, u), id)?;
+        remove_if_owned(t.unique()?, &keyed(q, u), id)?;
     }
     Ok(())
 }
@@ -72,7 +72,7 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
     let ckey = rec.concurrency_key.as_deref();
     match rec.phase() {
         Phase::Pending if rec.run_at <= now => {
-            t.ready
+            t.ready()?
                 .insert(
                     ready_key(q, rec.priority, rec.run_at, id).as_slice(),
                     ckey.unwrap_or("").as_bytes(),
@@ -80,7 +80,7 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
                 .map_err(w)?;
         }
         Phase::Pending => {
-            t.scheduled
+            t.scheduled()?
                 .insert(
                     timed_key(q, rec.run_at, id).as_slice(),
                     scheduled_value(rec.priority, ckey).as_slice(),
@@ -89,34 +89,34 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
         }
         Phase::InProgress => {
             if let Some(exp) = rec.lease_expires_at {
-                t.leases.insert((exp, id), ()).map_err(w)?;
+                t.leases()?.insert((exp, id), ()).map_err(w)?;
             }
             if let Some(k) = ckey {
-                t.busy.insert(keyed(q, k).as_slice(), id).map_err(w)?;
+                t.busy()?.insert(keyed(q, k).as_slice(), id).map_err(w)?;
             }
         }
         Phase::Retrying => {
             if let Some(next) = rec.next_attempt_at {
-                t.retries
+                t.retries()?
                     .insert(timed_key(q, next, id).as_slice(), ())
                     .map_err(w)?;
             }
         }
         Phase::Succeeded => {
             if let Some(at) = rec.finished_at {
-                t.succeeded.insert((at, id), ()).map_err(w)?;
+                t.succeeded()?.insert((at, id), ()).map_err(w)?;
             }
         }
         Phase::Dead => {
             if let Some(at) = rec.finished_at {
-                t.dead.insert((at, id), ()).map_err(w)?;
+                t.dead()?.insert((at, id), ()).map_err(w)?;
             }
         }
     }
     if rec.phase().is_live()
         && let Some(u) = &rec.unique_key
     {
-        t.unique.insert(keyed(q, u).as_slice(), id).map_err(w)?;
+        t.unique()?.insert(keyed(q, u).as_slice(), id).map_err(w)?;
     }
     Ok(())
 }
@@ -125,10 +125,10 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
 pub(crate) fn move_lease(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record) -> Result<()> {
     if old.lease_expires_at != new.lease_expires_at {
         if let Some(exp) = old.lease_expires_at {
-            t.leases.remove((exp, id)).map_err(w)?;
+            t.leases()?.remove((exp, id)).map_err(w)?;
         }
         if let Some(exp) = new.lease_expires_at {
-            t.leases.insert((exp, id), ()).map_err(w)?;
+            t.leases()?.insert((exp, id), ()).map_err(w)?;
         }
     }
     Ok(())
@@ -148,11 +148,11 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     }
     let q = old.queue.as_str();
     let key = keyed(q, k);
-    if t.busy.get(key.as_slice()).map_err(w)?.is_some() {
+    if t.busy()?.get(key.as_slice()).map_err(w)?.is_some() {
         return Ok(());
     }
     let first = {
-        let mut range = t.blocked.range(key.as_slice()..).map_err(w)?;
+        let mut range = t.blocked()?.range(key.as_slice()..).map_err(w)?;
         match range.next() {
             Some(entry) => {
                 let (k, _) = entry.map_err(w)?;
@@ -164,8 +164,8 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     };
     if let Some(bk) = first {
         let (priority, run_at, id) = ordered_tail(&bk)?;
-        t.blocked.remove(bk.as_slice()).map_err(w)?;
-        t.ready
+        t.blocked()?.remove(bk.as_slice()).map_err(w)?;
+        t.ready()?
             .insert(ready_key(q, priority, run_at, id).as_slice(), k.as_bytes())
             .map_err(w)?;
     }
@@ -179,12 +179,12 @@ pub(crate) fn add_count(t: &mut Tables<'_>, queue: &str, code: u8, delta: i64) -
     }
     let key = count_key(queue, code);
     let current = t
-        .counts
+        .counts()?
         .get(key.as_slice())
         .map_err(w)?
         .map_or(0, |g| g.value());
     let next = current.saturating_add_signed(delta);
-    t.counts.insert(key.as_slice(), next).map_err(w)?;
+    t.counts()?.insert(key.as_slice(), next).map_err(w)?;
     Ok(())
 }
 

@@ -383,10 +383,11 @@ fn init_header(db: &Database, path: &Path) -> Result<u64> {
     };
     if fresh {
         {
-            let mut t = ctx::Tables::open(&tx)?;
+            let mut t = ctx::Tables::new(&tx);
+            t.open_all()?;
             let id = random_id();
             for (k, v) in [(META_FORMAT, FORMAT_VERSION), (META_STORE_ID, id)] {
-                t.meta.insert(k, v).map_err(|e| open_error(path, e))?;
+                t.meta()?.insert(k, v).map_err(|e| open_error(path, e))?;
             }
         }
         tx.commit().map_err(|e| open_error(path, e))?;

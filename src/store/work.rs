@@ -63,13 +63,13 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
                 let ckey = String::from_utf8_lossy(&ckey).into_owned();
                 if cx
                     .t
-                    .busy
+                    .busy()?
                     .get(keyed(queue, &ckey).as_slice())
                     .map_err(w)?
                     .is_some()
                 {
-                    cx.t.ready.remove(key.as_slice()).map_err(w)?;
-                    cx.t.blocked
+                    cx.t.ready()?.remove(key.as_slice()).map_err(w)?;
+                    cx.t.blocked()?
                         .insert(
                             blocked_key(queue, &ckey, priority, run_at, id).as_slice(),
                             (),
@@ -128,7 +128,7 @@ fn claim_fresh_before(
 fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u64) -> Result<()> {
     let hi = prefix_then(&prefix_then(prefix, now), u64::MAX);
     let due: Vec<(Vec<u8>, Vec<u8>)> =
-        cx.t.scheduled
+        cx.t.scheduled()?
             .range(prefix..=hi.as_slice())
             .map_err(w)?
             .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
@@ -137,17 +137,17 @@ fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u
     for (key, value) in due {
         let (run_at, id) = timed_tail(&key)?;
         let (priority, ckey) = parse_scheduled_value(&value)?;
-        cx.t.scheduled.remove(key.as_slice()).map_err(w)?;
+        cx.t.scheduled()?.remove(key.as_slice()).map_err(w)?;
         let ready = ready_key(queue, priority, run_at, id);
-        cx.t.ready.insert(ready.as_slice(), ckey).map_err(w)?;
+        cx.t.ready()?.insert(ready.as_slice(), ckey).map_err(w)?;
         cx.touch();
     }
     Ok(())
 }
 
-fn read_ready(cx: &Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_ready(cx: &mut Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-    for entry in cx.t.ready.range(from..).map_err(w)? {
+    for entry in cx.t.ready()?.range(from..).map_err(w)? {
         let (k, v) = entry.map_err(w)?;
         if !k.value().starts_with(prefix) || chunk.len() == SCAN_CHUNK {
             break;
@@ -173,7 +173,7 @@ fn claim_one(
             detail: format!("entry for job {id}, which is {}", rec.state),
         });
     }
-    let token = cx.alloc_token();
+    let token = cx.alloc_token()?;
     state::claim(&mut rec, now, cx.cfg.lease_ttl, token);
     cx.put(id, old, &rec)?;
     tracing::debug!(job = id, queue = %rec.queue, attempt = rec.attempts, "claimed");
