@@ -20,8 +20,8 @@
 //! - enqueue one job per call (`QUERN_PEER_ENQUEUE`, default 2,000 calls);
 //! - enqueue in batches of 100 and of 1,000 (quern `enqueue_batch`, effectum `add_jobs`);
 //! - drain `QUERN_PEER_JOBS` (default 20,000) pre-enqueued no-op jobs at concurrency 1, 4 and
-//!   16, from the executor's (worker's) start until every job is finished; quern twice, with
-//!   its default channel capacity and with the main harness's (`channel_capacity(256)`);
+//!   16, from the executor's (worker's) start until every job is finished, both with their
+//!   default settings;
 //! - enqueue-to-start on an idle executor (worker) of concurrency 4: from the call to enqueue
 //!   until the handler runs, one job at a time, `QUERN_PEER_SAMPLES` (default 500) samples.
 //!
@@ -141,26 +141,14 @@ fn main() {
         ));
     }
 
-    // Drain pre-enqueued no-op jobs.
-    // quern with its defaults, and with the channel capacity the main harness uses
-    // (8 x concurrency, at least 256; the default is 2 x concurrency, at least 32), against the
-    // same effectum figure: effectum has no such knob.
+    // Drain pre-enqueued no-op jobs, each side with its defaults.
     for concurrency in [1u16, 4, 16] {
-        let c = concurrency as usize;
-        let q = quern_drain(&rt, &tmp(), jobs, c, None);
-        let tuned = (c * 8).max(256);
-        let q_tuned = quern_drain(&rt, &tmp(), jobs, c, Some(tuned));
+        let q = quern_drain(&rt, &tmp(), jobs, usize::from(concurrency));
         let e = effectum_drain(&rt, &tmp(), jobs, concurrency);
         add(Row::throughput(
             format!("drain {jobs} no-op jobs, concurrency {concurrency}"),
             "jobs/s",
             q,
-            e,
-        ));
-        add(Row::throughput(
-            format!("drain {jobs} no-op jobs, concurrency {concurrency}, quern channel {tuned}"),
-            "jobs/s",
-            q_tuned,
             e,
         ));
     }
@@ -297,24 +285,14 @@ fn quern_prefill(store: &Store, jobs: u64) {
 
 /// Jobs per second for `jobs` pre-enqueued no-op jobs, from the executor's start until every
 /// success is committed.
-fn quern_drain(
-    rt: &Runtime,
-    dir: &tempfile::TempDir,
-    jobs: u64,
-    concurrency: usize,
-    channel: Option<usize>,
-) -> f64 {
+fn quern_drain(rt: &Runtime, dir: &tempfile::TempDir, jobs: u64, concurrency: usize) -> f64 {
     let store = Store::open(dir.path().join("q.redb")).expect("open");
     quern_prefill(&store, jobs);
     let _guard = rt.enter();
     let start = Instant::now();
-    let mut builder = Executor::builder(store.clone())
+    let handle = Executor::builder(store.clone())
         .queue("q")
-        .concurrency(concurrency);
-    if let Some(capacity) = channel {
-        builder = builder.channel_capacity(capacity);
-    }
-    let handle = builder
+        .concurrency(concurrency)
         .spawn(|_ctx| async { Outcome::Success })
         .expect("spawn");
     while handle.metrics().succeeded < jobs {
