@@ -56,10 +56,9 @@ fn main() {
     }
     // The raw rates are the yardsticks of the single-enqueue rows: both are measured in
     // alternating rounds, so that the disk's drift (±20% over a minute here) falls on both.
-    for (exclusive, raw_name, single_name) in [
-        (false, RAW_SHARED, SINGLE),
-        (true, RAW_EXCL, SINGLE_EXCL),
-    ] {
+    for (exclusive, raw_name, single_name) in
+        [(false, RAW_SHARED, SINGLE), (true, RAW_EXCL, SINGLE_EXCL)]
+    {
         if want(raw_name) || want(single_name) {
             let (raw, single) = single_vs_raw(exclusive, 10, 200);
             row(raw_name, format!("{raw:.0} /s"));

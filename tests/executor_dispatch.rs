@@ -547,3 +547,50 @@ async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
     assert_eq!(peak.load(Ordering::SeqCst), 1);
     handle.shutdown(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_freed_by_a_lost_lease_gets_the_next_job_without_waiting_for_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = Store::builder()
+        .clock(Arc::new(clock.clone()))
+        // Heartbeats every 100 ms of real time: the run learns of the cancel quickly.
+        .lease_ttl(Duration::from_millis(300))
+        .open(dir.path().join("q.redb"))
+        .unwrap();
+    let first = store
+        .enqueue(NewJob::new("q", "blocks").priority(1))
+        .unwrap()
+        .id();
+    let second = store.enqueue(NewJob::new("q", "next")).unwrap().id();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let s = started.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600))
+        .spawn(move |ctx| {
+            s.lock().push(ctx.job().id);
+            let blocks = ctx.payload() == b"blocks";
+            async move {
+                if blocks {
+                    std::future::pending::<()>().await;
+                }
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    until(&store, "the first job started", || {
+        started.lock().as_slice() == [first]
+    })
+    .await;
+    // The run's heartbeat finds its lease lost and ends it without a commit: the idle worker
+    // must still be fed, not left waiting for the hour-long poll.
+    store.cancel(first).unwrap();
+    until(&store, "the second job succeeded", || {
+        store.get(second).unwrap().unwrap().state == JobState::Succeeded
+    })
+    .await;
+    assert_eq!(handle.metrics().lease_lost, 1);
+    handle.shutdown(WAIT).await.unwrap();
+}

@@ -35,9 +35,10 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 _ => {}
             }
         }
+        // Read before the target, so that a settle committed meanwhile wakes the next sleep.
+        let seen = store.generation();
         let target = demand.target(&shared);
         let room = target.saturating_sub(tx.len());
-        let seen = store.generation();
         let mut wake_at = None;
         match store
             .claim_cycle(shared.queue.clone(), room, shared.periodic.clone())
@@ -77,11 +78,10 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         if errors > 0 {
             sleep = Duration::from_millis(10u64 << errors.min(7)).min(shared.poll_interval);
         }
-        let full = tx.len() >= target;
         tokio::select! {
             () = shared.stop.cancelled() => break,
             _ = store.changed(seen), if errors == 0 => {}
-            () = shared.room.notified(), if full => {}
+            () = shared.room.notified() => {}
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
@@ -129,8 +129,8 @@ impl Demand {
             // A saturating conversion: a tiny mean gives usize::MAX, clamped below.
             (shared.concurrency as f64 * horizon / mean.max(1e-9)) as usize
         });
-        let running = usize::try_from(shared.counters.running()).unwrap_or(usize::MAX);
-        let idle = shared.concurrency.saturating_sub(running);
+        let busy = shared.busy.load(std::sync::atomic::Ordering::SeqCst);
+        let idle = shared.concurrency.saturating_sub(busy);
         idle.saturating_add(ahead).min(shared.capacity)
     }
 }

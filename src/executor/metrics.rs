@@ -83,11 +83,6 @@ impl Counters {
         self.ended.fetch_add(1, Relaxed);
     }
 
-    /// How many handlers are running now.
-    pub(crate) fn running(&self) -> u64 {
-        self.running.load(Relaxed)
-    }
-
     /// How many handlers ended, and their total running time in microseconds.
     pub(crate) fn ran(&self) -> (u64, u64) {
         (self.ended.load(Relaxed), self.ran_us.load(Relaxed))

@@ -231,6 +231,7 @@ impl ExecutorBuilder {
             store: self.store,
             queue: self.queue.into(),
             concurrency: self.concurrency,
+            busy: std::sync::atomic::AtomicUsize::new(0),
             capacity,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
@@ -269,6 +270,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub queue: Arc<str>,
     pub concurrency: usize,
+    /// Workers holding a job, from taking it off the channel until it is settled or dropped.
+    pub busy: std::sync::atomic::AtomicUsize,
     pub capacity: usize,
     pub timeout: Option<Duration>,
     pub poll_interval: Duration,
@@ -282,7 +285,7 @@ pub(crate) struct Shared {
     pub kill: CancellationToken,
     /// A job was put in the channel.
     pub job_ready: Notify,
-    /// A job was taken from the channel.
+    /// A job was taken from the channel, or a worker became idle.
     pub room: Notify,
     /// Look at the database now.
     pub wake: Notify,

@@ -1,7 +1,7 @@
 //! A worker: takes claimed jobs from the channel one at a time and runs each to its settlement.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -24,8 +24,15 @@ pub(crate) async fn run(shared: Arc<Shared>, rx: Receiver<Claimed>) {
         ready.as_mut().enable();
         match rx.try_recv() {
             Ok(claimed) => {
+                // Busy from the moment it takes a job, so that the claimer does not count
+                // this worker idle and claim a job ahead for it; room is made either way.
+                shared.busy.fetch_add(1, Ordering::SeqCst);
                 shared.room.notify_one();
                 run_job(&shared, claimed).await;
+                shared.busy.fetch_sub(1, Ordering::SeqCst);
+                // Idle again: the claimer may have held back a job for it. Not every run
+                // ends in a commit that would wake the claimer (a lost lease writes nothing).
+                shared.room.notify_one();
                 continue;
             }
             Err(TryRecvError::Disconnected) => return,

@@ -153,6 +153,12 @@ impl Drop for Writer {
     fn drop(&mut self) {
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
+            // The last store handle can go on the writer thread itself (a reply callback that
+            // owned one): that thread cannot join itself, and ends on its own once it finds the
+            // channel closed, closing the database as it drops its share of it.
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
             // A panic in the writer was already reported to its callers as a closed store.
             let _ = thread.join();
         }
