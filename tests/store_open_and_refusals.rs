@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quern::redb::{ReadableTable, TableDefinition};
+use quern::redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use quern::{Enqueued, Error, Filter, JobId, JobState, MAX_PAYLOAD, ManualClock, NewJob, Store};
 
 fn path(dir: &tempfile::TempDir) -> std::path::PathBuf {
@@ -193,6 +193,30 @@ fn the_outbox_commits_user_rows_and_jobs_together_or_neither() {
         })
         .unwrap();
     assert_eq!(names, ["a.txt"]);
+}
+
+#[test]
+fn a_write_whose_enqueue_broke_is_not_committed_even_if_the_closure_goes_on() {
+    const QUERN_INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_inbox");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let result: Result<(), Error> = store.write(|tx| {
+        tx.open_table(FILES)?.insert("a.txt", 1)?;
+        // Holding one of quern's own tables makes the enqueue fail on storage.
+        let _held = tx.transaction().open_table(QUERN_INBOX)?;
+        let enqueued = tx.enqueue(NewJob::new("uploads", "a.txt"));
+        assert!(
+            matches!(enqueued, Err(Error::Storage { .. })),
+            "{enqueued:?}"
+        );
+        Ok(())
+    });
+    assert!(matches!(result, Err(Error::Storage { .. })), "{result:?}");
+    let rows = store
+        .write(|tx| Ok::<_, Error>(tx.open_table(FILES)?.len()?))
+        .unwrap();
+    assert_eq!(rows, 0, "the user's row was not committed either");
+    assert_eq!(store.check().unwrap(), []);
 }
 
 #[test]

@@ -796,6 +796,9 @@ impl Store {
     ///
     /// # Errors
     /// `f`'s error; [`Error::ReadOnly`], [`Error::Poisoned`] and storage errors, converted.
+    /// An enqueue in `f` that failed with a storage or corruption error may have been written
+    /// in part: then nothing is committed, even if `f` went on to return `Ok`, and that error
+    /// is returned.
     pub fn write<R, E: From<Error>>(
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> std::result::Result<R, E>,
@@ -813,11 +816,18 @@ impl Store {
             let mut wtx = WriteTx {
                 cx: Ctx::begin(&tx, &self.inner.cfg)?,
                 tx: &tx,
+                broken: None,
             };
             IN_WRITE.with(|w| w.set(true));
             let value = f(&mut wtx);
             IN_WRITE.with(|w| w.set(false));
-            (value?, wtx.cx.finish()?)
+            let value = value?;
+            // An enqueue that failed midway may have written part of itself: even if `f`
+            // went on, the transaction is not committed.
+            if let Some(e) = wtx.broken {
+                return Err(e.into());
+            }
+            (value, wtx.cx.finish()?)
         };
         if let Err(e) = tx.commit() {
             self.inner.poisoned.store(true, Ordering::Release);
@@ -905,6 +915,8 @@ pub(crate) fn lease_ref(lease: &Lease) -> Lease {
 pub struct WriteTx<'a> {
     cx: Ctx<'a>,
     tx: &'a redb::WriteTransaction,
+    /// The first error that left quern's part of the transaction half-written.
+    broken: Option<Error>,
 }
 
 impl<'a> WriteTx<'a> {
@@ -914,7 +926,8 @@ impl<'a> WriteTx<'a> {
     /// As [`Store::enqueue`].
     pub fn enqueue(&mut self, job: NewJob) -> Result<Enqueued> {
         enqueue::validate(&job)?;
-        enqueue::enqueue(&mut self.cx, job)
+        let result = enqueue::enqueue(&mut self.cx, job);
+        self.note(result)
     }
 
     /// Enqueues many jobs in this transaction.
@@ -925,7 +938,20 @@ impl<'a> WriteTx<'a> {
         &mut self,
         jobs: impl IntoIterator<Item = NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        enqueue::enqueue_batch(&mut self.cx, jobs.into_iter().collect())
+        let result = enqueue::enqueue_batch(&mut self.cx, jobs.into_iter().collect());
+        self.note(result)
+    }
+
+    /// Remembers an error after which quern's tables may be half-written, so that
+    /// [`Store::write`] refuses to commit whatever the closure does next.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.aborts_batch()
+            && self.broken.is_none()
+        {
+            self.broken = Some(e.clone());
+        }
+        result
     }
 
     /// Opens one of the user's tables in this transaction. quern's own tables are named

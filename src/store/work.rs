@@ -27,15 +27,8 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
     let now = cx.now();
     let mut fresh =
         cx.drain_inbox(|r| r.queue == queue && r.run_at <= now && r.concurrency_key.is_none())?;
-    // Sorted by ready key, which is the claim order; claimed from the back.
-    fresh.sort_by(|(a, ra), (b, rb)| {
-        ready_key(queue, rb.priority, rb.run_at, *b).cmp(&ready_key(
-            queue,
-            ra.priority,
-            ra.run_at,
-            *a,
-        ))
-    });
+    // Sorted in claim order, the order of their ready keys; claimed from the back.
+    fresh.sort_by_key(|(id, r)| std::cmp::Reverse(claim_order(r.priority, r.run_at, *id)));
     let prefix = queue_prefix(queue);
     make_due_scheduled_ready(cx, queue, &prefix, now)?;
 
@@ -50,11 +43,12 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
         from.push(0);
         let exhausted = chunk.len() < SCAN_CHUNK;
         for (key, ckey) in chunk {
-            claim_fresh_before(cx, queue, &mut fresh, Some(&key), n, now, &mut out)?;
+            let (priority, run_at, id) = ordered_tail(&key)?;
+            let order = claim_order(priority, run_at, id);
+            claim_fresh_before(cx, &mut fresh, Some(order), n, now, &mut out)?;
             if out.len() == n {
                 break 'scan;
             }
-            let (priority, run_at, id) = ordered_tail(&key)?;
             if run_at > now {
                 // The clock went back since this job was made ready; it waits in place.
                 continue;
@@ -89,7 +83,7 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
             break;
         }
     }
-    claim_fresh_before(cx, queue, &mut fresh, None, n, now, &mut out)?;
+    claim_fresh_before(cx, &mut fresh, None, n, now, &mut out)?;
     // What was not claimed is indexed like any other inbox entry.
     for (id, rec) in fresh {
         cx.put(id, None, &rec)?;
@@ -97,13 +91,20 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
     Ok(out)
 }
 
-/// Claims fresh inbox entries that come before the ready entry `next` (all of them when
-/// `None`), while fewer than `n` are claimed.
+/// Where a job comes in claim order: priority descending, then run_at, then id; the order of
+/// the ready index's keys.
+type ClaimOrder = (std::cmp::Reverse<i32>, u64, u64);
+
+fn claim_order(priority: i32, run_at: u64, id: u64) -> ClaimOrder {
+    (std::cmp::Reverse(priority), run_at, id)
+}
+
+/// Claims fresh inbox entries that come before the ready entry at `next` in claim order (all
+/// of them when `None`), while fewer than `n` are claimed.
 fn claim_fresh_before(
     cx: &mut Ctx<'_>,
-    queue: &str,
     fresh: &mut Vec<(u64, Record)>,
-    next: Option<&[u8]>,
+    next: Option<ClaimOrder>,
     n: usize,
     now: u64,
     out: &mut Vec<Claimed>,
@@ -112,7 +113,7 @@ fn claim_fresh_before(
         let Some((id, rec)) = fresh.last() else {
             return Ok(());
         };
-        if next.is_some_and(|k| ready_key(queue, rec.priority, rec.run_at, *id).as_slice() > k) {
+        if next.is_some_and(|k| claim_order(rec.priority, rec.run_at, *id) > k) {
             return Ok(());
         }
         let Some((id, rec)) = fresh.pop() else {
