@@ -61,8 +61,8 @@ pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, JobId, Lease, NewJob
 pub use periodic::Periodic;
 pub use state::JobState;
 pub use store::{
-    Cutoff, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME, Problem, QueueStats,
-    Retention, Stats, Store, StoreBuilder, WriteTx,
+    Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME,
+    Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,
 };
 
 #[doc(hidden)]

@@ -75,6 +75,9 @@ thread_local! {
     static IN_WRITE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The default most memory redb may use to cache pages: 64 MiB.
+pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+
 /// The default lease of a claim: 30 s.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
@@ -167,6 +170,7 @@ pub struct StoreBuilder {
     clock: Arc<dyn Clock>,
     exclusive: bool,
     verify_on_open: bool,
+    cache_size: usize,
 }
 
 impl Default for StoreBuilder {
@@ -177,6 +181,7 @@ impl Default for StoreBuilder {
             clock: Arc::new(SystemClock),
             exclusive: false,
             verify_on_open: true,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
@@ -225,6 +230,15 @@ impl StoreBuilder {
         self
     }
 
+    /// The most memory redb may use to cache the file's pages, in bytes. quern's hot pages
+    /// (the heads of the ready and lease indexes, the newest jobs) are few, so a cache far
+    /// smaller than the file loses little, and memory stays flat however deep the queue.
+    /// Default: 64 MiB.
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = bytes;
+        self
+    }
+
     /// Opens the database at `path` for writing, creating it if missing.
     ///
     /// # Errors
@@ -243,6 +257,7 @@ impl StoreBuilder {
         let db = guarded_open(&path, || {
             redb::Builder::new()
                 .set_concurrency_mode(mode)
+                .set_cache_size(self.cache_size)
                 .set_check_integrity_on_open(self.verify_on_open)
                 .create(&path)
         })?;
@@ -285,6 +300,7 @@ impl StoreBuilder {
         let db = guarded_open(&path, || {
             redb::Builder::new()
                 .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .set_cache_size(self.cache_size)
                 .open_read_only(&path)
         })?;
         let store_id = guarded_read(&path, || {
