@@ -216,8 +216,14 @@ fn check_reports_a_damaged_file_and_show_names_it() {
     let out = quern(&["show", s(&path), "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("quern: corrupt database file {}", s(&path))),
+        stderr(&out).starts_with(&format!("quern: corrupt database file {}", s(&path))),
         "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one line, no panic message from the storage engine before it: {}",
         stderr(&out)
     );
 }

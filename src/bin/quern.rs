@@ -4,5 +4,21 @@
 mod cli;
 
 fn main() {
-    std::process::exit(cli::main());
+    // Every failure is one line on stderr. The store turns redb's panics on a damaged file into
+    // errors, but the default hook would print each first; a panic of our own is caught below
+    // and reported as one line too.
+    std::panic::set_hook(Box::new(|_| {}));
+    let code = match std::panic::catch_unwind(cli::main) {
+        Ok(code) => code,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            eprintln!("quern: internal error: {message}");
+            cli::FAILURE
+        }
+    };
+    std::process::exit(code);
 }

@@ -21,7 +21,7 @@ use self::args::{Args, Command, Format};
 /// Exit codes.
 const OK: i32 = 0;
 const PROBLEMS: i32 = 1;
-const FAILURE: i32 = 2;
+pub(crate) const FAILURE: i32 = 2;
 
 pub fn main() -> i32 {
     let args = match Args::try_parse() {
