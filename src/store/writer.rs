@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 const MAX_BATCH: usize = 512;
 
 /// The longest a commit waits for the callers of the previous one to come back; far below a
-/// commit's own time (a few hundred microseconds here).
-const GATHER_WAIT: Duration = Duration::from_micros(150);
+/// commit's own time (a few hundred microseconds here). Longer waits lose more to callers that
+/// are not coming than they gain: in alternating runs 50 µs beat 150 µs by about 18% for
+/// sixteen enqueueing threads and 14% for a drain at concurrency 16.
+const GATHER_WAIT: Duration = Duration::from_micros(50);
 
 /// What to tell a caller once the fate of its transaction is known.
 type Done = Box<dyn FnOnce(Result<(), &Error>) + Send>;
