@@ -49,6 +49,31 @@ fn count(store: &Store, queue: &str, state: JobState) -> usize {
         .len()
 }
 
+/// An executor of queue "q" whose jobs each wait for a permit of the returned gate, which
+/// starts with `permits`.
+fn gated(
+    store: &Store,
+    concurrency: usize,
+    capacity: usize,
+    permits: usize,
+) -> (quern::ExecutorHandle, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(permits));
+    let g = gate.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(concurrency)
+        .channel_capacity(capacity)
+        .spawn(move |_ctx| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    (handle, gate)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_channel_keeps_jobs_pending_and_runs_them_all_later() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,20 +84,7 @@ async fn full_channel_keeps_jobs_pending_and_runs_them_all_later() {
         .unwrap();
     // Two jobs go through at once: the executor learns that jobs are quick, and fills the
     // channel ahead of its workers from then on.
-    let gate = Arc::new(Semaphore::new(2));
-    let g = gate.clone();
-    let handle = Executor::builder(store.clone())
-        .queue("q")
-        .concurrency(2)
-        .channel_capacity(3)
-        .spawn(move |_ctx| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                Outcome::Success
-            }
-        })
-        .unwrap();
+    let (handle, gate) = gated(&store, 2, 3, 2);
     // Two running, three waiting in the channel: everything else stays pending on disk.
     until(
         &store,
@@ -101,20 +113,7 @@ async fn nothing_is_claimed_ahead_of_the_workers_before_a_job_has_ended() {
     store
         .enqueue_batch((0..20).map(|i| NewJob::new("q", format!("{i}"))))
         .unwrap();
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let handle = Executor::builder(store.clone())
-        .queue("q")
-        .concurrency(2)
-        .channel_capacity(8)
-        .spawn(move |_ctx| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                Outcome::Success
-            }
-        })
-        .unwrap();
+    let (handle, gate) = gated(&store, 2, 8, 0);
     // How long a job runs is unknown until one ends: a job claimed ahead might wait in the
     // channel past its lease, so only idle workers are fed.
     until(&store, "2 started", || handle.metrics().started == 2).await;
