@@ -84,9 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let q = store.stats()?.queue("uploads").cloned().unwrap_or_default();
+        let m = handle.metrics();
+        // Claimed jobs are in progress: running in a handler, or waiting in the channel.
         println!(
-            "pending {:>5}  running {:>2}  retrying {:>4}  succeeded {:>5}  failed {:>3}",
-            q.pending, q.in_progress, q.retrying, q.succeeded, q.failed
+            "pending {:>5}  claimed {:>3} (running {}, queued {:>3})  retrying {:>4}  succeeded {:>5}  failed {:>3}",
+            q.pending, q.in_progress, m.running, m.channel_len, q.retrying, q.succeeded, q.failed
         );
         if q.pending + q.in_progress + q.retrying == 0 {
             break;
