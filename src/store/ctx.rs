@@ -107,7 +107,6 @@ pub(crate) struct Ctx<'t> {
     /// Read when first needed: most transactions allocate neither.
     next_id: Option<u64>,
     next_token: Option<u64>,
-    tokens_used: bool,
     deleted: bool,
     changed: bool,
     /// Whether the inbox may hold entries (unknown at the start of a transaction).
@@ -124,7 +123,6 @@ impl<'t> Ctx<'t> {
             cfg,
             next_id: None,
             next_token: None,
-            tokens_used: false,
             deleted: false,
             changed: false,
             inbox_maybe: true,
@@ -138,9 +136,8 @@ impl<'t> Ctx<'t> {
     /// otherwise it is derived from the tables, which keeps an enqueue to one table.
     pub(crate) fn finish(mut self) -> Result<bool> {
         self.flush_counts()?;
-        if self.tokens_used
-            && let Some(token) = self.next_token
-        {
+        // Read only when a token was allocated, so written only then.
+        if let Some(token) = self.next_token {
             self.t.meta()?.insert(META_NEXT_TOKEN, token).map_err(w)?;
         }
         if self.deleted
@@ -183,7 +180,6 @@ impl<'t> Ctx<'t> {
             None => self.t.meta_value(META_NEXT_TOKEN)?.max(1),
         };
         self.next_token = Some(token + 1);
-        self.tokens_used = true;
         Ok(token)
     }
 
