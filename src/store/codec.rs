@@ -11,12 +11,23 @@ use crate::state::Record;
 pub(crate) const RECORD_VERSION: u8 = 1;
 
 pub(crate) fn encode_record(rec: &Record) -> Result<Vec<u8>> {
-    let mut out = vec![RECORD_VERSION];
-    postcard::to_io(rec, &mut out).map_err(|e| Error::Corrupt {
+    // Room for the fixed fields and the strings, so that encoding does not grow the buffer.
+    let strings = [
+        &rec.last_error,
+        &rec.unique_key,
+        &rec.concurrency_key,
+        &rec.progress,
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::len)
+    .sum::<usize>();
+    let mut out = Vec::with_capacity(96 + rec.queue.len() + strings);
+    out.push(RECORD_VERSION);
+    postcard::to_extend(rec, out).map_err(|e| Error::Corrupt {
         what: "record being written".into(),
         detail: e.to_string(),
-    })?;
-    Ok(out)
+    })
 }
 
 pub(crate) fn decode_record(id: u64, bytes: &[u8]) -> Result<Record> {
