@@ -160,11 +160,11 @@ fn claim_at_depth(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(&dir, false);
         prefill(&s, depth + 50_000);
-        // A claim indexes at most 20,000 inbox entries: claims of an empty queue index the
+        // A claim indexes at most 20,000 new jobs: claims of an empty queue index the
         // whole backlog first, so that what is measured is a claim at this depth, not the
         // indexing of a batch-enqueued backlog.
         for _ in 0..(depth + 50_000) / 20_000 + 2 {
-            s.claim("elsewhere", 1).expect("index the inbox");
+            s.claim("elsewhere", 1).expect("index the new jobs");
         }
         g.bench_function(BenchmarkId::new("claim_1", depth), |b| {
             b.iter(|| black_box(s.claim("bench", 1).expect("claim")));

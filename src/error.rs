@@ -41,8 +41,9 @@ pub enum Error {
     },
     /// The file was written in a format version this build does not read.
     #[error(
-        "quern database {} has format version {found}, this build reads version {supported}",
-        path.display()
+        "quern database {} has format version {found}, this build reads version {supported}{}",
+        path.display(),
+        if found < supported { "; open it for writing once to upgrade it" } else { "" }
     )]
     UnsupportedFormat {
         /// The file.

@@ -111,8 +111,20 @@ impl Phase {
 /// The longest error or progress text kept, in bytes; longer text is cut at a char boundary.
 pub(crate) const MAX_TEXT: usize = 4 * 1024;
 
-/// The persisted state of one job, without its id (the key) and payload (stored apart, written
-/// once, so that transitions do not rewrite it).
+/// Where a job's payload is kept. A small one travels inside the job's stored value, so that a
+/// claim reads and writes one entry; a large one is written once to a table of its own, so that
+/// transitions do not copy it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// In the payloads table, under the job's id.
+    #[default]
+    Apart,
+    /// In the job's stored value, after the record.
+    Inline(Vec<u8>),
+}
+
+/// The persisted state of one job, without its id (the key). The payload is not part of the
+/// record's encoding: the store's codec frames it beside the record, or stores it apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub queue: String,
@@ -136,6 +148,9 @@ pub(crate) struct Record {
     pub manual_retries: u32,
     /// The backoff delay chosen after the last failed attempt, for decorrelated jitter.
     pub last_backoff_ms: Option<u64>,
+    /// Where the payload is; not encoded with the record.
+    #[serde(skip)]
+    pub payload: Payload,
 }
 
 /// Why a transition was refused. The store turns it into an [`Error`](crate::Error) naming the
@@ -382,6 +397,7 @@ mod tests {
             finished_at: None,
             manual_retries: 0,
             last_backoff_ms: None,
+            payload: Payload::Apart,
         }
     }
 

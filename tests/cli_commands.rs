@@ -193,7 +193,7 @@ fn check_passes_a_healthy_database_live_and_at_rest() {
 fn check_reports_a_damaged_file_and_show_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes =
-        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.redb"))
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2.redb"))
             .unwrap();
     // The page type byte of the page holding the job records: no longer a kind of page.
     let at = bytes.windows(4).position(|w| w == b"boom").unwrap();

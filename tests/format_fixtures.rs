@@ -1,13 +1,13 @@
 //! Databases written by each released format version open and read correctly.
 //!
 //! `QUERN_WRITE_FIXTURE=1 cargo test --test format_fixtures` rewrites the fixture of the current
-//! version; do that only when bumping the format version, under a new file name.
+//! version ([`CURRENT`]); do that only when bumping the format version, under a new file name.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quern::{Backoff, Filter, JobId, JobState, ManualClock, NewJob, Store, Timestamp};
+use quern::{Backoff, Error, Filter, JobId, JobState, ManualClock, NewJob, Store, Timestamp};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -17,9 +17,15 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The states the v1 fixture holds, job by job: pending, in progress, succeeded, retrying,
-/// failed for good, and one still in the inbox.
-fn write_v1(path: &std::path::Path) {
+/// A payload too large to store inline: kept in a table of its own.
+fn big() -> Vec<u8> {
+    vec![b'b'; 4000]
+}
+
+/// The states each fixture holds, job by job: pending, in progress, succeeded, retrying,
+/// failed for good, and one not yet indexed (format 1 kept it in an inbox). From format 2 on,
+/// a seventh job, not yet indexed either, carries a payload too large to store inline.
+fn write_fixture(path: &std::path::Path) {
     let clock = ManualClock::new(T0);
     let store = Store::builder()
         .clock(Arc::new(clock.clone()))
@@ -46,20 +52,32 @@ fn write_v1(path: &std::path::Path) {
         }
     }
     store.enqueue(NewJob::new("other", "inbox")).unwrap();
+    store.enqueue(NewJob::new("other", big())).unwrap();
 }
 
-#[test]
-fn format_v1_fixture_opens_with_every_job_in_its_state() {
-    let src = fixture("v1.redb");
-    if std::env::var_os("QUERN_WRITE_FIXTURE").is_some() {
+/// A copy of fixture `name` in `dir`, or, with `QUERN_WRITE_FIXTURE` set and `name` the
+/// current format's fixture, a fixture written anew.
+fn copy_of(name: &str, dir: &tempfile::TempDir) -> PathBuf {
+    let src = fixture(name);
+    if name == CURRENT && std::env::var_os("QUERN_WRITE_FIXTURE").is_some() {
         let _ = std::fs::remove_file(&src);
-        write_v1(&src);
+        write_fixture(&src);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v1.redb");
+    let path = dir.path().join(name);
     std::fs::copy(&src, &path).unwrap();
+    path
+}
+
+/// The fixture of the format this build writes.
+const CURRENT: &str = "v2.redb";
+
+/// Opens a fixture for writing and checks every job in it, then that the store works on it.
+fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of(name, &dir);
     let clock = ManualClock::new(T0.after(Duration::from_secs(1)));
     let store = Store::builder().clock(Arc::new(clock)).open(&path).unwrap();
+    assert_eq!(store.check().unwrap(), []);
     let jobs = store.list(&Filter::default()).unwrap();
     let summary: Vec<(u64, &[u8], JobState, u32, bool)> = jobs
         .iter()
@@ -73,17 +91,19 @@ fn format_v1_fixture_opens_with_every_job_in_its_state() {
             )
         })
         .collect();
-    assert_eq!(
-        summary,
-        vec![
-            (1, &b"pending"[..], JobState::Pending, 0, false),
-            (2, &b"running"[..], JobState::InProgress, 1, false),
-            (3, &b"done"[..], JobState::Succeeded, 1, false),
-            (4, &b"retrying"[..], JobState::Failed, 1, true),
-            (5, &b"dead"[..], JobState::Failed, 1, false),
-            (6, &b"inbox"[..], JobState::Pending, 0, false),
-        ]
-    );
+    let big = big();
+    let mut expected = vec![
+        (1, &b"pending"[..], JobState::Pending, 0, false),
+        (2, &b"running"[..], JobState::InProgress, 1, false),
+        (3, &b"done"[..], JobState::Succeeded, 1, false),
+        (4, &b"retrying"[..], JobState::Failed, 1, true),
+        (5, &b"dead"[..], JobState::Failed, 1, false),
+        (6, &b"inbox"[..], JobState::Pending, 0, false),
+    ];
+    if with_big {
+        expected.push((7, &big[..], JobState::Pending, 0, false));
+    }
+    assert_eq!(summary, expected);
     let pending = store.get(JobId(1)).unwrap().unwrap();
     assert_eq!(
         (pending.priority, pending.unique_key.as_deref()),
@@ -105,4 +125,47 @@ fn format_v1_fixture_opens_with_every_job_in_its_state() {
         claimed.iter().map(|c| c.job.id.0).collect::<Vec<_>>(),
         vec![1]
     );
+    let other: Vec<u64> = store
+        .claim("other", 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.job.id.0)
+        .collect();
+    assert_eq!(other, if with_big { vec![6, 7] } else { vec![6] });
+    assert_eq!(store.check().unwrap(), []);
+}
+
+#[test]
+fn format_v1_fixture_is_upgraded_at_a_writable_open_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state("v1.redb", false);
+}
+
+#[test]
+fn format_v2_fixture_opens_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state(CURRENT, true);
+}
+
+#[test]
+fn a_format_v1_file_opened_read_only_is_refused_until_a_writable_open_upgrades_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of("v1.redb", &dir);
+    let err = Store::open_read_only(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedFormat {
+                found: 1,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("open it for writing once"),
+        "{err}"
+    );
+    drop(Store::open(&path).unwrap());
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 6);
 }

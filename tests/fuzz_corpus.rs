@@ -116,21 +116,31 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     }
 }
 
-/// Real encodings from the format fixture: each job's record, the inbox entry, each kind of
-/// index key; then a few near misses.
+/// Real encodings from the format fixtures: each stored job (payload inline or apart), the
+/// format 1 inbox entry, each kind of index key; then a few near misses.
 fn decode_seeds() -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v1.redb");
+    let by_id = |name: &'static str| TableDefinition::<u64, &[u8]>::new(name);
+    let mut out = Vec::new();
+    let v1 = dir.path().join("v1.redb");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.redb"),
+        &v1,
+    )
+    .unwrap();
+    let db = quern::redb::Builder::new().open_read_only(&v1).unwrap();
+    let tx = db.begin_read().unwrap();
+    for entry in tx.open_table(by_id("quern_inbox")).unwrap().iter().unwrap() {
+        let (id, value) = entry.unwrap();
+        out.push((format!("inbox-{}", id.value()), value.value().to_vec()));
+    }
+    let path = dir.path().join("v2.redb");
     std::fs::write(&path, damage::BASE).unwrap();
     let db = quern::redb::Builder::new().open_read_only(&path).unwrap();
     let tx = db.begin_read().unwrap();
-    let mut out = Vec::new();
-    let by_id = |name: &'static str| TableDefinition::<u64, &[u8]>::new(name);
-    for (table, prefix) in [("quern_jobs", "record"), ("quern_inbox", "inbox")] {
-        for entry in tx.open_table(by_id(table)).unwrap().iter().unwrap() {
-            let (id, value) = entry.unwrap();
-            out.push((format!("{prefix}-{}", id.value()), value.value().to_vec()));
-        }
+    for entry in tx.open_table(by_id("quern_jobs")).unwrap().iter().unwrap() {
+        let (id, value) = entry.unwrap();
+        out.push((format!("record-{}", id.value()), value.value().to_vec()));
     }
     let bytes = |name: &'static str| TableDefinition::<&[u8], &[u8]>::new(name);
     for (table, what) in [
@@ -168,8 +178,8 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
         record[..record.len() / 2].to_vec(),
     ));
     let mut versioned = record.clone();
-    versioned[0] = 2;
-    out.push(("record-version-2".into(), versioned));
+    versioned[0] = 9;
+    out.push(("record-version-9".into(), versioned));
     let mut trailing = record;
     trailing.push(0);
     out.push(("record-trailing".into(), trailing));

@@ -17,7 +17,7 @@ fn a_healthy_database_has_no_problems() {
     for c in store.claim("q", 5).unwrap() {
         store.complete(c.lease).unwrap();
     }
-    store.enqueue(NewJob::new("q", "in the inbox")).unwrap();
+    store.enqueue(NewJob::new("q", "not yet indexed")).unwrap();
     assert_eq!(store.check().unwrap(), []);
     let reader = Store::open_read_only(dir.path().join("q.redb")).unwrap();
     assert_eq!(reader.check().unwrap(), [], "checks run on a live database");
@@ -32,7 +32,7 @@ fn a_lost_index_entry_and_a_wrong_count_are_reported() {
         store
             .enqueue_batch((0..3).map(|i| NewJob::new("q", format!("{i}"))))
             .unwrap();
-        // A claim indexes the inbox (all of it but the jobs it could claim).
+        // A claim indexes the new jobs (all of them but the jobs it could claim).
         assert!(store.claim("other", 1).unwrap().is_empty());
     }
     {

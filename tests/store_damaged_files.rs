@@ -2,17 +2,17 @@
 //! the file: never a panic, and the refused open writes nothing to it.
 //!
 //! The damage here is one flipped bit in the page that holds the job records of the format
-//! fixture (`tests/fixtures/v1.redb`): its first byte, the page type, no longer names a kind of
+//! fixture (`tests/fixtures/v2.redb`): its first byte, the page type, no longer names a kind of
 //! page. The fuzzer (`fuzz/`, target `open_damaged`) tries many more.
 
 use std::path::{Path, PathBuf};
 
 use quern::{Error, JobId, Store};
 
-/// A copy of the v1 fixture in `dir`, with the page holding the job records damaged.
+/// A copy of the v2 fixture in `dir`, with the page holding the job records damaged.
 fn damaged_copy(dir: &Path) -> PathBuf {
     let mut bytes =
-        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1.redb"))
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2.redb"))
             .unwrap();
     // "boom" is the last error of two of the fixture's jobs: it lies in the table page of
     // `quern_jobs`.

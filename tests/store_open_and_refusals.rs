@@ -197,13 +197,13 @@ fn the_outbox_commits_user_rows_and_jobs_together_or_neither() {
 
 #[test]
 fn a_write_whose_enqueue_broke_is_not_committed_even_if_the_closure_goes_on() {
-    const QUERN_INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_inbox");
+    const QUERN_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(path(&dir)).unwrap();
     let result: Result<(), Error> = store.write(|tx| {
         tx.open_table(FILES)?.insert("a.txt", 1)?;
         // Holding one of quern's own tables makes the enqueue fail on storage.
-        let _held = tx.transaction().open_table(QUERN_INBOX)?;
+        let _held = tx.transaction().open_table(QUERN_JOBS)?;
         let enqueued = tx.enqueue(NewJob::new("uploads", "a.txt"));
         assert!(
             matches!(enqueued, Err(Error::Storage { .. })),

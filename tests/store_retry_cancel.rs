@@ -127,7 +127,7 @@ fn retry_of_a_pending_in_progress_or_succeeded_job_is_invalid_state() {
 
 #[test]
 fn retry_of_a_job_enqueued_a_moment_ago_is_invalid_state() {
-    // A job just enqueued still sits in the inbox, not in the indexes; retry must find it.
+    // A job just enqueued is not yet in the indexes; retry must find it.
     let env = Env::new();
     let id = env.enqueue(NewJob::new("q", "x"));
     assert_invalid_state(env.store.retry(id), id, JobState::Pending, "retry");

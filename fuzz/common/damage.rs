@@ -2,8 +2,10 @@
 //!
 //! Shared by the `open_damaged` fuzz target and the corpus replay in `tests/fuzz_corpus.rs`,
 //! both including this file (and `input.rs`, as `crate::input`) by path. The database damaged is
-//! the format fixture `tests/fixtures/v1.redb`: a job in each state and one in the inbox, the
-//! same bytes on every machine, so that a corpus file always means the same damaged file.
+//! the format fixture `tests/fixtures/v2.redb`: a job in each state and two not yet indexed,
+//! the same bytes on every machine, so that a corpus file always means the same damaged file.
+//! (Until format 2 it was `v1.redb`: the finds named after a crash were found on that file, and
+//! now damage this one at the same offsets.)
 //!
 //! The oracle: opening the damaged file gives an error, or a store whose every operation
 //! returns, with a result or an error; never a panic that escapes quern (the fuzzer aborts on
@@ -26,13 +28,13 @@ use quern::{Error, Filter, JobId, ManualClock, NewJob, Retention, Store, Timesta
 use crate::input::Input;
 
 /// The undamaged database.
-pub const BASE: &[u8] = include_bytes!("../../tests/fixtures/v1.redb");
+pub const BASE: &[u8] = include_bytes!("../../tests/fixtures/v2.redb");
 /// redb's page size: the unit of the page-sized edits.
 pub const PAGE: usize = 4096;
 /// The most edits one input makes.
 pub const MAX_EDITS: usize = 16;
-/// The ids of the fixture's jobs (1-6), and two that never existed.
-const IDS: std::ops::RangeInclusive<u64> = 0..=7;
+/// The ids of the fixture's jobs (1-7), and two that never existed.
+const IDS: std::ops::RangeInclusive<u64> = 0..=8;
 /// The fixture's clock (`tests/format_fixtures.rs`), an hour on: its lease has expired, its
 /// retry is due, its finished jobs are an hour old.
 const NOW: Timestamp = Timestamp(1_700_000_000_000 + 3_600_000);

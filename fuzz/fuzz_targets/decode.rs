@@ -1,5 +1,5 @@
-//! Any bytes decoded as a job record, an inbox entry, or each kind of index key and value give
-//! a value or an error, never a panic.
+//! Any bytes decoded as a stored job, a format 1 inbox entry, or each kind of index key and
+//! value give a value or an error, never a panic.
 
 #![no_main]
 

@@ -5,12 +5,28 @@
 //! queue name first, priority inverted so that higher sorts first.
 
 use crate::error::{Error, Result};
-use crate::state::Record;
+use crate::state::{Payload, Record};
 
-/// The version byte in front of every encoded record.
-pub(crate) const RECORD_VERSION: u8 = 1;
+/// The tag of a stored job whose payload is kept apart (in the payloads table): the record's
+/// postcard encoding follows. Every job of format 1 is stored so.
+pub(crate) const TAG_APART: u8 = 1;
+/// The tag of a stored job that carries its payload: the record's encoding behind its
+/// big-endian `u32` length, then the payload.
+pub(crate) const TAG_INLINE: u8 = 2;
 
-pub(crate) fn encode_record(rec: &Record) -> Result<Vec<u8>> {
+/// The largest payload stored inline, in the job's own value. Larger payloads are written once
+/// to the payloads table, so that transitions do not copy them.
+pub(crate) const INLINE_PAYLOAD: usize = 1024;
+
+fn writing(detail: impl ToString) -> Error {
+    Error::Corrupt {
+        what: "record being written".into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Encodes a job as stored in the jobs table: its record, and its payload if inline.
+pub(crate) fn encode_job(rec: &Record) -> Result<Vec<u8>> {
     // Room for the fixed fields and the strings, so that encoding does not grow the buffer.
     let strings = [
         &rec.last_error,
@@ -22,49 +38,61 @@ pub(crate) fn encode_record(rec: &Record) -> Result<Vec<u8>> {
     .flatten()
     .map(String::len)
     .sum::<usize>();
-    let mut out = Vec::with_capacity(96 + rec.queue.len() + strings);
-    out.push(RECORD_VERSION);
-    postcard::to_extend(rec, out).map_err(|e| Error::Corrupt {
-        what: "record being written".into(),
-        detail: e.to_string(),
-    })
+    let inline = match &rec.payload {
+        Payload::Inline(p) => Some(p.as_slice()),
+        Payload::Apart => None,
+    };
+    let room = 96 + rec.queue.len() + strings + inline.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(room);
+    match inline {
+        None => {
+            out.push(TAG_APART);
+            postcard::to_extend(rec, out).map_err(writing)
+        }
+        Some(payload) => {
+            out.push(TAG_INLINE);
+            out.extend_from_slice(&[0; 4]);
+            let mut out = postcard::to_extend(rec, out).map_err(writing)?;
+            let len = u32::try_from(out.len() - 5).map_err(|_| writing("longer than 4 GiB"))?;
+            out[1..5].copy_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(payload);
+            Ok(out)
+        }
+    }
 }
 
-pub(crate) fn decode_record(id: u64, bytes: &[u8]) -> Result<Record> {
+/// Decodes a stored job; an inline payload comes back in [`Record::payload`].
+pub(crate) fn decode_job(id: u64, bytes: &[u8]) -> Result<Record> {
     let corrupt = |detail: String| Error::Corrupt {
         what: format!("record of job {id}"),
         detail,
     };
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            let (rec, rest) =
-                postcard::take_from_bytes::<Record>(body).map_err(|e| corrupt(e.to_string()))?;
-            if rest.is_empty() {
-                Ok(rec)
-            } else {
-                Err(corrupt(format!("{} trailing bytes", rest.len())))
-            }
+    let (record, payload) = match bytes.split_first() {
+        Some((&TAG_APART, body)) => (body, None),
+        Some((&TAG_INLINE, body)) => {
+            let short = || corrupt("shorter than its length prefix".into());
+            let (len, rest) = body.split_at_checked(4).ok_or_else(short)?;
+            let len = u32::from_be_bytes(len.try_into().map_err(|_| short())?) as usize;
+            let (record, payload) = rest.split_at_checked(len).ok_or_else(short)?;
+            (record, Some(payload))
         }
-        Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
-        None => Err(corrupt("empty record".into())),
+        Some((v, _)) => return Err(corrupt(format!("unknown record version {v}"))),
+        None => return Err(corrupt("empty record".into())),
+    };
+    let (mut rec, rest) =
+        postcard::take_from_bytes::<Record>(record).map_err(|e| corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} trailing bytes", rest.len())));
     }
+    if let Some(p) = payload {
+        rec.payload = Payload::Inline(p.to_vec());
+    }
+    Ok(rec)
 }
 
-/// An inbox entry: the record's encoding behind its length, then the payload.
-pub(crate) fn encode_inbox(rec: &Record, payload: &[u8]) -> Result<Vec<u8>> {
-    let record = encode_record(rec)?;
-    let len = u32::try_from(record.len()).map_err(|_| Error::Corrupt {
-        what: "record being written".into(),
-        detail: "longer than 4 GiB".into(),
-    })?;
-    let mut out = Vec::with_capacity(4 + record.len() + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&record);
-    out.extend_from_slice(payload);
-    Ok(out)
-}
-
-pub(crate) fn decode_inbox(id: u64, bytes: &[u8]) -> Result<(Record, &[u8])> {
+/// Decodes an inbox entry of format 1 (the record's encoding behind its `u32` length, then the
+/// payload), met only when a format 1 database is upgraded. The payload comes back inline.
+pub(crate) fn decode_v1_inbox(id: u64, bytes: &[u8]) -> Result<Record> {
     let short = || Error::Corrupt {
         what: format!("inbox entry of job {id}"),
         detail: "shorter than its length prefix".into(),
@@ -72,7 +100,15 @@ pub(crate) fn decode_inbox(id: u64, bytes: &[u8]) -> Result<(Record, &[u8])> {
     let (len, rest) = bytes.split_at_checked(4).ok_or_else(short)?;
     let len = u32::from_be_bytes(len.try_into().map_err(|_| short())?) as usize;
     let (record, payload) = rest.split_at_checked(len).ok_or_else(short)?;
-    Ok((decode_record(id, record)?, payload))
+    let mut rec = decode_job(id, record)?;
+    if rec.payload != Payload::Apart {
+        return Err(Error::Corrupt {
+            what: format!("inbox entry of job {id}"),
+            detail: "its record has an inline payload".into(),
+        });
+    }
+    rec.payload = Payload::Inline(payload.to_vec());
+    Ok(rec)
 }
 
 /// Appends `s` with a one-byte length (queue names are at most 255 bytes).
@@ -236,36 +272,51 @@ mod tests {
             finished_at: None,
             manual_retries: 1,
             last_backoff_ms: Some(30_000),
+            payload: Payload::Apart,
+        }
+    }
+
+    fn inline(payload: &[u8]) -> Record {
+        Record {
+            payload: Payload::Inline(payload.to_vec()),
+            ..record()
         }
     }
 
     #[test]
-    fn record_round_trips() {
-        let r = record();
-        assert_eq!(decode_record(1, &encode_record(&r).unwrap()).unwrap(), r);
+    fn jobs_round_trip_with_the_payload_apart_or_inline() {
+        for r in [record(), inline(b""), inline(b"payload")] {
+            assert_eq!(decode_job(1, &encode_job(&r).unwrap()).unwrap(), r);
+        }
     }
 
     #[test]
     fn unknown_version_empty_and_truncated_records_are_errors() {
-        let bytes = encode_record(&record()).unwrap();
-        let mut wrong = bytes.clone();
-        wrong[0] = 9;
-        assert!(decode_record(1, &wrong).is_err());
-        assert!(decode_record(1, &[]).is_err());
-        for cut in 1..bytes.len() {
-            assert!(decode_record(1, &bytes[..cut]).is_err(), "cut at {cut}");
+        for r in [record(), inline(b"payload")] {
+            let bytes = encode_job(&r).unwrap();
+            let mut wrong = bytes.clone();
+            wrong[0] = 9;
+            assert!(decode_job(1, &wrong).is_err());
+            assert!(decode_job(1, &[]).is_err());
+            let record_end = match r.payload {
+                Payload::Apart => bytes.len(),
+                Payload::Inline(_) => bytes.len() - b"payload".len(),
+            };
+            for cut in 1..record_end {
+                assert!(decode_job(1, &bytes[..cut]).is_err(), "cut at {cut}");
+            }
         }
     }
 
     #[test]
-    fn inbox_entries_round_trip_and_reject_truncation() {
-        let r = record();
-        let bytes = encode_inbox(&r, b"payload").unwrap();
-        let (back, payload) = decode_inbox(1, &bytes).unwrap();
-        assert_eq!((back, payload), (r, &b"payload"[..]));
-        let record_end = bytes.len() - b"payload".len();
-        for cut in 0..record_end {
-            assert!(decode_inbox(1, &bytes[..cut]).is_err(), "cut at {cut}");
+    fn format_1_inbox_entries_decode_with_their_payload_inline() {
+        let record = encode_job(&record()).unwrap();
+        let mut entry = u32::try_from(record.len()).unwrap().to_be_bytes().to_vec();
+        entry.extend_from_slice(&record);
+        entry.extend_from_slice(b"payload");
+        assert_eq!(decode_v1_inbox(1, &entry).unwrap(), inline(b"payload"));
+        for cut in 0..4 + record.len() {
+            assert!(decode_v1_inbox(1, &entry[..cut]).is_err(), "cut at {cut}");
         }
     }
 

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::codec::{decode_inbox, decode_record, encode_record};
+use super::codec::{decode_job, encode_job};
 use super::index;
 use super::tables::{
-    BLOCKED, BUSY, COUNTS, DEAD, INBOX, JOBS, LEASES, META, META_NEXT_ID, META_NEXT_TOKEN,
+    BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN,
     PAYLOADS, PERIODIC, READY, RETRIES, SCHEDULED, SUCCEEDED, UNIQUE,
 };
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::state::{Phase, Record};
+use crate::state::{Payload, Phase, Record};
 
 /// What every write needs to know about its store.
 #[derive(Debug)]
@@ -69,7 +69,6 @@ macro_rules! tables {
 
 tables! {
     meta: META => &'static str, u64;
-    inbox: INBOX => u64, &'static [u8];
     jobs: JOBS => u64, &'static [u8];
     payloads: PAYLOADS => u64, &'static [u8];
     ready: READY => &'static [u8], &'static [u8];
@@ -96,8 +95,8 @@ fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
     Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
-/// The most inbox entries indexed by one transaction, so that a long backlog of enqueues is
-/// indexed over several commits rather than in one huge one.
+/// The most new jobs indexed by one claim, so that a long backlog of enqueues is indexed over
+/// several commits rather than in one huge one.
 const DRAIN_LIMIT: usize = 20_000;
 
 /// One write transaction's view of the store, shared by every operation of a group commit.
@@ -107,10 +106,14 @@ pub(crate) struct Ctx<'t> {
     /// Read when first needed: most transactions allocate neither.
     next_id: Option<u64>,
     next_token: Option<u64>,
+    /// The first job not yet indexed ([`META_INDEXED`]), read when first needed, and whether
+    /// it moved.
+    indexed_below: Option<u64>,
+    indexed_moved: bool,
     deleted: bool,
     changed: bool,
-    /// Whether the inbox may hold entries (unknown at the start of a transaction).
-    inbox_maybe: bool,
+    /// Whether there may be jobs not yet indexed (unknown at the start of a transaction).
+    unindexed_maybe: bool,
     /// Count changes not yet written: (queue, phase code) -> delta. Written once per
     /// transaction rather than twice per transition.
     count_deltas: HashMap<(String, u8), i64>,
@@ -123,9 +126,11 @@ impl<'t> Ctx<'t> {
             cfg,
             next_id: None,
             next_token: None,
+            indexed_below: None,
+            indexed_moved: false,
             deleted: false,
             changed: false,
-            inbox_maybe: true,
+            unindexed_maybe: true,
             count_deltas: HashMap::new(),
         })
     }
@@ -140,6 +145,11 @@ impl<'t> Ctx<'t> {
         if let Some(token) = self.next_token {
             self.t.meta()?.insert(META_NEXT_TOKEN, token).map_err(w)?;
         }
+        if self.indexed_moved
+            && let Some(mark) = self.indexed_below
+        {
+            self.t.meta()?.insert(META_INDEXED, mark).map_err(w)?;
+        }
         if self.deleted
             && let Some(id) = self.next_id
         {
@@ -153,8 +163,8 @@ impl<'t> Ctx<'t> {
         self.cfg.clock.now().0
     }
 
-    /// The next job id: one past the highest id in the jobs and inbox tables, or the floor
-    /// written when jobs were deleted, whichever is higher.
+    /// The next job id: one past the highest id in the jobs table, or the floor written when
+    /// jobs were deleted, whichever is higher.
     fn next_id(&mut self) -> Result<u64> {
         if let Some(id) = self.next_id {
             return Ok(id);
@@ -163,7 +173,6 @@ impl<'t> Ctx<'t> {
             .t
             .meta_value(META_NEXT_ID)?
             .max(after_last(self.t.jobs()?)?)
-            .max(after_last(self.t.inbox()?)?)
             .max(1);
         Ok(*self.next_id.insert(id))
     }
@@ -188,107 +197,147 @@ impl<'t> Ctx<'t> {
         self.changed = true;
     }
 
-    /// Writes a new job to the inbox: the whole cost of an enqueue.
-    pub(crate) fn push_inbox(&mut self, id: u64, entry: &[u8]) -> Result<()> {
-        self.t.inbox()?.insert(id, entry).map_err(w)?;
-        self.inbox_maybe = true;
+    /// Writes a new job, not yet indexed: the whole cost of an enqueue. `apart` is its payload
+    /// when too large to store inline.
+    pub(crate) fn add_new(&mut self, id: u64, rec: &Record, apart: Option<&[u8]>) -> Result<()> {
+        if let Some(payload) = apart {
+            self.t.payloads()?.insert(id, payload).map_err(w)?;
+        }
+        self.t
+            .jobs()?
+            .insert(id, encode_job(rec)?.as_slice())
+            .map_err(w)?;
+        self.unindexed_maybe = true;
         self.changed = true;
         Ok(())
     }
 
-    /// Indexes the inbox in id order, up to a bound per transaction, except the entries `keep`
-    /// selects: those are taken out of the inbox with their payloads stored, and returned
-    /// instead of indexed, and the caller must [`Ctx::put`] each (a claim writes them in
-    /// progress at once, saving their trip through the ready index). A claim calls this first,
-    /// so that it sees every enqueued job.
-    pub(crate) fn drain_inbox(
+    fn indexed_below(&mut self) -> Result<u64> {
+        match self.indexed_below {
+            Some(mark) => Ok(mark),
+            None => Ok(*self.indexed_below.insert(self.t.meta_value(META_INDEXED)?)),
+        }
+    }
+
+    /// Marks every job below `mark` as indexed. Only ever past jobs that exist, so that the
+    /// mark never passes the next id.
+    fn set_indexed_below(&mut self, mark: u64) {
+        if self.indexed_below.is_none_or(|m| m < mark) {
+            self.indexed_below = Some(mark);
+            self.indexed_moved = true;
+        }
+    }
+
+    /// Marks every job as indexed. Only for a transaction that indexed them all itself.
+    pub(crate) fn set_all_indexed(&mut self) -> Result<()> {
+        let next = self.next_id()?;
+        self.set_indexed_below(next);
+        Ok(())
+    }
+
+    /// The next `limit` jobs not yet indexed from id `from` up to `through`, in id order.
+    fn read_new(&mut self, from: u64, through: u64, limit: usize) -> Result<Vec<(u64, Record)>> {
+        self.t
+            .jobs()?
+            .range(from..=through)
+            .map_err(w)?
+            .take(limit)
+            .map(|e| {
+                let (k, v) = e.map_err(w)?;
+                Ok((k.value(), decode_job(k.value(), v.value())?))
+            })
+            .collect()
+    }
+
+    /// Indexes the new jobs in id order, up to a bound per transaction, except the ones `keep`
+    /// selects: those are returned instead, and the caller must [`Ctx::put`] (as a new job) or
+    /// [`Ctx::index_new`] each; a claim writes them in progress at once, saving their trip
+    /// through the ready index. A claim calls this first, so that it sees every enqueued job.
+    pub(crate) fn drain_new(
         &mut self,
         keep: impl Fn(&Record) -> bool,
     ) -> Result<Vec<(u64, Record)>> {
         let mut kept = Vec::new();
-        if !self.inbox_maybe {
+        if !self.unindexed_maybe {
             return Ok(kept);
         }
         let mut moved = 0;
         while moved < DRAIN_LIMIT {
-            let batch: Vec<(u64, Vec<u8>)> = self
-                .t
-                .inbox()?
-                .iter()
-                .map_err(w)?
-                .take(256)
-                .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())))
-                .collect::<Result<_, _>>()
-                .map_err(w)?;
-            if batch.is_empty() {
-                self.inbox_maybe = false;
+            let from = self.indexed_below()?;
+            let batch = self.read_new(from, u64::MAX, 256)?;
+            let Some(&(last, _)) = batch.last() else {
+                self.unindexed_maybe = false;
                 break;
-            }
-            for (id, bytes) in batch {
-                let rec = self.unbox(id, &bytes)?;
+            };
+            moved += batch.len();
+            for (id, rec) in batch {
                 if keep(&rec) {
                     self.changed = true;
                     kept.push((id, rec));
                 } else {
-                    self.put(id, None, &rec)?;
+                    self.index_new(id, &rec)?;
                 }
-                moved += 1;
             }
+            self.set_indexed_below(last + 1);
         }
         Ok(kept)
     }
 
-    /// Takes one inbox entry out of the inbox, storing its payload; returns its record, which
-    /// the caller must [`Ctx::put`].
-    fn unbox(&mut self, id: u64, bytes: &[u8]) -> Result<Record> {
-        let (rec, payload) = decode_inbox(id, bytes)?;
-        self.t.payloads()?.insert(id, payload).map_err(w)?;
-        self.t.inbox()?.remove(id).map_err(w)?;
-        Ok(rec)
+    /// Indexes a new job, as stored at enqueue.
+    pub(crate) fn index_new(&mut self, id: u64, rec: &Record) -> Result<()> {
+        let now = self.now();
+        index::insert(&mut self.t, id, rec, now)?;
+        self.count(rec, 1);
+        self.changed = true;
+        Ok(())
     }
 
-    /// The record of job `id`, indexing it first if it is still in the inbox.
+    /// The record of job `id`, indexing the new jobs up to it first if it is not yet indexed.
     pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Option<Record>> {
-        if let Some(rec) = self.load(id)? {
-            return Ok(Some(rec));
+        let from = self.indexed_below()?;
+        if id >= from && self.unindexed_maybe {
+            let mut from = from;
+            loop {
+                let batch = self.read_new(from, id, 256)?;
+                let Some(&(last, _)) = batch.last() else {
+                    break;
+                };
+                for (id, rec) in batch {
+                    self.index_new(id, &rec)?;
+                }
+                from = last + 1;
+                self.set_indexed_below(from);
+            }
         }
-        let entry = self
-            .t
-            .inbox()?
-            .get(id)
-            .map_err(w)?
-            .map(|g| g.value().to_vec());
-        entry
-            .map(|bytes| {
-                let rec = self.unbox(id, &bytes)?;
-                self.put(id, None, &rec)?;
-                Ok(rec)
-            })
-            .transpose()
+        self.load(id)
     }
 
     pub(crate) fn load(&mut self, id: u64) -> Result<Option<Record>> {
         match self.t.jobs()?.get(id).map_err(w)? {
-            Some(bytes) => decode_record(id, bytes.value()).map(Some),
+            Some(bytes) => decode_job(id, bytes.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    pub(crate) fn payload(&mut self, id: u64) -> Result<Vec<u8>> {
-        Ok(self
-            .t
-            .payloads()?
-            .get(id)
-            .map_err(w)?
-            .map(|g| g.value().to_vec())
-            .unwrap_or_default())
+    /// The bytes of job `id`'s payload, kept as `payload` says.
+    pub(crate) fn payload(&mut self, id: u64, payload: Payload) -> Result<Vec<u8>> {
+        match payload {
+            Payload::Inline(p) => Ok(p),
+            Payload::Apart => Ok(self
+                .t
+                .payloads()?
+                .get(id)
+                .map_err(w)?
+                .map(|g| g.value().to_vec())
+                .unwrap_or_default()),
+        }
     }
 
     /// Writes `new` as job `id`, which was `old` (`None` for a new job): the record, its index
     /// entries and the per-queue counts change together.
     pub(crate) fn put(&mut self, id: u64, old: Option<&Record>, new: &Record) -> Result<()> {
         let now = self.now();
-        let bytes = encode_record(new)?;
+        let bytes = encode_job(new)?;
         self.t.jobs()?.insert(id, bytes.as_slice()).map_err(w)?;
         match old {
             // A heartbeat moves only the lease entry.
@@ -339,7 +388,9 @@ impl<'t> Ctx<'t> {
         index::remove(&mut self.t, id, old)?;
         self.count(old, -1);
         self.t.jobs()?.remove(id).map_err(w)?;
-        self.t.payloads()?.remove(id).map_err(w)?;
+        if old.payload == Payload::Apart {
+            self.t.payloads()?.remove(id).map_err(w)?;
+        }
         self.deleted = true;
         self.changed = true;
         Ok(())

@@ -31,9 +31,9 @@ pub(crate) fn claim_cycle(
     let claimed = if room > 0 {
         work::claim(cx, queue, room)?
     } else {
-        // Nothing to claim, but the inbox is indexed all the same, so that stats need not read
+        // Nothing to claim, but new jobs are indexed all the same, so that stats need not read
         // a backlog and the next due time sees every job.
-        cx.drain_inbox(|_| false)?;
+        cx.drain_new(|_| false)?;
         Vec::new()
     };
     let next_due = [

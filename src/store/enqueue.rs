@@ -2,11 +2,11 @@
 
 use redb::ReadableTable;
 
-use super::codec::{encode_inbox, keyed};
+use super::codec::{INLINE_PAYLOAD, keyed};
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
 use crate::job::{Enqueued, JobId, NewJob, duration_ms};
-use crate::state::{JobState, Record};
+use crate::state::{JobState, Payload, Record};
 
 /// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
@@ -60,8 +60,8 @@ pub(crate) fn validate(job: &NewJob) -> Result<()> {
     Ok(())
 }
 
-/// Writes one validated job to the inbox (and its unique key, so that duplicates are answered at
-/// once), or finds the live job holding its unique key.
+/// Writes one validated job, not yet indexed (and its unique key, so that duplicates are
+/// answered at once), or finds the live job holding its unique key.
 pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
     if let Some(u) = &job.unique_key
         && let Some(existing) =
@@ -73,6 +73,11 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
     }
     let now = cx.now();
     let id = cx.alloc_id()?;
+    let (payload, apart) = if job.payload.len() <= INLINE_PAYLOAD {
+        (Payload::Inline(job.payload), None)
+    } else {
+        (Payload::Apart, Some(job.payload))
+    };
     let rec = Record {
         queue: job.queue,
         state: JobState::Pending,
@@ -93,13 +98,14 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
         finished_at: None,
         manual_retries: 0,
         last_backoff_ms: None,
+        payload,
     };
     if let Some(u) = &rec.unique_key {
         cx.t.unique()?
             .insert(keyed(&rec.queue, u).as_slice(), id)
             .map_err(w)?;
     }
-    cx.push_inbox(id, &encode_inbox(&rec, &job.payload)?)?;
+    cx.add_new(id, &rec, apart.as_deref())?;
     tracing::debug!(job = id, queue = %rec.queue, "enqueued");
     Ok(Enqueued::Created(JobId(id)))
 }

@@ -36,14 +36,14 @@ pub(crate) use cycle::Cycle;
 pub mod decode {
     use crate::error::Result;
 
-    /// Decodes `bytes` as a job record.
+    /// Decodes `bytes` as a stored job (its record, and its payload if inline).
     pub fn record(bytes: &[u8]) -> Result<()> {
-        super::codec::decode_record(0, bytes).map(drop)
+        super::codec::decode_job(0, bytes).map(drop)
     }
 
-    /// Decodes `bytes` as an inbox entry.
+    /// Decodes `bytes` as an inbox entry of format 1.
     pub fn inbox(bytes: &[u8]) -> Result<()> {
-        super::codec::decode_inbox(0, bytes).map(drop)
+        super::codec::decode_v1_inbox(0, bytes).map(drop)
     }
 
     /// Parses `bytes` as each kind of index key and value.
@@ -60,14 +60,16 @@ pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub use read::{Filter, QueueStats, Stats};
 pub use verify::Problem;
 
+use self::codec::{INLINE_PAYLOAD, decode_v1_inbox};
 use self::ctx::{Config, Ctx};
-use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID};
+use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, V1_INBOX};
 use self::watermark::Watermark;
 use self::writer::{Request, Writer};
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result, StorageError};
 use crate::job::{Claimed, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+use crate::state::Payload;
 
 thread_local! {
     /// Set while this thread runs a [`Store::write`] closure, whose transaction holds the
@@ -261,13 +263,16 @@ impl StoreBuilder {
                 .set_check_integrity_on_open(self.verify_on_open)
                 .create(&path)
         })?;
-        let store_id = init_header(&db, &path)?;
+        let (store_id, version) = init_header(&db, &path)?;
         let cfg = Arc::new(Config {
             clock: self.clock,
             lease_ttl: self.lease_ttl,
             backoff: self.backoff,
             store_id,
         });
+        if version == 1 {
+            upgrade_v1(&db, &cfg, &path)?;
+        }
         let db = Arc::new(db);
         let watermark = Arc::new(Watermark::new());
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -303,10 +308,17 @@ impl StoreBuilder {
                 .set_cache_size(self.cache_size)
                 .open_read_only(&path)
         })?;
-        let store_id = guarded_read(&path, || {
+        let (store_id, version) = guarded_read(&path, || {
             let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
             read_header(&tx, &path)
         })?;
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
         let cfg = Arc::new(Config {
             clock: self.clock,
             lease_ttl: self.lease_ttl,
@@ -390,8 +402,9 @@ fn unreadable(path: &Path) -> Error {
 }
 
 /// Checks the header of a writable database, writing it (and every table) into a new one.
-/// Returns the store id.
-fn init_header(db: &Database, path: &Path) -> Result<u64> {
+/// Returns the store id and the format version, which is this build's or format 1 (to be
+/// upgraded).
+fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
     let tx = db.begin_write().map_err(|e| open_error(path, e))?;
     let fresh = {
         let mut tables = tx.list_tables().map_err(|e| open_error(path, e))?;
@@ -415,7 +428,9 @@ fn init_header(db: &Database, path: &Path) -> Result<u64> {
     read_header(&rtx, path)
 }
 
-fn read_header(tx: &ReadTransaction, path: &Path) -> Result<u64> {
+/// Returns the store id and the format version: this build's, or format 1, which a writable
+/// open upgrades.
+fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
     let not_quern = || Error::NotQuern {
         path: path.to_path_buf(),
     };
@@ -435,14 +450,46 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<u64> {
             .map(|g| g.value()))
     };
     let version = get(META_FORMAT)?.ok_or_else(not_quern)?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 1 {
         return Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             found: version,
             supported: FORMAT_VERSION,
         });
     }
-    get(META_STORE_ID)?.ok_or_else(not_quern)
+    Ok((get(META_STORE_ID)?.ok_or_else(not_quern)?, version))
+}
+
+/// Upgrades a format 1 database in one transaction: the jobs of its inbox become indexed
+/// jobs, stored as format 2 stores them; the jobs it had indexed are readable as they are.
+fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
+    let fail = |e: redb::Error| Error::storage("upgrading a format 1 database", e);
+    let tx = db.begin_write().map_err(|e| fail(e.into()))?;
+    {
+        let mut cx = Ctx::begin(&tx, cfg)?;
+        let mut inbox = tx.open_table(V1_INBOX).map_err(|e| fail(e.into()))?;
+        while let Some((k, v)) = inbox.pop_first().map_err(|e| fail(e.into()))? {
+            let id = k.value();
+            let mut rec = decode_v1_inbox(id, v.value())?;
+            if let Payload::Inline(p) = &rec.payload
+                && p.len() > INLINE_PAYLOAD
+            {
+                cx.t.payloads()?.insert(id, p.as_slice()).map_err(ctx::w)?;
+                rec.payload = Payload::Apart;
+            }
+            cx.put(id, None, &rec)?;
+        }
+        drop(inbox);
+        cx.set_all_indexed()?;
+        cx.t.meta()?
+            .insert(META_FORMAT, FORMAT_VERSION)
+            .map_err(ctx::w)?;
+        cx.finish()?;
+    }
+    tx.delete_table(V1_INBOX).map_err(|e| fail(e.into()))?;
+    tx.commit().map_err(|e| fail(e.into()))?;
+    tracing::info!(path = %path.display(), "upgraded quern database from format 1 to 2");
+    Ok(())
 }
 
 /// A random id from the standard library's randomly seeded hasher.

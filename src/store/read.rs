@@ -3,13 +3,13 @@
 
 use redb::{ReadTransaction, ReadableTable};
 
-use super::codec::{
-    decode_inbox, decode_record, ordered_tail, parse_count_key, queue_prefix, timed_tail,
+use super::codec::{decode_job, ordered_tail, parse_count_key, queue_prefix, timed_tail};
+use super::tables::{
+    COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED,
 };
-use super::tables::{COUNTS, INBOX, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, Timestamp};
-use crate::state::{JobState, Phase};
+use crate::state::{JobState, Payload, Phase, Record};
 
 fn r(e: impl Into<redb::Error>) -> Error {
     Error::storage("reading jobs", e)
@@ -118,98 +118,56 @@ impl Stats {
 
 pub(crate) fn get(tx: &ReadTransaction, id: JobId) -> Result<Option<Job>> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
-    if let Some(bytes) = jobs.get(id.0).map_err(r)? {
-        let rec = decode_record(id.0, bytes.value())?;
-        let payloads = tx.open_table(PAYLOADS).map_err(r)?;
-        let payload = payloads
-            .get(id.0)
-            .map_err(r)?
-            .map(|g| g.value().to_vec())
-            .unwrap_or_default();
-        return Ok(Some(rec.into_job(id, payload)));
-    }
-    let inbox = tx.open_table(INBOX).map_err(r)?;
-    let Some(bytes) = inbox.get(id.0).map_err(r)? else {
+    let Some(bytes) = jobs.get(id.0).map_err(r)? else {
         return Ok(None);
     };
-    let (rec, payload) = decode_inbox(id.0, bytes.value())?;
-    Ok(Some(rec.into_job(id, payload.to_vec())))
+    let rec = decode_job(id.0, bytes.value())?;
+    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    Ok(Some(into_job(&payloads, id.0, rec)?))
 }
 
-/// Calls `each` with every job the filter admits, in id order, until it returns false. Indexed
-/// jobs and jobs still in the inbox are merged by id.
+/// The job of a stored record, with its payload read from wherever it is kept.
+fn into_job(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+    mut rec: Record,
+) -> Result<Job> {
+    let payload = match std::mem::take(&mut rec.payload) {
+        Payload::Inline(p) => p,
+        Payload::Apart => payloads
+            .get(id)
+            .map_err(r)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default(),
+    };
+    Ok(rec.into_job(JobId(id), payload))
+}
+
+/// Calls `each` with every job the filter admits, in id order, until it returns false.
 pub(crate) fn scan(
     tx: &ReadTransaction,
     filter: &Filter,
     mut each: impl FnMut(Job) -> bool,
 ) -> Result<()> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
-    let inbox = tx.open_table(INBOX).map_err(r)?;
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
     let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
-    let mut indexed = jobs.range(from..).map_err(r)?.peekable();
-    let mut waiting = inbox.range(from..).map_err(r)?.peekable();
     let mut taken = 0;
-    loop {
+    for entry in jobs.range(from..).map_err(r)? {
         if filter.limit.is_some_and(|l| taken >= l) {
-            return Ok(());
+            break;
         }
-        let next_indexed = peek_id(&mut indexed)?;
-        let next_waiting = peek_id(&mut waiting)?;
-        let (id, rec, payload) = match (next_indexed, next_waiting) {
-            (None, None) => return Ok(()),
-            (Some(a), b) if b.is_none_or(|b| a < b) => {
-                let (_, v) = indexed
-                    .next()
-                    .transpose()
-                    .map_err(r)?
-                    .ok_or_else(vanished)?;
-                let rec = decode_record(a, v.value())?;
-                if !filter.admits(&rec.queue, rec.state) {
-                    continue;
-                }
-                let payload = payloads.get(a).map_err(r)?.map(|g| g.value().to_vec());
-                (a, rec, payload.unwrap_or_default())
-            }
-            (_, Some(b)) => {
-                let (_, v) = waiting
-                    .next()
-                    .transpose()
-                    .map_err(r)?
-                    .ok_or_else(vanished)?;
-                let (rec, payload) = decode_inbox(b, v.value())?;
-                if !filter.admits(&rec.queue, rec.state) {
-                    continue;
-                }
-                (b, rec, payload.to_vec())
-            }
-            (Some(_), None) => return Err(vanished()),
-        };
+        let (k, v) = entry.map_err(r)?;
+        let rec = decode_job(k.value(), v.value())?;
+        if !filter.admits(&rec.queue, rec.state) {
+            continue;
+        }
         taken += 1;
-        if !each(rec.into_job(JobId(id), payload)) {
-            return Ok(());
+        if !each(into_job(&payloads, k.value(), rec)?) {
+            break;
         }
     }
-}
-
-type IdRange<'a> = std::iter::Peekable<redb::Range<'a, u64, &'static [u8]>>;
-
-fn peek_id(range: &mut IdRange<'_>) -> Result<Option<u64>> {
-    match range.peek() {
-        Some(Ok((k, _))) => Ok(Some(k.value())),
-        Some(Err(_)) => match range.next() {
-            Some(Err(e)) => Err(r(e)),
-            _ => Err(vanished()),
-        },
-        None => Ok(None),
-    }
-}
-
-fn vanished() -> Error {
-    Error::Corrupt {
-        what: "jobs table".into(),
-        detail: "an entry vanished during a read".into(),
-    }
+    Ok(())
 }
 
 pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
@@ -242,7 +200,7 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
             }
         }
     }
-    count_inbox(tx, &mut queues, now)?;
+    count_new(tx, &mut queues, now)?;
     let ready = tx.open_table(READY).map_err(r)?;
     let scheduled = tx.open_table(SCHEDULED).map_err(r)?;
     let retries = tx.open_table(RETRIES).map_err(r)?;
@@ -277,13 +235,19 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
     })
 }
 
-/// Adds the jobs still in the inbox (all pending) to the counts and times. Its length is the
-/// backlog of enqueues since the last claim, usually small.
-fn count_inbox(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp) -> Result<()> {
-    let inbox = tx.open_table(INBOX).map_err(r)?;
-    for entry in inbox.iter().map_err(r)? {
+/// The first job not yet indexed: the jobs from it on are new and pending.
+pub(crate) fn indexed_below(tx: &ReadTransaction) -> Result<u64> {
+    let meta = tx.open_table(META).map_err(r)?;
+    Ok(meta.get(META_INDEXED).map_err(r)?.map_or(0, |g| g.value()))
+}
+
+/// Adds the new jobs (pending, not yet indexed) to the counts and times. They are the backlog
+/// of enqueues since the last claim, usually few.
+fn count_new(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp) -> Result<()> {
+    let jobs = tx.open_table(JOBS).map_err(r)?;
+    for entry in jobs.range(indexed_below(tx)?..).map_err(r)? {
         let (k, v) = entry.map_err(r)?;
-        let (rec, _) = decode_inbox(k.value(), v.value())?;
+        let rec = decode_job(k.value(), v.value())?;
         let q = match queues.iter().position(|q| q.queue == rec.queue) {
             Some(i) => &mut queues[i],
             None => {

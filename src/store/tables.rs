@@ -5,10 +5,10 @@ use redb::TableDefinition;
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
-/// [`META_NEXT_TOKEN`].
+/// [`META_NEXT_TOKEN`], [`META_INDEXED`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
 pub(crate) const META_FORMAT: &str = "format_version";
 /// A random id given to the database when it is created; leases carry it.
@@ -18,14 +18,20 @@ pub(crate) const META_STORE_ID: &str = "store_id";
 /// the jobs and inbox tables.
 pub(crate) const META_NEXT_ID: &str = "next_id";
 pub(crate) const META_NEXT_TOKEN: &str = "next_token";
+/// Every job below this id is indexed; the jobs from it on are pending jobs not yet indexed
+/// (absent: 0). An enqueue writes only its job (one B-tree leaf), which is what lets a single
+/// durable enqueue cost about one raw commit; the next claim, retry, cancel or housekeeping call
+/// indexes the new jobs in id order and moves this mark past them.
+pub(crate) const META_INDEXED: &str = "indexed_below";
 
-/// Jobs enqueued but not yet indexed: id -> encoded record and payload. An enqueue writes only
-/// here (one B-tree leaf), which is what lets a single durable enqueue cost about one raw
-/// commit; the next claim, retry, cancel or housekeeping call indexes them in id order.
-pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_inbox");
-/// id -> encoded [`Record`](crate::state::Record).
+/// Format 1 only: jobs enqueued but not yet indexed, id -> record and payload. Opening a format
+/// 1 database for writing moves them into [`JOBS`], indexed.
+pub(crate) const V1_INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_inbox");
+/// id -> stored job: the encoded [`Record`](crate::state::Record), and its payload when that is
+/// small (see `codec::encode_job`).
 pub(crate) const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
-/// id -> payload bytes, written once at enqueue.
+/// id -> payload bytes of the jobs whose payload is too large to store inline, written once at
+/// enqueue.
 pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_payloads");
 /// Pending and due when last looked at: (queue, priority desc, run_at, id) -> concurrency key.
 pub(crate) const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");

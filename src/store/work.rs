@@ -20,13 +20,13 @@ const SCAN_CHUNK: usize = 64;
 /// Claims up to `n` due pending jobs of `queue` in (priority desc, run_at asc, id asc) order,
 /// skipping jobs whose concurrency key is busy.
 ///
-/// Candidates come from two places, merged in that order: the ready index, and the inbox
-/// entries of this queue that are due and have no concurrency key. An inbox entry that is
+/// Candidates come from two places, merged in that order: the ready index, and the new jobs
+/// (not yet indexed) of this queue that are due and have no concurrency key. A new job that is
 /// claimed goes straight to in progress; the others are indexed as usual.
 pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claimed>> {
     let now = cx.now();
     let mut fresh =
-        cx.drain_inbox(|r| r.queue == queue && r.run_at <= now && r.concurrency_key.is_none())?;
+        cx.drain_new(|r| r.queue == queue && r.run_at <= now && r.concurrency_key.is_none())?;
     // Sorted in claim order, the order of their ready keys; claimed from the back.
     fresh.sort_by_key(|(id, r)| std::cmp::Reverse(claim_order(r.priority, r.run_at, *id)));
     let prefix = queue_prefix(queue);
@@ -84,9 +84,9 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
         }
     }
     claim_fresh_before(cx, &mut fresh, None, n, now, &mut out)?;
-    // What was not claimed is indexed like any other inbox entry.
+    // What was not claimed is indexed like any other new job.
     for (id, rec) in fresh {
-        cx.put(id, None, &rec)?;
+        cx.index_new(id, &rec)?;
     }
     Ok(out)
 }
@@ -99,7 +99,7 @@ fn claim_order(priority: i32, run_at: u64, id: u64) -> ClaimOrder {
     (std::cmp::Reverse(priority), run_at, id)
 }
 
-/// Claims fresh inbox entries that come before the ready entry at `next` in claim order (all
+/// Claims new jobs that come before the ready entry at `next` in claim order (all
 /// of them when `None`), while fewer than `n` are claimed.
 fn claim_fresh_before(
     cx: &mut Ctx<'_>,
@@ -119,7 +119,7 @@ fn claim_fresh_before(
         let Some((id, rec)) = fresh.pop() else {
             return Ok(());
         };
-        // A fresh job was never indexed: it is written in progress directly.
+        // A new job was never indexed: it is written in progress directly.
         out.push(claim_one(cx, id, None, rec, now)?);
     }
     Ok(())
@@ -158,8 +158,8 @@ fn read_ready(cx: &mut Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u
     Ok(chunk)
 }
 
-/// Claims job `id`: `rec` is its pending record, indexed as `old` (or `None` for a fresh inbox
-/// entry that was never indexed).
+/// Claims job `id`: `rec` is its pending record, indexed as `old` (or `None` for a new job that
+/// was never indexed).
 fn claim_one(
     cx: &mut Ctx<'_>,
     id: u64,
@@ -178,7 +178,7 @@ fn claim_one(
     state::claim(&mut rec, now, cx.cfg.lease_ttl, token);
     cx.put(id, old, &rec)?;
     tracing::debug!(job = id, queue = %rec.queue, attempt = rec.attempts, "claimed");
-    let payload = cx.payload(id)?;
+    let payload = cx.payload(id, std::mem::take(&mut rec.payload))?;
     Ok(Claimed {
         job: rec.into_job(JobId(id), payload),
         lease: Lease {
