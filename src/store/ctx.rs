@@ -1,7 +1,6 @@
 //! The write context: the tables of one write transaction, the counters it allocates from, and
 //! the one way a record is written (record, indexes and counts together).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,9 +113,10 @@ pub(crate) struct Ctx<'t> {
     changed: bool,
     /// Whether there may be jobs not yet indexed (unknown at the start of a transaction).
     unindexed_maybe: bool,
-    /// Count changes not yet written: (queue, phase code) -> delta. Written once per
-    /// transaction rather than twice per transition.
-    count_deltas: HashMap<(String, u8), i64>,
+    /// Count changes not yet written: (queue, phase code, delta). Written once per
+    /// transaction rather than twice per transition. A transaction touches a few queues and
+    /// phases, so a list beats a map (no hashing, no key copied per transition).
+    count_deltas: Vec<(String, u8, i64)>,
 }
 
 impl<'t> Ctx<'t> {
@@ -131,7 +131,7 @@ impl<'t> Ctx<'t> {
             deleted: false,
             changed: false,
             unindexed_maybe: true,
-            count_deltas: HashMap::new(),
+            count_deltas: Vec::new(),
         })
     }
 
@@ -361,15 +361,20 @@ impl<'t> Ctx<'t> {
     }
 
     fn count(&mut self, rec: &Record, delta: i64) {
-        *self
+        let code = rec.phase().code();
+        match self
             .count_deltas
-            .entry((rec.queue.clone(), rec.phase().code()))
-            .or_default() += delta;
+            .iter_mut()
+            .find(|(q, c, _)| *c == code && *q == rec.queue)
+        {
+            Some((_, _, d)) => *d += delta,
+            None => self.count_deltas.push((rec.queue.clone(), code, delta)),
+        }
     }
 
     /// Writes the pending count changes, so that the counts table is exact.
     pub(crate) fn flush_counts(&mut self) -> Result<()> {
-        for ((queue, code), delta) in std::mem::take(&mut self.count_deltas) {
+        for (queue, code, delta) in std::mem::take(&mut self.count_deltas) {
             index::add_count(&mut self.t, &queue, code, delta)?;
         }
         Ok(())
