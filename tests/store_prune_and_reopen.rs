@@ -185,3 +185,61 @@ fn ids_are_never_reused_after_the_newest_jobs_are_pruned() {
     let after_reopen = env.enqueue(NewJob::new("q", "after"));
     assert!(after_reopen > next, "{after_reopen} after pruning {next}");
 }
+
+#[test]
+fn prune_of_a_history_longer_than_one_transaction_deletes_all_of_it_and_keeps_the_failure_cap() {
+    let env = Env::new();
+    let n = 25_000;
+    env.store
+        .enqueue_batch((0..n).map(|i| NewJob::new("q", format!("{i}")).max_attempts(1)))
+        .unwrap();
+    // A claim indexes at most 20,000 new jobs: claim until none is left.
+    let mut claimed = Vec::new();
+    loop {
+        let more = env.store.claim("q", n).unwrap();
+        if more.is_empty() {
+            break;
+        }
+        claimed.extend(more);
+    }
+    assert_eq!(claimed.len(), n);
+    // Settled from several threads at once, so that they share commits.
+    let mut leases: Vec<Vec<quern::Lease>> = (0..8).map(|_| Vec::new()).collect();
+    for (i, c) in claimed.into_iter().enumerate() {
+        leases[i % 8].push(c.lease);
+    }
+    std::thread::scope(|s| {
+        for (t, part) in leases.into_iter().enumerate() {
+            let store = &env.store;
+            s.spawn(move || {
+                for lease in part {
+                    // One thread in eight fails its jobs for good; the rest succeed.
+                    if t == 0 {
+                        store.fail(lease, "boom").unwrap();
+                    } else {
+                        store.complete(lease).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    env.advance(secs(10));
+    let failed = n.div_ceil(8) as u64;
+    let retention = quern::Retention {
+        succeeded: secs(1),
+        failed: secs(3600),
+        max_failed: Some(100),
+    };
+    let pruned = env.store.apply_retention(&retention).unwrap();
+    assert_eq!(
+        pruned,
+        n as u64 - 100,
+        "every success and the failures over the cap"
+    );
+    let q = env.store.stats().unwrap();
+    let q = q.queue("q").unwrap();
+    assert_eq!((q.succeeded, q.failed), (0, 100));
+    assert!(failed > 100);
+    assert_eq!(env.store.prune(secs(1)).unwrap(), 100);
+    assert_eq!(env.store.check().unwrap(), []);
+}

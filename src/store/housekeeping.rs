@@ -111,24 +111,31 @@ pub(crate) fn cancel(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
     Ok(())
 }
 
+/// The most jobs one prune transaction deletes. A prune of a long history runs as several
+/// transactions, so that its memory stays flat and claims and settles commit between them.
+pub(crate) const PRUNE_CHUNK: usize = 10_000;
+
 /// Deletes succeeded jobs that finished before `succeeded_before`, terminally failed jobs that
-/// finished before `failed_before`, and then the oldest terminal failures beyond `max_failed`.
-/// Returns how many.
+/// finished before `failed_before`, and then the oldest terminal failures beyond `max_failed`:
+/// at most `limit` of them, oldest first within each kind. Returns how many; fewer than `limit`
+/// means none is left to delete.
 pub(crate) fn prune(
     cx: &mut Ctx<'_>,
     succeeded_before: Timestamp,
     failed_before: Timestamp,
     max_failed: Option<u64>,
+    limit: usize,
 ) -> Result<u64> {
-    let mut doomed = finished_before(cx.t.succeeded()?, succeeded_before, usize::MAX)?;
-    let old_failures = finished_before(cx.t.dead()?, failed_before, usize::MAX)?;
+    let mut doomed = finished_before(cx.t.succeeded()?, succeeded_before, limit)?;
+    let room = limit - doomed.len();
+    let old_failures = finished_before(cx.t.dead()?, failed_before, room)?;
     let failed_left = dead_count(cx)?.saturating_sub(old_failures.len() as u64);
     let excess = max_failed.map_or(0, |max| failed_left.saturating_sub(max));
     let excess = usize::try_from(excess).unwrap_or(usize::MAX);
     doomed.extend(finished_before(
         cx.t.dead()?,
         Timestamp(u64::MAX),
-        old_failures.len().saturating_add(excess),
+        old_failures.len().saturating_add(excess).min(room),
     )?);
     for &id in &doomed {
         let rec = cx.load(id)?.ok_or_else(|| dangling("finished", id))?;

@@ -736,7 +736,9 @@ impl Store {
     }
 
     /// Deletes succeeded and terminally failed jobs that finished before the cut: an age
-    /// (`Duration`) or a time (`Timestamp`). Returns how many.
+    /// (`Duration`) or a time (`Timestamp`). Returns how many. A long history is deleted in
+    /// transactions of at most 10,000 jobs each, so that memory stays flat and other writes
+    /// commit between them.
     ///
     /// # Errors
     /// [`Error::ReadOnly`]; storage errors.
@@ -745,7 +747,26 @@ impl Store {
             Cutoff::Age(d) => self.now().before(d),
             Cutoff::Before(t) => t,
         };
-        self.call(move |cx| housekeeping::prune(cx, cut, cut, None))
+        self.prune_in_chunks(cut, cut, None)
+    }
+
+    /// Prunes in transactions of at most [`housekeeping::PRUNE_CHUNK`] jobs until none is left.
+    fn prune_in_chunks(
+        &self,
+        succeeded: Timestamp,
+        failed: Timestamp,
+        max_failed: Option<u64>,
+    ) -> Result<u64> {
+        let chunk = housekeeping::PRUNE_CHUNK;
+        let mut total = 0;
+        loop {
+            let n =
+                self.call(move |cx| housekeeping::prune(cx, succeeded, failed, max_failed, chunk))?;
+            total += n;
+            if n < chunk as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Deletes finished jobs by a retention policy: succeeded and failed jobs by their own
@@ -759,7 +780,7 @@ impl Store {
         let succeeded = now.before(retention.succeeded);
         let failed = now.before(retention.failed);
         let max = retention.max_failed;
-        self.call(move |cx| housekeeping::prune(cx, succeeded, failed, max))
+        self.prune_in_chunks(succeeded, failed, max)
     }
 
     /// The job with this id, if it exists.
