@@ -593,3 +593,35 @@ async fn a_worker_freed_by_a_lost_lease_gets_the_next_job_without_waiting_for_a_
     assert_eq!(handle.metrics().lease_lost, 1);
     handle.shutdown(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_for_idle_workers_is_claimed_in_its_own_commit_and_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let (handle, gate) = gated(&store, 2, 8, 0);
+    // Two idle workers: each enqueue's commit claims its job, so it is in progress (its
+    // attempt counted) by the time the enqueue returns, with no claim cycle in between.
+    for n in 1..=2 {
+        let id = store
+            .enqueue(NewJob::new("q", format!("{n}")))
+            .unwrap()
+            .id();
+        let job = store.get(id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::InProgress, 1),
+            "job {n}"
+        );
+    }
+    // No idle worker is left, and no job has ended: the third waits, pending.
+    let id = store.enqueue(NewJob::new("q", "3")).unwrap().id();
+    assert_eq!(store.get(id).unwrap().unwrap().state, JobState::Pending);
+    gate.add_permits(3);
+    until(&store, "all 3 succeeded", || {
+        count(&store, "q", JobState::Succeeded) == 3
+    })
+    .await;
+    assert_eq!(handle.metrics().claimed, 3);
+    handle.shutdown(WAIT).await.unwrap();
+}

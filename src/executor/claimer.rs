@@ -7,6 +7,7 @@
 //! stays pending in the database (queue-full recovery); none lives only in memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TrySendError};
@@ -14,8 +15,9 @@ use crossbeam_channel::{Receiver, TrySendError};
 use super::metrics::Counters;
 use super::{JobSender, Shared};
 use crate::job::Claimed;
+use crate::store::TakerId;
 
-pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed>) {
+pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed>, taker: TakerId) {
     let store = &shared.store;
     let mut last_retention: Option<Instant> = None;
     let mut errors = 0u32;
@@ -38,12 +40,20 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         // Read before the target, so that a settle committed meanwhile wakes the next sleep.
         let seen = store.generation();
         let target = demand.target(&shared);
-        let room = target.saturating_sub(tx.len());
+        let want = target.saturating_sub(tx.len());
+        // The room is reserved when the cycle is applied, after any hand-off before it.
+        let held = Arc::new(AtomicUsize::new(0));
         let mut wake_at = None;
-        match store
-            .claim_cycle(shared.queue.clone(), room, shared.periodic.clone())
-            .await
-        {
+        let cycle = store
+            .claim_cycle(
+                shared.queue.clone(),
+                want,
+                shared.clone(),
+                held.clone(),
+                shared.periodic.clone(),
+            )
+            .await;
+        match cycle {
             Ok(cycle) => {
                 errors = 0;
                 let claimed = cycle.claimed.len();
@@ -51,19 +61,21 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 for job in cycle.claimed {
                     match tx.try_send(job) {
                         Ok(()) => shared.job_ready.notify_one(),
-                        // Only this task sends, and it claimed no more than the room it saw.
+                        // It claimed no more than the room it reserved.
                         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                             shared.give_back(job).await;
                         }
                     }
                 }
-                tracing::trace!(claimed, room, "claim cycle");
-                if room > 0 && claimed == room {
+                shared.release_room(held.load(Ordering::SeqCst));
+                tracing::trace!(claimed, want, "claim cycle");
+                if want > 0 && claimed == want {
                     continue;
                 }
                 wake_at = cycle.next_due;
             }
             Err(e) => {
+                shared.release_room(held.load(Ordering::SeqCst));
                 errors = errors.saturating_add(1);
                 if errors == 1 {
                     tracing::warn!(queue = %shared.queue, error = %e, "claim failed; retrying");
@@ -86,6 +98,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
             () = tokio::time::sleep(sleep) => {}
         }
     }
+    // No more jobs from enqueue commits: once this returns, none is being handed over.
+    store.remove_taker(taker);
     // Jobs claimed but not started go back to pending, their attempts given back.
     while let Ok(job) = rx.try_recv() {
         shared.give_back(job).await;

@@ -2,18 +2,21 @@
 //!
 //! ```text
 //!   store ──claim cycle──> claimer ──bounded channel──> workers (concurrency) ──settle──> store
-//!            (one txn)       │  sleeps on the store's change watermark and the next due time
-//!                            └─ claims only what fits in the channel; the rest stays pending
+//!     │      (one txn)       │  sleeps on the store's change watermark and the next due time
+//!     │                      └─ claims only what fits in the channel; the rest stays pending
+//!     └──enqueue commit──> hand-off ──┘  (jobs for idle workers, claimed in the enqueue's txn)
 //! ```
 //!
 //! - `claimer.rs`: the claim loop, restart and queue-full recovery, periodic schedules,
 //!   retention.
+//! - `handoff.rs`: jobs claimed for idle workers by the commit that enqueues them.
 //! - `worker.rs`: a worker's loop and the life of one job (heartbeats, timeout, panics,
 //!   settling).
 //! - `metrics.rs`: counters a user can read; `failure_log.rs`: logging that does not flood.
 
 mod claimer;
 mod failure_log;
+mod handoff;
 mod metrics;
 mod worker;
 
@@ -34,7 +37,7 @@ use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
 use crate::periodic::Periodic;
-use crate::store::{Retention, Store, lease_ref};
+use crate::store::{Retention, Room, Store, lease_ref};
 
 /// What a handler says about the job it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +235,7 @@ impl ExecutorBuilder {
             queue: self.queue.into(),
             concurrency: self.concurrency,
             busy: std::sync::atomic::AtomicUsize::new(0),
+            reserved: std::sync::atomic::AtomicUsize::new(0),
             capacity,
             timeout: self.timeout,
             poll_interval: self.poll_interval,
@@ -252,7 +256,12 @@ impl ExecutorBuilder {
             queue = %shared.queue, concurrency = self.concurrency, capacity,
             "executor starting"
         );
-        let claimer = runtime.spawn(claimer::run(shared.clone(), tx, rx.clone()));
+        let taker = shared.store.add_taker(Arc::new(handoff::Handoff {
+            shared: Arc::downgrade(&shared),
+            queue: shared.queue.clone(),
+            tx: tx.clone(),
+        }));
+        let claimer = runtime.spawn(claimer::run(shared.clone(), tx, rx.clone(), taker));
         let workers = (0..self.concurrency)
             .map(|_| runtime.spawn(worker::run(shared.clone(), rx.clone())))
             .collect();
@@ -272,6 +281,8 @@ pub(crate) struct Shared {
     pub concurrency: usize,
     /// Workers holding a job, from taking it off the channel until it is settled or dropped.
     pub busy: std::sync::atomic::AtomicUsize,
+    /// Room in the channel held for jobs being claimed, by the claimer or a hand-off.
+    pub reserved: std::sync::atomic::AtomicUsize,
     pub capacity: usize,
     pub timeout: Option<Duration>,
     pub poll_interval: Duration,
@@ -296,6 +307,32 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Reserves room in the channel for up to `want` jobs beyond those already reserved;
+    /// returns how many it reserved.
+    pub(crate) fn reserve_room(&self, want: usize) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut reserved = self.reserved.load(SeqCst);
+        loop {
+            let n = want.saturating_sub(reserved);
+            if n == 0 {
+                return 0;
+            }
+            match self
+                .reserved
+                .compare_exchange(reserved, reserved + n, SeqCst, SeqCst)
+            {
+                Ok(_) => return n,
+                Err(now) => reserved = now,
+            }
+        }
+    }
+
+    /// Releases room reserved by [`Shared::reserve_room`], once its jobs are in the channel.
+    pub(crate) fn release_room(&self, n: usize) {
+        self.reserved
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Gives a claimed job that will not run here back to pending, with its attempt given back.
     pub(crate) async fn give_back(&self, claimed: Claimed) {
         let id = claimed.job.id;
@@ -312,6 +349,16 @@ impl Shared {
                 tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire")
             }
         }
+    }
+}
+
+impl Room for Shared {
+    fn reserve(&self, want: usize) -> usize {
+        self.reserve_room(want)
+    }
+
+    fn release(&self, n: usize) {
+        self.release_room(n);
     }
 }
 

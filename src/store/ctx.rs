@@ -113,6 +113,8 @@ pub(crate) struct Ctx<'t> {
     changed: bool,
     /// Whether there may be jobs not yet indexed (unknown at the start of a transaction).
     unindexed_maybe: bool,
+    /// The queues this transaction wrote new jobs to, for the hand-off at commit.
+    new_queues: Vec<String>,
     /// Count changes not yet written: (queue, phase code, delta). Written once per
     /// transaction rather than twice per transition. A transaction touches a few queues and
     /// phases, so a list beats a map (no hashing, no key copied per transition).
@@ -131,6 +133,7 @@ impl<'t> Ctx<'t> {
             deleted: false,
             changed: false,
             unindexed_maybe: true,
+            new_queues: Vec::new(),
             count_deltas: Vec::new(),
         })
     }
@@ -209,7 +212,15 @@ impl<'t> Ctx<'t> {
             .map_err(w)?;
         self.unindexed_maybe = true;
         self.changed = true;
+        if !self.new_queues.contains(&rec.queue) {
+            self.new_queues.push(rec.queue.clone());
+        }
         Ok(())
+    }
+
+    /// The queues new jobs were written to since the last call.
+    pub(crate) fn take_new_queues(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_queues)
     }
 
     fn indexed_below(&mut self) -> Result<u64> {

@@ -9,6 +9,7 @@ mod codec;
 mod ctx;
 mod cycle;
 mod enqueue;
+mod handoff;
 mod housekeeping;
 mod index;
 mod read;
@@ -24,7 +25,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
@@ -62,6 +63,8 @@ pub use verify::Problem;
 
 use self::codec::{INLINE_PAYLOAD, decode_v1_inbox};
 use self::ctx::{Config, Ctx};
+use self::handoff::Takers;
+pub(crate) use self::handoff::{Room, Taker, TakerId};
 use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, V1_INBOX};
 use self::watermark::Watermark;
 use self::writer::{Request, Writer};
@@ -105,6 +108,7 @@ struct Inner {
     cfg: Arc<Config>,
     watermark: Arc<Watermark>,
     poisoned: Arc<AtomicBool>,
+    takers: Arc<Takers>,
 }
 
 enum Db {
@@ -276,11 +280,18 @@ impl StoreBuilder {
         let db = Arc::new(db);
         let watermark = Arc::new(Watermark::new());
         let poisoned = Arc::new(AtomicBool::new(false));
-        let writer = Writer::spawn(db.clone(), cfg.clone(), watermark.clone(), poisoned.clone())
-            .map_err(|e| Error::Open {
-                path: path.clone(),
-                source: StorageError(Arc::new(redb::StorageError::Io(e).into())),
-            })?;
+        let takers = Arc::new(Takers::default());
+        let writer = Writer::spawn(
+            db.clone(),
+            cfg.clone(),
+            watermark.clone(),
+            poisoned.clone(),
+            takers.clone(),
+        )
+        .map_err(|e| Error::Open {
+            path: path.clone(),
+            source: StorageError(Arc::new(redb::StorageError::Io(e).into())),
+        })?;
         tracing::info!(path = %path.display(), "opened quern store");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -290,6 +301,7 @@ impl StoreBuilder {
                 cfg,
                 watermark,
                 poisoned,
+                takers,
             }),
         })
     }
@@ -333,6 +345,7 @@ impl StoreBuilder {
                 cfg,
                 watermark: Arc::new(Watermark::new()),
                 poisoned: Arc::new(AtomicBool::new(false)),
+                takers: Arc::default(),
             }),
         })
     }
@@ -947,14 +960,26 @@ impl Settle {
 /// The executor's side of the store: the same operations, awaited without blocking a runtime
 /// thread (they always go through the writer thread's group commit).
 impl Store {
+    /// A claim cycle claiming up to `want` jobs, as many as `room` grants when the cycle is
+    /// applied. Once the cycle is applied, `held` says how many of them stay reserved: the
+    /// caller releases those once they are in its channel, or when the commit failed.
     pub(crate) async fn claim_cycle(
         &self,
         queue: Arc<str>,
-        room: usize,
+        want: usize,
+        room: Arc<dyn Room>,
+        held: Arc<AtomicUsize>,
         periodic: Arc<[crate::periodic::Periodic]>,
     ) -> Result<Cycle> {
-        self.call_async(move |cx| cycle::claim_cycle(cx, &queue, room, &periodic))
-            .await
+        self.call_async(move |cx| {
+            let n = room.reserve(want);
+            let cycle = cycle::claim_cycle(cx, &queue, n, &periodic);
+            let kept = cycle.as_ref().map_or(0, |c| c.claimed.len());
+            room.release(n - kept);
+            held.store(kept, Ordering::SeqCst);
+            cycle
+        })
+        .await
     }
 
     pub(crate) async fn settle_async(&self, lease: Lease, how: Settle) -> Result<()> {
@@ -972,6 +997,16 @@ impl Store {
             op: move |cx: &mut Ctx<'_>| how.apply(cx, &lease),
             reply: Box::new(then),
         }))
+    }
+
+    /// Registers an executor to take jobs claimed at the commit of their enqueue.
+    pub(crate) fn add_taker(&self, taker: Arc<dyn Taker>) -> TakerId {
+        self.inner.takers.add(taker)
+    }
+
+    /// Removes a taker; once this returns, no commit delivers to it.
+    pub(crate) fn remove_taker(&self, id: TakerId) {
+        self.inner.takers.remove(id);
     }
 
     pub(crate) async fn heartbeat_async(&self, lease: &Lease) -> Result<()> {

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use redb::Database;
 
 use super::ctx::{Config, Ctx};
+use super::handoff::{self, Takers};
 use super::watermark::Watermark;
 use crate::error::{Error, Result};
 
@@ -79,6 +80,7 @@ pub(crate) struct Shared {
     pub cfg: Arc<Config>,
     pub watermark: Arc<Watermark>,
     pub poisoned: Arc<AtomicBool>,
+    pub takers: Arc<Takers>,
     /// Held while a batch is applied and committed, by the writer thread or by a caller
     /// committing its own operation directly.
     commit: Mutex<()>,
@@ -101,12 +103,14 @@ impl Writer {
         cfg: Arc<Config>,
         watermark: Arc<Watermark>,
         poisoned: Arc<AtomicBool>,
+        takers: Arc<Takers>,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
             db,
             cfg,
             watermark,
             poisoned,
+            takers,
             commit: Mutex::new(()),
             last_batch: AtomicUsize::new(0),
         });
@@ -206,13 +210,15 @@ fn gather(batch: &mut Vec<Box<dyn Op>>, rx: &Receiver<Box<dyn Op>>, shared: &Sha
     shared.last_batch.store(batch.len(), Ordering::Relaxed);
 }
 
-/// Applies `batch` in one write transaction and commits it. The caller holds the commit lock.
+/// Applies `batch` in one write transaction, claims for the executors waiting on the queues it
+/// wrote new jobs to, and commits. The caller holds the commit lock.
 fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let Shared {
         db,
         cfg,
         watermark,
         poisoned,
+        takers,
         ..
     } = shared;
     if poisoned.load(Ordering::Acquire) {
@@ -231,6 +237,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let mut ops = batch.into_iter();
     let mut abort = None;
     let mut changed = false;
+    let mut handoff = None;
     match Ctx::begin(&tx, cfg) {
         Ok(mut cx) => {
             for op in ops.by_ref() {
@@ -240,6 +247,11 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
                     abort = fatal;
                     break;
                 }
+            }
+            if abort.is_none() {
+                let (pending, fatal) = handoff::claim_for_takers(takers, &mut cx);
+                handoff = Some(pending);
+                abort = fatal;
             }
             if abort.is_none() {
                 match cx.finish() {
@@ -253,8 +265,15 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
             return;
         }
     }
+    // Only a commit makes the hand-off's claims real.
+    let deliver = |committed: bool| {
+        if let Some(pending) = handoff {
+            pending.deliver(committed);
+        }
+    };
     if let Some(e) = abort {
         drop(tx);
+        deliver(false);
         tracing::error!(error = %e, "write transaction aborted");
         dones.into_iter().for_each(|d| d(Err(&e)));
         let rest: Vec<_> = ops.collect();
@@ -264,17 +283,20 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         return;
     }
     if !changed {
-        // Nothing was written: no commit, no fsync.
+        // Nothing was written: no commit, no fsync (and no new job to hand off).
         drop(tx);
+        deliver(false);
         dones.into_iter().for_each(|d| d(Ok(())));
         return;
     }
     match tx.commit() {
         Ok(()) => {
+            deliver(true);
             watermark.bump();
             dones.into_iter().for_each(|d| d(Ok(())));
         }
         Err(e) => {
+            deliver(false);
             poisoned.store(true, Ordering::Release);
             let e = Error::storage("committing a write transaction", e);
             tracing::error!(error = %e, "commit failed; the store refuses writes until reopened");

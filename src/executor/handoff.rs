@@ -1,0 +1,85 @@
+//! The executor's end of the hand-off at commit (`store/handoff.rs`): a commit that enqueues
+//! jobs for this queue claims as many as there are idle workers and puts them in the channel
+//! as soon as it is durable, without waiting for the claimer's next cycle. Jobs claimed ahead
+//! of the workers stay the claimer's business.
+//!
+//! Room in the channel is reserved before a claim and released after the hand-over, by the
+//! claimer and by this taker alike, so that together they never claim more than there is room
+//! for: a claimed job always has a place to go.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::TrySendError;
+
+use super::metrics::Counters;
+use super::{JobSender, Shared};
+use crate::job::Claimed;
+use crate::store::{Settle, Taker};
+
+pub(crate) struct Handoff {
+    /// Weak: the store holds its takers, and the executor holds the store.
+    pub shared: Weak<Shared>,
+    pub queue: Arc<str>,
+    pub tx: JobSender,
+}
+
+impl Taker for Handoff {
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn reserve(&self) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        if shared.stop.is_cancelled() {
+            return 0;
+        }
+        let idle = shared
+            .concurrency
+            .saturating_sub(shared.busy.load(Ordering::SeqCst))
+            .min(shared.capacity);
+        shared.reserve_room(idle.saturating_sub(self.tx.len()))
+    }
+
+    fn deliver(&self, reserved: usize, jobs: Vec<Claimed>) {
+        let Some(shared) = self.shared.upgrade() else {
+            // The executor is gone: the jobs' leases expire and they are recovered.
+            return;
+        };
+        Counters::add(&shared.counters.claimed, jobs.len() as u64);
+        for job in jobs {
+            match self.tx.try_send(job) {
+                Ok(()) => shared.job_ready.notify_one(),
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    give_back_later(&shared, job);
+                }
+            }
+        }
+        shared.release_room(reserved);
+    }
+}
+
+/// Gives a claimed job back without waiting (the caller is a committing thread, which must not
+/// block on the store); shutdown waits for it as for a settle.
+fn give_back_later(shared: &Arc<Shared>, claimed: Claimed) {
+    let done = shared.settles.start();
+    let id = claimed.job.id;
+    let counters = shared.clone();
+    let sent = shared.store.settle_then(
+        claimed.lease,
+        Settle::Snooze(Duration::ZERO),
+        move |result| {
+            match result {
+                Ok(()) => Counters::add(&counters.counters.given_back, 1),
+                Err(e) => tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire"),
+            }
+            drop(done);
+        },
+    );
+    if let Err(e) = sent {
+        tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire");
+    }
+}
