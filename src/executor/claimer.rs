@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TrySendError};
 
 use super::metrics::Counters;
-use super::{JobSender, Shared};
+use super::{ClaimRoom, JobSender, Shared};
 use crate::job::Claimed;
 use crate::store::TakerId;
 
@@ -39,22 +39,25 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         }
         // Read before the target, so that a settle committed meanwhile wakes the next sleep.
         let seen = store.generation();
-        let target = demand.target(&shared);
-        let want = target.saturating_sub(tx.len());
-        // The room is reserved when the cycle is applied, after any hand-off before it.
+        // The room is counted and reserved when the cycle is applied, after any hand-off
+        // before it has put its jobs in the channel.
+        let room = Arc::new(ClaimRoom {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            ahead: demand.ahead(&shared),
+        });
         let held = Arc::new(AtomicUsize::new(0));
         let mut wake_at = None;
         let cycle = store
             .claim_cycle(
                 shared.queue.clone(),
-                want,
-                shared.clone(),
+                room,
                 held.clone(),
                 shared.periodic.clone(),
             )
             .await;
         match cycle {
-            Ok(cycle) => {
+            Ok((cycle, want)) => {
                 errors = 0;
                 let claimed = cycle.claimed.len();
                 Counters::add(&shared.counters.claimed, claimed as u64);
@@ -129,7 +132,8 @@ impl Demand {
         }
     }
 
-    fn target(&mut self, shared: &Shared) -> usize {
+    /// How many jobs to claim ahead of the idle workers.
+    fn ahead(&mut self, shared: &Shared) -> usize {
         let (ended, ran_us) = shared.counters.ran();
         if ended > self.ended {
             let recent =
@@ -139,12 +143,9 @@ impl Demand {
             self.ran_us = ran_us;
         }
         let horizon = shared.store.lease_ttl().as_secs_f64() / 3.0;
-        let ahead = self.mean.map_or(0, |mean| {
-            // A saturating conversion: a tiny mean gives usize::MAX, clamped below.
+        self.mean.map_or(0, |mean| {
+            // A saturating conversion: a tiny mean gives usize::MAX, clamped when reserved.
             (shared.concurrency as f64 * horizon / mean.max(1e-9)) as usize
-        });
-        let busy = shared.busy.load(std::sync::atomic::Ordering::SeqCst);
-        let idle = shared.concurrency.saturating_sub(busy);
-        idle.saturating_add(ahead).min(shared.capacity)
+        })
     }
 }

@@ -7,7 +7,6 @@
 //! claimer and by this taker alike, so that together they never claim more than there is room
 //! for: a claimed job always has a place to go.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -31,17 +30,10 @@ impl Taker for Handoff {
     }
 
     fn reserve(&self) -> usize {
-        let Some(shared) = self.shared.upgrade() else {
-            return 0;
-        };
-        if shared.stop.is_cancelled() {
-            return 0;
-        }
-        let idle = shared
-            .concurrency
-            .saturating_sub(shared.busy.load(Ordering::SeqCst))
-            .min(shared.capacity);
-        shared.reserve_room(idle.saturating_sub(self.tx.len()))
+        // Only for idle workers: jobs claimed ahead of them are the claimer's business.
+        self.shared
+            .upgrade()
+            .map_or(0, |shared| shared.reserve_for(0, self.tx.len()))
     }
 
     fn deliver(&self, reserved: usize, jobs: Vec<Claimed>) {

@@ -307,9 +307,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Reserves room for a claim for the idle workers and `ahead` more jobs, given `len` jobs
+    /// in the channel; returns for how many. Nothing once stopping.
+    pub(crate) fn reserve_for(&self, ahead: usize, len: usize) -> usize {
+        if self.stop.is_cancelled() {
+            return 0;
+        }
+        let idle = self
+            .concurrency
+            .saturating_sub(self.busy.load(std::sync::atomic::Ordering::SeqCst));
+        let target = idle.saturating_add(ahead).min(self.capacity);
+        self.reserve_room(target.saturating_sub(len))
+    }
+
     /// Reserves room in the channel for up to `want` jobs beyond those already reserved;
     /// returns how many it reserved.
-    pub(crate) fn reserve_room(&self, want: usize) -> usize {
+    fn reserve_room(&self, want: usize) -> usize {
         use std::sync::atomic::Ordering::SeqCst;
         let mut reserved = self.reserved.load(SeqCst);
         loop {
@@ -352,13 +365,23 @@ impl Shared {
     }
 }
 
-impl Room for Shared {
-    fn reserve(&self, want: usize) -> usize {
-        self.reserve_room(want)
+/// The room of one claim: for each idle worker, plus `ahead` jobs, at most the channel's
+/// capacity, less the jobs in the channel and the room already reserved. Counted when the claim
+/// is applied, so that claims applied before it (a hand-off, a cycle) are in the channel or
+/// reserved by then.
+pub(crate) struct ClaimRoom {
+    pub shared: Arc<Shared>,
+    pub tx: JobSender,
+    pub ahead: usize,
+}
+
+impl Room for ClaimRoom {
+    fn reserve(&self) -> usize {
+        self.shared.reserve_for(self.ahead, self.tx.len())
     }
 
     fn release(&self, n: usize) {
-        self.release_room(n);
+        self.shared.release_room(n);
     }
 }
 

@@ -22,11 +22,12 @@ pub(crate) async fn run(shared: Arc<Shared>, rx: Receiver<Claimed>) {
         let ready = shared.job_ready.notified();
         tokio::pin!(ready);
         ready.as_mut().enable();
+        // Busy before it takes a job, so that no claim counts this worker idle while its job
+        // is neither in the channel nor counted busy.
+        shared.busy.fetch_add(1, Ordering::SeqCst);
         match rx.try_recv() {
             Ok(claimed) => {
-                // Busy from the moment it takes a job, so that the claimer does not count
-                // this worker idle and claim a job ahead for it; room is made either way.
-                shared.busy.fetch_add(1, Ordering::SeqCst);
+                // Room is made in the channel.
                 shared.room.notify_one();
                 run_job(&shared, claimed).await;
                 shared.busy.fetch_sub(1, Ordering::SeqCst);
@@ -35,8 +36,15 @@ pub(crate) async fn run(shared: Arc<Shared>, rx: Receiver<Claimed>) {
                 shared.room.notify_one();
                 continue;
             }
-            Err(TryRecvError::Disconnected) => return,
-            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                shared.busy.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            Err(TryRecvError::Empty) => {
+                shared.busy.fetch_sub(1, Ordering::SeqCst);
+                // A claim that looked in the moment it counted busy skipped this worker.
+                shared.room.notify_one();
+            }
         }
         tokio::select! {
             () = ready => {}

@@ -11,7 +11,7 @@
 //! taker cannot use after all goes back as any claimed job does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::job::Claimed;
 
 /// Room for claimed jobs (an executor's channel), reserved when a claim is applied, in commit
-/// order, so that the claims of the claimer and of hand-offs together never exceed it.
+/// order, so that the claims of the claimer and of hand-offs together never exceed it: how
+/// much room there is is decided then, not when the claim was asked for.
 pub(crate) trait Room: Send + Sync {
-    /// Reserves room for up to `want` more jobs; returns how many it reserved.
-    fn reserve(&self, want: usize) -> usize;
+    /// Reserves room for the claim being applied now; returns for how many jobs.
+    fn reserve(&self) -> usize;
     /// Releases `n` jobs' worth of reserved room: they are in the channel, or were not claimed.
     fn release(&self, n: usize);
 }
@@ -40,8 +41,15 @@ pub(crate) trait Taker: Send + Sync {
     fn deliver(&self, reserved: usize, jobs: Vec<Claimed>);
 }
 
-/// Registered takers, each with its registration number.
-type List = Vec<(u64, Arc<dyn Taker>)>;
+/// A registered taker.
+struct Entry {
+    id: u64,
+    taker: Arc<dyn Taker>,
+    /// Set when a claim for it failed: no more hand-offs to it (its claimer takes over).
+    broken: AtomicBool,
+}
+
+type List = Vec<Entry>;
 
 /// The takers of a store.
 #[derive(Default)]
@@ -57,14 +65,18 @@ pub(crate) struct TakerId(u64);
 impl Takers {
     pub(crate) fn add(&self, taker: Arc<dyn Taker>) -> TakerId {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.list.write().push((id, taker));
+        self.list.write().push(Entry {
+            id,
+            taker,
+            broken: AtomicBool::new(false),
+        });
         TakerId(id)
     }
 
     /// Removes a taker. Waits for a commit that is claiming for it to deliver, so that once
     /// this returns the taker gets nothing more.
     pub(crate) fn remove(&self, id: TakerId) {
-        self.list.write().retain(|(i, _)| *i != id.0);
+        self.list.write().retain(|e| e.id != id.0);
     }
 }
 
@@ -85,7 +97,12 @@ impl Pending<'_> {
 }
 
 /// Claims, in `cx`'s transaction, jobs for the takers of the queues that got new jobs in it.
-/// A storage error aborts the transaction; the reservations are released either way.
+///
+/// A claim that fails (a storage error, a corrupt record in the queue) aborts the transaction,
+/// so that the operations of the batch fail with it, once: the taker is then marked broken and
+/// gets no more hand-offs, so later enqueues commit as they would without it, and its
+/// executor's claimer meets (and reports) the same failure on its own. The reservations are
+/// released either way.
 pub(crate) fn claim_for_takers<'a>(
     takers: &'a Takers,
     cx: &mut Ctx<'_>,
@@ -100,8 +117,12 @@ pub(crate) fn claim_for_takers<'a>(
     }
     let list = takers.list.read();
     let mut abort = None;
-    for (_, taker) in list.iter() {
-        if abort.is_some() || !queues.iter().any(|q| q == taker.queue()) {
+    for entry in list.iter() {
+        let taker = &entry.taker;
+        if abort.is_some()
+            || entry.broken.load(Ordering::Relaxed)
+            || !queues.iter().any(|q| q == taker.queue())
+        {
             continue;
         }
         let n = taker.reserve();
@@ -112,6 +133,11 @@ pub(crate) fn claim_for_takers<'a>(
         match claimed {
             Ok(jobs) => pending.claims.push((taker.clone(), n, jobs)),
             Err(e) => {
+                tracing::error!(
+                    queue = taker.queue(), error = %e,
+                    "a claim at commit failed: no more hand-offs to this executor"
+                );
+                entry.broken.store(true, Ordering::Relaxed);
                 pending.claims.push((taker.clone(), n, Vec::new()));
                 abort = Some(e);
             }

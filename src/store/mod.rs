@@ -960,24 +960,24 @@ impl Settle {
 /// The executor's side of the store: the same operations, awaited without blocking a runtime
 /// thread (they always go through the writer thread's group commit).
 impl Store {
-    /// A claim cycle claiming up to `want` jobs, as many as `room` grants when the cycle is
-    /// applied. Once the cycle is applied, `held` says how many of them stay reserved: the
-    /// caller releases those once they are in its channel, or when the commit failed.
+    /// A claim cycle claiming as many jobs as `room` grants when the cycle is applied; returns
+    /// the cycle and that grant. Once the cycle is applied, `held` says how many of them stay
+    /// reserved: the caller releases those once they are in its channel, or when the commit
+    /// failed.
     pub(crate) async fn claim_cycle(
         &self,
         queue: Arc<str>,
-        want: usize,
         room: Arc<dyn Room>,
         held: Arc<AtomicUsize>,
         periodic: Arc<[crate::periodic::Periodic]>,
-    ) -> Result<Cycle> {
+    ) -> Result<(Cycle, usize)> {
         self.call_async(move |cx| {
-            let n = room.reserve(want);
+            let n = room.reserve();
             let cycle = cycle::claim_cycle(cx, &queue, n, &periodic);
             let kept = cycle.as_ref().map_or(0, |c| c.claimed.len());
             room.release(n - kept);
             held.store(kept, Ordering::SeqCst);
-            cycle
+            cycle.map(|c| (c, n))
         })
         .await
     }
