@@ -101,8 +101,16 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
             () = tokio::time::sleep(sleep) => {}
         }
     }
-    // No more jobs from enqueue commits: once this returns, none is being handed over.
-    store.remove_taker(taker);
+    // No more jobs from enqueue commits: once this returns, none is being handed over. It
+    // may wait for a commit under way, so not on a runtime thread.
+    let s = store.clone();
+    if tokio::task::spawn_blocking(move || s.remove_taker(taker))
+        .await
+        .is_err()
+    {
+        // The blocking pool is gone (the runtime is shutting down): remove it here.
+        store.remove_taker(taker);
+    }
     // Jobs claimed but not started go back to pending, their attempts given back.
     while let Ok(job) = rx.try_recv() {
         shared.give_back(job).await;
