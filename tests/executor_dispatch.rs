@@ -627,3 +627,34 @@ async fn an_enqueue_for_idle_workers_is_claimed_in_its_own_commit_and_no_more() 
     assert_eq!(handle.metrics().claimed, 3);
     handle.shutdown(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_before_its_future_is_a_failed_attempt_and_its_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let boom = store.enqueue(NewJob::new("q", "boom")).unwrap().id();
+    let fine = store.enqueue(NewJob::new("q", "fine")).unwrap().id();
+    // One worker: if the panic ended it, the second job would never run.
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(1)
+        .spawn(|ctx| {
+            assert_ne!(ctx.payload(), b"boom", "handler blew up before its future");
+            async { Outcome::Success }
+        })
+        .unwrap();
+    until(&store, "the job after the panic succeeded", || {
+        store.get(fine).unwrap().unwrap().state == JobState::Succeeded
+    })
+    .await;
+    let job = store.get(boom).unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
+    assert!(
+        job.last_error
+            .unwrap()
+            .contains("handler blew up before its future")
+    );
+    assert_eq!(handle.metrics().panicked, 1);
+    handle.shutdown(WAIT).await.unwrap();
+}

@@ -3,9 +3,9 @@
 //! as soon as it is durable, without waiting for the claimer's next cycle. Jobs claimed ahead
 //! of the workers stay the claimer's business.
 //!
-//! Room in the channel is reserved before a claim and released after the hand-over, by the
-//! claimer and by this taker alike, so that together they never claim more than there is room
-//! for: a claimed job always has a place to go.
+//! Room in the channel is counted and reserved when a claim is applied and released after the
+//! hand-over, by the claimer and by this taker alike, so that together they never claim more
+//! than there is room for: a claimed job always has a place to go.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,7 +33,7 @@ impl Taker for Handoff {
         // Only for idle workers: jobs claimed ahead of them are the claimer's business.
         self.shared
             .upgrade()
-            .map_or(0, |shared| shared.reserve_for(0, self.tx.len()))
+            .map_or(0, |shared| shared.reserve_for(0, &self.tx))
     }
 
     fn deliver(&self, reserved: usize, jobs: Vec<Claimed>) {

@@ -307,40 +307,39 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Reserves room for a claim for the idle workers and `ahead` more jobs, given `len` jobs
-    /// in the channel; returns for how many. Nothing once stopping.
-    pub(crate) fn reserve_for(&self, ahead: usize, len: usize) -> usize {
+    /// Reserves room for a claim for the idle workers and `ahead` more jobs, beyond the jobs in
+    /// the channel `tx` and the room already reserved; returns for how many. Nothing once
+    /// stopping.
+    ///
+    /// A job on its way is always counted at least once: a sender puts its jobs in the channel
+    /// before it releases their room, and a worker counts as busy before it takes a job; so the
+    /// reserved room is read first, then the channel, then the busy workers, and all three are
+    /// read again if the reservation changed meanwhile.
+    pub(crate) fn reserve_for(&self, ahead: usize, tx: &JobSender) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
         if self.stop.is_cancelled() {
             return 0;
         }
-        let idle = self
-            .concurrency
-            .saturating_sub(self.busy.load(std::sync::atomic::Ordering::SeqCst));
-        let target = idle.saturating_add(ahead).min(self.capacity);
-        self.reserve_room(target.saturating_sub(len))
-    }
-
-    /// Reserves room in the channel for up to `want` jobs beyond those already reserved;
-    /// returns how many it reserved.
-    fn reserve_room(&self, want: usize) -> usize {
-        use std::sync::atomic::Ordering::SeqCst;
-        let mut reserved = self.reserved.load(SeqCst);
         loop {
-            let n = want.saturating_sub(reserved);
+            let reserved = self.reserved.load(SeqCst);
+            let len = tx.len();
+            let idle = self.concurrency.saturating_sub(self.busy.load(SeqCst));
+            let target = idle.saturating_add(ahead).min(self.capacity);
+            let n = target.saturating_sub(len).saturating_sub(reserved);
             if n == 0 {
                 return 0;
             }
-            match self
+            if self
                 .reserved
                 .compare_exchange(reserved, reserved + n, SeqCst, SeqCst)
+                .is_ok()
             {
-                Ok(_) => return n,
-                Err(now) => reserved = now,
+                return n;
             }
         }
     }
 
-    /// Releases room reserved by [`Shared::reserve_room`], once its jobs are in the channel.
+    /// Releases room reserved by [`Shared::reserve_for`], once its jobs are in the channel.
     pub(crate) fn release_room(&self, n: usize) {
         self.reserved
             .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
@@ -377,7 +376,7 @@ pub(crate) struct ClaimRoom {
 
 impl Room for ClaimRoom {
     fn reserve(&self) -> usize {
-        self.shared.reserve_for(self.ahead, self.tx.len())
+        self.shared.reserve_for(self.ahead, &self.tx)
     }
 
     fn release(&self, n: usize) {

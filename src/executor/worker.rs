@@ -76,7 +76,10 @@ async fn run_job(shared: &Arc<Shared>, claimed: Claimed) {
         }
         shared.counters.start(shared.store.now().since(job.run_at));
         let started = std::time::Instant::now();
-        let task = tokio::spawn((shared.handler)(ctx).in_current_span());
+        // The handler is called inside the task, so that a panic before its first await is a
+        // failed attempt like any other, not the end of this worker.
+        let handler = shared.handler.clone();
+        let task = tokio::spawn(async move { handler(ctx).await }.in_current_span());
         let end = supervise(shared, &job, &lease, task).await;
         shared.counters.end(started.elapsed());
         settle(shared, &job, lease, end);
