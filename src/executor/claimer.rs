@@ -66,7 +66,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                         Ok(()) => shared.job_ready.notify_one(),
                         // It claimed no more than the room it reserved.
                         Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                            shared.give_back(job).await;
+                            shared.give_back(job);
                         }
                     }
                 }
@@ -113,7 +113,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
     }
     // Jobs claimed but not started go back to pending, their attempts given back.
     while let Ok(job) = rx.try_recv() {
-        shared.give_back(job).await;
+        shared.give_back(job);
     }
 }
 

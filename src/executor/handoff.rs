@@ -8,14 +8,13 @@
 //! than there is room for: a claimed job always has a place to go.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use crossbeam_channel::TrySendError;
 
 use super::metrics::Counters;
 use super::{JobSender, Shared};
 use crate::job::Claimed;
-use crate::store::{Settle, Taker};
+use crate::store::Taker;
 
 pub(crate) struct Handoff {
     /// Weak: the store holds its takers, and the executor holds the store.
@@ -46,32 +45,10 @@ impl Taker for Handoff {
             match self.tx.try_send(job) {
                 Ok(()) => shared.job_ready.notify_one(),
                 Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    give_back_later(&shared, job);
+                    shared.give_back(job);
                 }
             }
         }
         shared.release_room(reserved);
-    }
-}
-
-/// Gives a claimed job back without waiting (the caller is a committing thread, which must not
-/// block on the store); shutdown waits for it as for a settle.
-fn give_back_later(shared: &Arc<Shared>, claimed: Claimed) {
-    let done = shared.settles.start();
-    let id = claimed.job.id;
-    let counters = shared.clone();
-    let sent = shared.store.settle_then(
-        claimed.lease,
-        Settle::Snooze(Duration::ZERO),
-        move |result| {
-            match result {
-                Ok(()) => Counters::add(&counters.counters.given_back, 1),
-                Err(e) => tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire"),
-            }
-            drop(done);
-        },
-    );
-    if let Err(e) = sent {
-        tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire");
     }
 }

@@ -345,23 +345,35 @@ impl Shared {
             .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Gives a claimed job that will not run here back to pending, with its attempt given back.
-    pub(crate) async fn give_back(&self, claimed: Claimed) {
+    /// Gives a claimed job that will not run here back to pending, with its attempt given
+    /// back. Does not wait for the commit (a committing thread may call it, and must not block
+    /// on the store); shutdown waits for it as for a settle.
+    pub(crate) fn give_back(self: &Arc<Self>, claimed: Claimed) {
+        let done = self.settles.start();
         let id = claimed.job.id;
-        match self
-            .store
-            .settle_async(claimed.lease, crate::store::Settle::Snooze(Duration::ZERO))
-            .await
-        {
-            Ok(()) => {
-                Counters::add(&self.counters.given_back, 1);
-                tracing::debug!(job = %id, "gave a claimed job back");
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire")
-            }
+        let shared = self.clone();
+        let sent = self.store.settle_then(
+            claimed.lease,
+            crate::store::Settle::Snooze(Duration::ZERO),
+            move |result| {
+                match result {
+                    Ok(()) => {
+                        Counters::add(&shared.counters.given_back, 1);
+                        tracing::debug!(job = %id, "gave a claimed job back");
+                    }
+                    Err(e) => gave_back_failed(id, &e),
+                }
+                drop(done);
+            },
+        );
+        if let Err(e) = sent {
+            gave_back_failed(id, &e);
         }
     }
+}
+
+fn gave_back_failed(id: crate::JobId, e: &Error) {
+    tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire");
 }
 
 /// The room of one claim: for each idle worker, plus `ahead` jobs, at most the channel's
@@ -476,7 +488,7 @@ impl ExecutorHandle {
             result = Err(Error::Closed);
         }
         while let Ok(claimed) = self.rx.try_recv() {
-            self.shared.give_back(claimed).await;
+            self.shared.give_back(claimed);
         }
         let workers = std::mem::take(&mut self.workers);
         let mut all = Box::pin(futures_join_all(workers));

@@ -94,6 +94,18 @@ fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
     Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
+/// The bytes of a payload kept apart, in a write or a read transaction (none if missing, which
+/// `Store::check` reports).
+pub(crate) fn payload_bytes(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> std::result::Result<Vec<u8>, redb::StorageError> {
+    Ok(payloads
+        .get(id)?
+        .map(|g| g.value().to_vec())
+        .unwrap_or_default())
+}
+
 /// The most new jobs indexed by one claim, so that a long backlog of enqueues is indexed over
 /// several commits rather than in one huge one.
 const DRAIN_LIMIT: usize = 20_000;
@@ -268,17 +280,32 @@ impl<'t> Ctx<'t> {
         &mut self,
         keep: impl Fn(&Record) -> bool,
     ) -> Result<Vec<(u64, Record)>> {
-        let mut kept = Vec::new();
         if !self.unindexed_maybe {
-            return Ok(kept);
+            return Ok(Vec::new());
         }
+        let (kept, exhausted) = self.drain_through(u64::MAX, DRAIN_LIMIT, keep)?;
+        if exhausted {
+            self.unindexed_maybe = false;
+        }
+        Ok(kept)
+    }
+
+    /// Indexes the new jobs up to id `through`, at least `limit` of them if there are as many
+    /// (whole chunks), in id order, moving the mark past them; returns the ones `keep` selects
+    /// instead (see [`Ctx::drain_new`]), and whether none up to `through` is left.
+    fn drain_through(
+        &mut self,
+        through: u64,
+        limit: usize,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<(Vec<(u64, Record)>, bool)> {
+        let mut kept = Vec::new();
         let mut moved = 0;
-        while moved < DRAIN_LIMIT {
+        while moved < limit {
             let from = self.indexed_below()?;
-            let batch = self.read_new(from, u64::MAX, 256)?;
+            let batch = self.read_new(from, through, 256)?;
             let Some(&(last, _)) = batch.last() else {
-                self.unindexed_maybe = false;
-                break;
+                return Ok((kept, true));
             };
             moved += batch.len();
             for (id, rec) in batch {
@@ -291,7 +318,7 @@ impl<'t> Ctx<'t> {
             }
             self.set_indexed_below(last + 1);
         }
-        Ok(kept)
+        Ok((kept, false))
     }
 
     /// Indexes a new job, as stored at enqueue.
@@ -305,20 +332,8 @@ impl<'t> Ctx<'t> {
 
     /// The record of job `id`, indexing the new jobs up to it first if it is not yet indexed.
     pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Option<Record>> {
-        let from = self.indexed_below()?;
-        if id >= from && self.unindexed_maybe {
-            let mut from = from;
-            loop {
-                let batch = self.read_new(from, id, 256)?;
-                let Some(&(last, _)) = batch.last() else {
-                    break;
-                };
-                for (id, rec) in batch {
-                    self.index_new(id, &rec)?;
-                }
-                from = last + 1;
-                self.set_indexed_below(from);
-            }
+        if self.unindexed_maybe && id >= self.indexed_below()? {
+            self.drain_through(id, usize::MAX, |_| false)?;
         }
         self.load(id)
     }
@@ -334,13 +349,7 @@ impl<'t> Ctx<'t> {
     pub(crate) fn payload(&mut self, id: u64, payload: Payload) -> Result<Vec<u8>> {
         match payload {
             Payload::Inline(p) => Ok(p),
-            Payload::Apart => Ok(self
-                .t
-                .payloads()?
-                .get(id)
-                .map_err(w)?
-                .map(|g| g.value().to_vec())
-                .unwrap_or_default()),
+            Payload::Apart => payload_bytes(self.t.payloads()?, id).map_err(w),
         }
     }
 

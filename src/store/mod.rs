@@ -982,10 +982,6 @@ impl Store {
         .await
     }
 
-    pub(crate) async fn settle_async(&self, lease: Lease, how: Settle) -> Result<()> {
-        self.call_async(move |cx| how.apply(cx, &lease)).await
-    }
-
     /// Hands a settle to the writer and returns at once; `then` runs after its commit.
     pub(crate) fn settle_then(
         &self,

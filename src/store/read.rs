@@ -4,6 +4,7 @@
 use redb::{ReadTransaction, ReadableTable};
 
 use super::codec::{decode_job, ordered_tail, parse_count_key, queue_prefix, timed_tail};
+use super::ctx::payload_bytes;
 use super::tables::{
     COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED,
 };
@@ -134,11 +135,7 @@ fn into_job(
 ) -> Result<Job> {
     let payload = match std::mem::take(&mut rec.payload) {
         Payload::Inline(p) => p,
-        Payload::Apart => payloads
-            .get(id)
-            .map_err(r)?
-            .map(|g| g.value().to_vec())
-            .unwrap_or_default(),
+        Payload::Apart => payload_bytes(payloads, id).map_err(r)?,
     };
     Ok(rec.into_job(JobId(id), payload))
 }
