@@ -115,6 +115,8 @@ fn worker_child(db: &Path, log: &Path) {
         })
         .unwrap();
     loop {
+        // Read before the check, so that a commit landing after it wakes the wait.
+        let seen = store.generation();
         let q = store
             .stats()
             .unwrap()
@@ -124,7 +126,9 @@ fn worker_child(db: &Path, log: &Path) {
         if q.pending + q.in_progress + q.retrying == 0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Every job's end is a commit of this process; the timeout only bounds a wait for a
+        // retry coming due, which commits nothing until the claimer promotes it.
+        store.wait_for_change(seen, Duration::from_millis(100));
     }
     rt.block_on(handle.shutdown(Duration::from_secs(5)))
         .unwrap();
