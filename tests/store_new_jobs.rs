@@ -113,7 +113,7 @@ fn batch_payload(i: usize) -> Vec<u8> {
     }
 }
 
-/// Enqueues one batch of `n` jobs (stored as several segments of at most 1,024 jobs), and
+/// Enqueues one batch of `n` jobs (stored as segments of about 45 jobs each), and
 /// returns their ids.
 fn enqueue_big_batch(env: &Env, n: usize) -> Vec<JobId> {
     env.store

@@ -347,8 +347,12 @@ impl<'t> Ctx<'t> {
                 out.push((id, decode_job(id, bytes)?));
             }
         }
+        // The segments go before their jobs come: a segment's leaf is rebuilt at the size it
+        // had for every insert into it (see `codec::SEGMENT_BYTES`).
+        for (key, _) in &segments {
+            self.t.jobs()?.remove(key).map_err(w)?;
+        }
         for (key, bytes) in segments {
-            // The first job's entry replaces the segment under the same key.
             for job in entry_jobs(key, &bytes)? {
                 let (id, job) = job?;
                 self.t.jobs()?.insert(id, job).map_err(w)?;
