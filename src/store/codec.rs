@@ -14,21 +14,6 @@ pub(crate) const TAG_APART: u8 = 1;
 /// big-endian `u32` length, then the payload.
 pub(crate) const TAG_INLINE: u8 = 2;
 
-/// The tag of a segment (format 3): the new jobs of one `enqueue_batch`, of consecutive ids,
-/// stored as one entry keyed by the first id. A big-endian `u32` count follows, then each job
-/// as a single entry stores it (tag 1 or 2), behind its big-endian `u32` length. One entry
-/// instead of one per job is what lets a batch enqueue outrun redb's own per-row inserts. A
-/// claim splits a segment into single entries when it indexes the jobs (segments exist only
-/// from the `indexed_below` mark on).
-pub(crate) const TAG_SEGMENT: u8 = 3;
-
-/// A segment takes no more jobs once its bytes reach this: about 45 jobs with small payloads,
-/// and at most about 3.2 KiB with a job of the largest inline payload, so that a segment fits
-/// a 4 KiB page. A value larger than a page gets its leaf a larger page in redb, and the claim
-/// that splits the segment inserts its jobs beside it: with 50 KB segments, splitting 20,000
-/// jobs grew the file by 100 MiB and the drain ran at a fifth of its speed.
-pub(crate) const SEGMENT_BYTES: usize = 2048;
-
 /// The largest payload stored inline, in the job's own value. Larger payloads are written once
 /// to the payloads table, so that transitions do not copy them.
 pub(crate) const INLINE_PAYLOAD: usize = 1024;
@@ -42,11 +27,6 @@ fn writing(detail: impl ToString) -> Error {
 
 /// Encodes a job as stored in the jobs table: its record, and its payload if inline.
 pub(crate) fn encode_job(rec: &Record) -> Result<Vec<u8>> {
-    encode_job_onto(rec, Vec::new())
-}
-
-/// Appends the encoding of a job (see [`encode_job`]) to `out`.
-fn encode_job_onto(rec: &Record, mut out: Vec<u8>) -> Result<Vec<u8>> {
     // Room for the fixed fields and the strings, so that encoding does not grow the buffer.
     let strings = [
         &rec.last_error,
@@ -62,8 +42,8 @@ fn encode_job_onto(rec: &Record, mut out: Vec<u8>) -> Result<Vec<u8>> {
         Payload::Inline(p) => Some(p.as_slice()),
         Payload::Apart => None,
     };
-    out.reserve(96 + rec.queue.len() + strings + inline.map_or(0, <[u8]>::len));
-    let start = out.len();
+    let room = 96 + rec.queue.len() + strings + inline.map_or(0, <[u8]>::len);
+    let mut out = Vec::with_capacity(room);
     match inline {
         None => {
             out.push(TAG_APART);
@@ -73,195 +53,12 @@ fn encode_job_onto(rec: &Record, mut out: Vec<u8>) -> Result<Vec<u8>> {
             out.push(TAG_INLINE);
             out.extend_from_slice(&[0; 4]);
             let mut out = postcard::to_extend(rec, out).map_err(writing)?;
-            let len =
-                u32::try_from(out.len() - start - 5).map_err(|_| writing("longer than 4 GiB"))?;
-            out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+            let len = u32::try_from(out.len() - 5).map_err(|_| writing("longer than 4 GiB"))?;
+            out[1..5].copy_from_slice(&len.to_be_bytes());
             out.extend_from_slice(payload);
             Ok(out)
         }
     }
-}
-
-/// A segment being written: jobs of consecutive ids from `first`.
-pub(crate) struct Segment {
-    first: u64,
-    count: u32,
-    bytes: Vec<u8>,
-}
-
-/// The segment header: the tag and the count.
-const SEGMENT_HEADER: usize = 5;
-
-impl Segment {
-    pub(crate) fn new() -> Segment {
-        Segment {
-            first: 0,
-            count: 0,
-            bytes: Vec::new(),
-        }
-    }
-
-    /// Whether job `id` can join: the segment is empty, or `id` is the next id and the segment
-    /// is not full.
-    pub(crate) fn takes(&self, id: u64) -> bool {
-        self.count == 0
-            || (self.first + u64::from(self.count) == id && self.bytes.len() < SEGMENT_BYTES)
-    }
-
-    /// Adds job `id`, which [`Segment::takes`] must have admitted; `more` jobs are likely to
-    /// follow it, for sizing the buffer once.
-    pub(crate) fn push(&mut self, id: u64, rec: &Record, more: usize) -> Result<()> {
-        if self.count == 0 {
-            self.first = id;
-            self.bytes.clear();
-            self.bytes.extend_from_slice(&[TAG_SEGMENT, 0, 0, 0, 0]);
-        }
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(&[0; 4]);
-        self.bytes = encode_job_onto(rec, std::mem::take(&mut self.bytes))?;
-        let len =
-            u32::try_from(self.bytes.len() - at - 4).map_err(|_| writing("longer than 4 GiB"))?;
-        self.bytes[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        self.count += 1;
-        self.bytes[1..SEGMENT_HEADER].copy_from_slice(&self.count.to_be_bytes());
-        if self.count == 1 {
-            // Room for as many more jobs of this size as the segment will take.
-            let each = self.bytes.len() - SEGMENT_HEADER;
-            let jobs = more.min(SEGMENT_BYTES / each);
-            self.bytes.reserve(jobs * each);
-        }
-        Ok(())
-    }
-
-    /// The entry to store, key and value, leaving the segment empty: a segment of one job is
-    /// stored as a single job. `None` when empty.
-    pub(crate) fn take(&mut self) -> Option<(u64, Vec<u8>)> {
-        let count = std::mem::take(&mut self.count);
-        let bytes = std::mem::take(&mut self.bytes);
-        match count {
-            0 => None,
-            1 => Some((self.first, bytes[SEGMENT_HEADER + 4..].to_vec())),
-            _ => Some((self.first, bytes)),
-        }
-    }
-}
-
-/// How many ids an entry of the jobs table covers: a segment's count, 1 for a single job.
-pub(crate) fn span(key: u64, bytes: &[u8]) -> Result<u64> {
-    match bytes.split_first() {
-        Some((&TAG_SEGMENT, body)) => Ok(u64::from(segment_count(key, body)?)),
-        _ => Ok(1),
-    }
-}
-
-fn segment_count(key: u64, body: &[u8]) -> Result<u32> {
-    let count = body
-        .first_chunk::<4>()
-        .map(|c| u32::from_be_bytes(*c))
-        .ok_or_else(|| segment_corrupt(key, "shorter than its header".into()))?;
-    if count < 2 {
-        return Err(segment_corrupt(key, format!("a count of {count}")));
-    }
-    if key.checked_add(u64::from(count)).is_none() {
-        return Err(segment_corrupt(key, "ids past the last id".into()));
-    }
-    Ok(count)
-}
-
-fn segment_corrupt(key: u64, detail: String) -> Error {
-    Error::Corrupt {
-        what: format!("segment of jobs from {key}"),
-        detail,
-    }
-}
-
-/// The jobs of an entry of the jobs table keyed `key`, as (id, stored job) in id order: the
-/// entry itself for a single job, each job of a segment.
-pub(crate) fn entry_jobs(key: u64, bytes: &[u8]) -> Result<EntryJobs<'_>> {
-    match bytes.split_first() {
-        Some((&TAG_SEGMENT, body)) => {
-            let left = segment_count(key, body)?;
-            Ok(EntryJobs {
-                key,
-                next: key,
-                left,
-                rest: &body[4..],
-                segment: true,
-            })
-        }
-        _ => Ok(EntryJobs {
-            key,
-            next: key,
-            left: 1,
-            rest: bytes,
-            segment: false,
-        }),
-    }
-}
-
-/// See [`entry_jobs`].
-pub(crate) struct EntryJobs<'a> {
-    key: u64,
-    next: u64,
-    left: u32,
-    rest: &'a [u8],
-    segment: bool,
-}
-
-impl EntryJobs<'_> {
-    /// Whether the entry is a segment.
-    pub(crate) fn is_segment(&self) -> bool {
-        self.segment
-    }
-}
-
-impl<'a> Iterator for EntryJobs<'a> {
-    type Item = Result<(u64, &'a [u8])>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            if self.segment && !self.rest.is_empty() {
-                let detail = format!("{} trailing bytes", self.rest.len());
-                self.rest = &[];
-                return Some(Err(segment_corrupt(self.key, detail)));
-            }
-            return None;
-        }
-        self.left -= 1;
-        let id = self.next;
-        self.next += 1;
-        if !self.segment {
-            return Some(Ok((id, std::mem::take(&mut self.rest))));
-        }
-        let job = self
-            .rest
-            .split_first_chunk::<4>()
-            .and_then(|(len, rest)| rest.split_at_checked(u32::from_be_bytes(*len) as usize));
-        match job {
-            Some((job, rest)) => {
-                self.rest = rest;
-                Some(Ok((id, job)))
-            }
-            None => {
-                self.left = 0;
-                self.rest = &[];
-                Some(Err(segment_corrupt(
-                    self.key,
-                    format!("job {id} runs past its end"),
-                )))
-            }
-        }
-    }
-}
-
-/// Decodes every job of an entry of the jobs table keyed `key` (see [`entry_jobs`]).
-pub(crate) fn decode_entry(key: u64, bytes: &[u8]) -> Result<Vec<(u64, Record)>> {
-    entry_jobs(key, bytes)?
-        .map(|job| {
-            let (id, bytes) = job?;
-            Ok((id, decode_job(id, bytes)?))
-        })
-        .collect()
 }
 
 /// Decodes a stored job; an inline payload comes back in [`Record::payload`].
@@ -509,83 +306,6 @@ mod tests {
                 assert!(decode_job(1, &bytes[..cut]).is_err(), "cut at {cut}");
             }
         }
-    }
-
-    /// The entry a segment of `recs` is stored as, from id 10.
-    fn segment_of(recs: &[Record]) -> (u64, Vec<u8>) {
-        let mut segment = Segment::new();
-        for (id, r) in (10..).zip(recs) {
-            assert!(segment.takes(id));
-            segment.push(id, r, 0).unwrap();
-        }
-        segment.take().unwrap()
-    }
-
-    #[test]
-    fn segments_round_trip_their_jobs_with_consecutive_ids() {
-        let recs = [record(), inline(b""), inline(b"payload")];
-        let (key, bytes) = segment_of(&recs);
-        assert_eq!(
-            (key, bytes[0], span(key, &bytes).unwrap()),
-            (10, TAG_SEGMENT, 3)
-        );
-        let expected: Vec<(u64, Record)> = (10..).zip(recs).collect();
-        assert_eq!(decode_entry(key, &bytes).unwrap(), expected);
-    }
-
-    #[test]
-    fn a_segment_of_one_job_is_stored_as_that_job() {
-        let (key, bytes) = segment_of(&[inline(b"x")]);
-        assert_eq!(bytes, encode_job(&inline(b"x")).unwrap());
-        assert_eq!(span(key, &bytes).unwrap(), 1);
-        assert_eq!(decode_entry(key, &bytes).unwrap(), vec![(10, inline(b"x"))]);
-    }
-
-    #[test]
-    fn a_segment_takes_only_the_next_id_and_no_more_than_its_limit() {
-        let mut segment = Segment::new();
-        segment.push(1, &record(), 0).unwrap();
-        assert!(!segment.takes(3));
-        assert!(segment.takes(2));
-        let mut next = 2;
-        while segment.takes(next) {
-            segment.push(next, &record(), 0).unwrap();
-            next += 1;
-        }
-        let (first, bytes) = segment.take().unwrap();
-        assert_eq!((first, span(first, &bytes).unwrap()), (1, next - 1));
-        assert!(bytes.len() >= SEGMENT_BYTES && bytes.len() < SEGMENT_BYTES + 100);
-        assert!(segment.take().is_none());
-    }
-
-    #[test]
-    fn truncated_miscounted_and_nested_segments_are_errors() {
-        let (key, bytes) = segment_of(&[record(), inline(b"payload")]);
-        for cut in 1..bytes.len() {
-            assert!(decode_entry(key, &bytes[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        assert!(decode_entry(key, &trailing).is_err());
-        for count in [0u32, 1, 3] {
-            let mut wrong = bytes.clone();
-            wrong[1..5].copy_from_slice(&count.to_be_bytes());
-            assert!(decode_entry(key, &wrong).is_err(), "count {count}");
-        }
-        // A segment inside a segment.
-        let mut nested = Segment::new();
-        nested.push(1, &record(), 0).unwrap();
-        nested.bytes.clear();
-        nested.bytes.extend_from_slice(&[TAG_SEGMENT, 0, 0, 0, 2]);
-        for _ in 0..2 {
-            nested
-                .bytes
-                .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            nested.bytes.extend_from_slice(&bytes);
-        }
-        assert!(decode_entry(1, &nested.bytes).is_err());
-        // Ids past the last id.
-        assert!(span(u64::MAX - 1, &bytes).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::codec::{Segment, TAG_SEGMENT, decode_job, encode_job, entry_jobs, span};
+use super::codec::{decode_job, encode_job};
 use super::index;
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN,
@@ -89,44 +89,9 @@ impl Tables<'_> {
     }
 }
 
-/// One past the last id of the jobs table (past the last job of a segment), or 0 when it is
-/// empty.
+/// One past the last id of an id-keyed table, or 0 when it is empty.
 fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
-    match table.last().map_err(w)? {
-        Some((k, v)) => Ok(k.value() + span(k.value(), v.value())?),
-        None => Ok(0),
-    }
-}
-
-/// The record of job `id`, in a write or a read transaction: from its own entry, or from the
-/// segment that holds it. `storage` wraps a failure of redb.
-pub(crate) fn find_job(
-    jobs: &impl ReadableTable<u64, &'static [u8]>,
-    id: u64,
-    storage: impl Fn(redb::StorageError) -> Error,
-) -> Result<Option<Record>> {
-    let (key, guard) = match jobs.get(id).map_err(&storage)? {
-        Some(guard) => (id, guard),
-        // Not an entry's key: maybe inside a segment, which is keyed by its first id.
-        None => match jobs.range(..id).map_err(&storage)?.next_back() {
-            Some(entry) => {
-                let (k, guard) = entry.map_err(&storage)?;
-                (k.value(), guard)
-            }
-            None => return Ok(None),
-        },
-    };
-    let bytes = guard.value();
-    if key == id && bytes.first() != Some(&TAG_SEGMENT) {
-        return decode_job(id, bytes).map(Some);
-    }
-    for job in entry_jobs(key, bytes)? {
-        let (at, job) = job?;
-        if at == id {
-            return decode_job(id, job).map(Some);
-        }
-    }
-    Ok(None)
+    Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
 /// The bytes of a payload kept apart, in a write or a read transaction (none if missing, which
@@ -265,39 +230,6 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// Writes new jobs of consecutive ids, not yet indexed, in segments (one entry for many
-    /// jobs; see `codec::TAG_SEGMENT`): the whole cost of a batch enqueue. Each job comes with
-    /// its payload when too large to store inline.
-    pub(crate) fn add_new_batch(&mut self, jobs: &[(u64, Record, Option<Vec<u8>>)]) -> Result<()> {
-        let mut segment = Segment::new();
-        for (n, (id, rec, apart)) in jobs.iter().enumerate() {
-            if let Some(payload) = apart {
-                self.t
-                    .payloads()?
-                    .insert(*id, payload.as_slice())
-                    .map_err(w)?;
-            }
-            if !segment.takes(*id) {
-                self.write_segment(&mut segment)?;
-            }
-            segment.push(*id, rec, jobs.len() - n - 1)?;
-            if !self.new_queues.contains(&rec.queue) {
-                self.new_queues.push(rec.queue.clone());
-            }
-        }
-        self.write_segment(&mut segment)?;
-        self.unindexed_maybe = true;
-        self.changed = true;
-        Ok(())
-    }
-
-    fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
-        if let Some((first, bytes)) = segment.take() {
-            self.t.jobs()?.insert(first, bytes.as_slice()).map_err(w)?;
-        }
-        Ok(())
-    }
-
     /// The queues new jobs were written to since the last call.
     pub(crate) fn take_new_queues(&mut self) -> Vec<String> {
         std::mem::take(&mut self.new_queues)
@@ -326,39 +258,18 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// The jobs not yet indexed from id `from` up to `through` (and to the end of a segment
-    /// that `through` falls in), in id order: whole entries, until at least `limit` jobs. A
-    /// segment read is split into single entries, as the rest of the store expects indexed
-    /// jobs to be stored.
+    /// The next `limit` jobs not yet indexed from id `from` up to `through`, in id order.
     fn read_new(&mut self, from: u64, through: u64, limit: usize) -> Result<Vec<(u64, Record)>> {
-        let mut out = Vec::new();
-        let mut segments = Vec::new();
-        for entry in self.t.jobs()?.range(from..=through).map_err(w)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = entry.map_err(w)?;
-            let jobs = entry_jobs(k.value(), v.value())?;
-            if jobs.is_segment() {
-                segments.push((k.value(), v.value().to_vec()));
-            }
-            for job in jobs {
-                let (id, bytes) = job?;
-                out.push((id, decode_job(id, bytes)?));
-            }
-        }
-        // The segments go before their jobs come: a segment's leaf is rebuilt at the size it
-        // had for every insert into it (see `codec::SEGMENT_BYTES`).
-        for (key, _) in &segments {
-            self.t.jobs()?.remove(key).map_err(w)?;
-        }
-        for (key, bytes) in segments {
-            for job in entry_jobs(key, &bytes)? {
-                let (id, job) = job?;
-                self.t.jobs()?.insert(id, job).map_err(w)?;
-            }
-        }
-        Ok(out)
+        self.t
+            .jobs()?
+            .range(from..=through)
+            .map_err(w)?
+            .take(limit)
+            .map(|e| {
+                let (k, v) = e.map_err(w)?;
+                Ok((k.value(), decode_job(k.value(), v.value())?))
+            })
+            .collect()
     }
 
     /// Indexes the new jobs in id order, up to a bound per transaction, except the ones `keep`
@@ -428,7 +339,10 @@ impl<'t> Ctx<'t> {
     }
 
     pub(crate) fn load(&mut self, id: u64) -> Result<Option<Record>> {
-        find_job(self.t.jobs()?, id, w)
+        match self.t.jobs()?.get(id).map_err(w)? {
+            Some(bytes) => decode_job(id, bytes.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The bytes of job `id`'s payload, kept as `payload` says.

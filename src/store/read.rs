@@ -3,11 +3,8 @@
 
 use redb::{ReadTransaction, ReadableTable};
 
-use super::codec::{
-    decode_entry, decode_job, entry_jobs, ordered_tail, parse_count_key, queue_prefix, span,
-    timed_tail,
-};
-use super::ctx::{find_job, payload_bytes};
+use super::codec::{decode_job, ordered_tail, parse_count_key, queue_prefix, timed_tail};
+use super::ctx::payload_bytes;
 use super::tables::{
     COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED,
 };
@@ -122,9 +119,10 @@ impl Stats {
 
 pub(crate) fn get(tx: &ReadTransaction, id: JobId) -> Result<Option<Job>> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
-    let Some(rec) = find_job(&jobs, id.0, r)? else {
+    let Some(bytes) = jobs.get(id.0).map_err(r)? else {
         return Ok(None);
     };
+    let rec = decode_job(id.0, bytes.value())?;
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
     Ok(Some(into_job(&payloads, id.0, rec)?))
 }
@@ -151,38 +149,19 @@ pub(crate) fn scan(
     let jobs = tx.open_table(JOBS).map_err(r)?;
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
     let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
-    // A segment that holds job `from` starts before it.
-    let start = match jobs.range(..from).map_err(r)?.next_back() {
-        Some(entry) => {
-            let (k, v) = entry.map_err(r)?;
-            let key = k.value();
-            if key.saturating_add(span(key, v.value())?) > from {
-                key
-            } else {
-                from
-            }
-        }
-        None => from,
-    };
     let mut taken = 0;
-    for entry in jobs.range(start..).map_err(r)? {
+    for entry in jobs.range(from..).map_err(r)? {
+        if filter.limit.is_some_and(|l| taken >= l) {
+            break;
+        }
         let (k, v) = entry.map_err(r)?;
-        for job in entry_jobs(k.value(), v.value())? {
-            if filter.limit.is_some_and(|l| taken >= l) {
-                return Ok(());
-            }
-            let (id, bytes) = job?;
-            if id < from {
-                continue;
-            }
-            let rec = decode_job(id, bytes)?;
-            if !filter.admits(&rec.queue, rec.state) {
-                continue;
-            }
-            taken += 1;
-            if !each(into_job(&payloads, id, rec)?) {
-                return Ok(());
-            }
+        let rec = decode_job(k.value(), v.value())?;
+        if !filter.admits(&rec.queue, rec.state) {
+            continue;
+        }
+        taken += 1;
+        if !each(into_job(&payloads, k.value(), rec)?) {
+            break;
         }
     }
     Ok(())
@@ -265,36 +244,30 @@ fn count_new(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp)
     let jobs = tx.open_table(JOBS).map_err(r)?;
     for entry in jobs.range(indexed_below(tx)?..).map_err(r)? {
         let (k, v) = entry.map_err(r)?;
-        for (_, rec) in decode_entry(k.value(), v.value())? {
-            count_new_job(queues, &rec, now);
+        let rec = decode_job(k.value(), v.value())?;
+        let q = match queues.iter().position(|q| q.queue == rec.queue) {
+            Some(i) => &mut queues[i],
+            None => {
+                let at = queues.partition_point(|q| q.queue < rec.queue);
+                queues.insert(
+                    at,
+                    QueueStats {
+                        queue: rec.queue.clone(),
+                        ..QueueStats::default()
+                    },
+                );
+                &mut queues[at]
+            }
+        };
+        q.pending += 1;
+        let run_at = Timestamp(rec.run_at);
+        if run_at <= now {
+            q.oldest_due_pending = Some(q.oldest_due_pending.map_or(run_at, |o| o.min(run_at)));
+        } else {
+            q.next_scheduled_at = Some(q.next_scheduled_at.map_or(run_at, |o| o.min(run_at)));
         }
     }
     Ok(())
-}
-
-/// Adds one new job to its queue's counts and times.
-fn count_new_job(queues: &mut Vec<QueueStats>, rec: &Record, now: Timestamp) {
-    let q = match queues.iter().position(|q| q.queue == rec.queue) {
-        Some(i) => &mut queues[i],
-        None => {
-            let at = queues.partition_point(|q| q.queue < rec.queue);
-            queues.insert(
-                at,
-                QueueStats {
-                    queue: rec.queue.clone(),
-                    ..QueueStats::default()
-                },
-            );
-            &mut queues[at]
-        }
-    };
-    q.pending += 1;
-    let run_at = Timestamp(rec.run_at);
-    if run_at <= now {
-        q.oldest_due_pending = Some(q.oldest_due_pending.map_or(run_at, |o| o.min(run_at)));
-    } else {
-        q.next_scheduled_at = Some(q.next_scheduled_at.map_or(run_at, |o| o.min(run_at)));
-    }
 }
 
 /// The time of the first entry of a `(queue, time, id)` index within `prefix`.

@@ -5,10 +5,7 @@ use redb::TableDefinition;
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub(crate) const FORMAT_VERSION: u64 = 3;
-/// Format 2 differs from format 3 only in having no segments (`codec::TAG_SEGMENT`): this build
-/// reads it as it is, and a writable open moves its version to 3.
-pub(crate) const FORMAT_2: u64 = 2;
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
 /// [`META_NEXT_TOKEN`], [`META_INDEXED`].

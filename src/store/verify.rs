@@ -7,9 +7,7 @@ use std::fmt;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::Store;
-use super::codec::{
-    blocked_key, decode_job, entry_jobs, keyed, parse_count_key, ready_key, span, timed_key,
-};
+use super::codec::{blocked_key, decode_job, keyed, parse_count_key, ready_key, timed_key};
 use super::read::indexed_below;
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED,
@@ -111,135 +109,98 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let mut apart = 0u64;
     let jobs = tx.open_table(JOBS).map_err(r)?;
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
-    // One past the last id of the entry before: a key below it lies inside a segment.
-    let mut covered_to = 0u64;
     for e in jobs.iter().map_err(r)? {
         let (k, v) = e.map_err(r)?;
-        let key = k.value();
-        if key < covered_to {
-            problem(
-                format!("job {key}"),
-                format!(
-                    "lies inside the segment before it, which ends at job {}",
-                    covered_to - 1
-                ),
-            );
-        }
-        covered_to = key.saturating_add(1);
-        let entry = match entry_jobs(key, v.value()) {
-            Ok(entry) => entry,
+        let id = k.value();
+        let place = format!("job {id}");
+        let rec = match decode_job(id, v.value()) {
+            Ok(rec) => rec,
             Err(e) => {
-                problem(format!("job {key}"), e.to_string());
+                problem(place, e.to_string());
                 continue;
             }
         };
-        if entry.is_segment() {
-            covered_to = key.saturating_add(span(key, v.value())?);
-            if key < new_from {
-                problem(
-                    format!("segment of jobs from {key}"),
-                    "is below the indexed mark, where jobs are stored one by one".into(),
-                );
+        // The payload's bytes are read, not only found: a read of the job reads them too, and
+        // damage there is damage this check must see (a read-only store reports it as an error).
+        if rec.payload == Payload::Apart {
+            apart += 1;
+            match payloads.get(id).map_err(r)? {
+                Some(payload) => _ = std::hint::black_box(payload.value()),
+                None => problem(place.clone(), "has no payload".into()),
             }
         }
-        for job in entry {
-            let (id, bytes) = match job {
-                Ok(job) => job,
-                Err(e) => {
-                    problem(format!("job {key}"), e.to_string());
-                    break;
-                }
-            };
-            let place = format!("job {id}");
-            let rec = match decode_job(id, bytes) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    problem(place, e.to_string());
-                    continue;
-                }
-            };
-            // The payload's bytes are read, not only found: a read of the job reads them too, and
-            // damage there is damage this check must see (a read-only store reports it as an error).
-            if rec.payload == Payload::Apart {
-                apart += 1;
-                match payloads.get(id).map_err(r)? {
-                    Some(payload) => _ = std::hint::black_box(payload.value()),
-                    None => problem(place.clone(), "has no payload".into()),
-                }
-            }
-            if id >= new_from {
-                // A new job: pending, holding its unique key, in no index and no count yet.
-                if rec.phase() != Phase::Pending {
-                    problem(
-                        place.clone(),
-                        format!("is not yet indexed but {}", phase_name(&rec)),
-                    );
-                }
-                if let Some(u) = &rec.unique_key
-                    && unique.remove(&keyed(&rec.queue, u)) != Some(id)
-                {
-                    problem(place, "does not hold its unique key".into());
-                }
-                continue;
-            }
-            *counted
-                .entry((rec.queue.clone(), rec.phase().code()))
-                .or_default() += 1;
-            let q = rec.queue.as_str();
-            let mut missing: Vec<&str> = Vec::new();
-            let mut expect = |found: bool, index: &'static str| {
-                if !found {
-                    missing.push(index);
-                }
-            };
-            match rec.phase() {
-                Phase::Pending => {
-                    let in_ready = ready.remove(&ready_key(q, rec.priority, rec.run_at, id));
-                    let in_scheduled = scheduled.remove(&timed_key(q, rec.run_at, id));
-                    let in_blocked = rec.concurrency_key.as_ref().is_some_and(|c| {
-                        blocked.remove(&blocked_key(q, c, rec.priority, rec.run_at, id))
-                    });
-                    let places = [in_ready, in_scheduled, in_blocked]
-                        .iter()
-                        .filter(|b| **b)
-                        .count();
-                    expect(places == 1, "single ready, scheduled or blocked");
-                }
-                Phase::InProgress => {
-                    expect(
-                        rec.lease_expires_at
-                            .is_some_and(|t| leases.remove(&(t, id))),
-                        "leases",
-                    );
-                    if let Some(c) = &rec.concurrency_key {
-                        expect(busy.remove(&keyed(q, c)) == Some(id), "busy");
-                    }
-                }
-                Phase::Retrying => expect(
-                    rec.next_attempt_at
-                        .is_some_and(|t| retries.remove(&timed_key(q, t, id))),
-                    "retries",
-                ),
-                Phase::Succeeded => expect(
-                    rec.finished_at.is_some_and(|t| succeeded.remove(&(t, id))),
-                    "succeeded",
-                ),
-                Phase::Dead => expect(
-                    rec.finished_at.is_some_and(|t| dead.remove(&(t, id))),
-                    "dead",
-                ),
-            }
-            if rec.phase().is_live()
-                && let Some(u) = &rec.unique_key
-            {
-                expect(unique.remove(&keyed(q, u)) == Some(id), "unique");
-            }
-            for index in missing {
+        if id >= new_from {
+            // A new job: pending, holding its unique key, in no index and no count yet.
+            if rec.phase() != Phase::Pending {
                 problem(
                     place.clone(),
-                    format!("is {} but has no {index} entry", phase_name(&rec)),
+                    format!("is not yet indexed but {}", phase_name(&rec)),
                 );
             }
+            if let Some(u) = &rec.unique_key
+                && unique.remove(&keyed(&rec.queue, u)) != Some(id)
+            {
+                problem(place, "does not hold its unique key".into());
+            }
+            continue;
+        }
+        *counted
+            .entry((rec.queue.clone(), rec.phase().code()))
+            .or_default() += 1;
+        let q = rec.queue.as_str();
+        let mut missing: Vec<&str> = Vec::new();
+        let mut expect = |found: bool, index: &'static str| {
+            if !found {
+                missing.push(index);
+            }
+        };
+        match rec.phase() {
+            Phase::Pending => {
+                let in_ready = ready.remove(&ready_key(q, rec.priority, rec.run_at, id));
+                let in_scheduled = scheduled.remove(&timed_key(q, rec.run_at, id));
+                let in_blocked = rec.concurrency_key.as_ref().is_some_and(|c| {
+                    blocked.remove(&blocked_key(q, c, rec.priority, rec.run_at, id))
+                });
+                let places = [in_ready, in_scheduled, in_blocked]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                expect(places == 1, "single ready, scheduled or blocked");
+            }
+            Phase::InProgress => {
+                expect(
+                    rec.lease_expires_at
+                        .is_some_and(|t| leases.remove(&(t, id))),
+                    "leases",
+                );
+                if let Some(c) = &rec.concurrency_key {
+                    expect(busy.remove(&keyed(q, c)) == Some(id), "busy");
+                }
+            }
+            Phase::Retrying => expect(
+                rec.next_attempt_at
+                    .is_some_and(|t| retries.remove(&timed_key(q, t, id))),
+                "retries",
+            ),
+            Phase::Succeeded => expect(
+                rec.finished_at.is_some_and(|t| succeeded.remove(&(t, id))),
+                "succeeded",
+            ),
+            Phase::Dead => expect(
+                rec.finished_at.is_some_and(|t| dead.remove(&(t, id))),
+                "dead",
+            ),
+        }
+        if rec.phase().is_live()
+            && let Some(u) = &rec.unique_key
+        {
+            expect(unique.remove(&keyed(q, u)) == Some(id), "unique");
+        }
+        for index in missing {
+            problem(
+                place.clone(),
+                format!("is {} but has no {index} entry", phase_name(&rec)),
+            );
         }
     }
 
