@@ -24,7 +24,8 @@ fn big() -> Vec<u8> {
 
 /// The states each fixture holds, job by job: pending, in progress, succeeded, retrying,
 /// failed for good, and one not yet indexed (format 1 kept it in an inbox). From format 2 on,
-/// a seventh job, not yet indexed either, carries a payload too large to store inline.
+/// a seventh job, not yet indexed either, carries a payload too large to store inline. From
+/// format 3 on, those two are enqueued in one batch: one segment holds both.
 fn write_fixture(path: &std::path::Path) {
     let clock = ManualClock::new(T0);
     let store = Store::builder()
@@ -51,8 +52,9 @@ fn write_fixture(path: &std::path::Path) {
             _ => store.fail(c.lease, "boom").unwrap(),
         }
     }
-    store.enqueue(NewJob::new("other", "inbox")).unwrap();
-    store.enqueue(NewJob::new("other", big())).unwrap();
+    store
+        .enqueue_batch([NewJob::new("other", "inbox"), NewJob::new("other", big())])
+        .unwrap();
 }
 
 /// A copy of fixture `name` in `dir`, or, with `QUERN_WRITE_FIXTURE` set and `name` the
@@ -69,7 +71,7 @@ fn copy_of(name: &str, dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// The fixture of the format this build writes.
-const CURRENT: &str = "v2.redb";
+const CURRENT: &str = "v3.redb";
 
 /// Opens a fixture for writing and checks every job in it, then that the store works on it.
 fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
@@ -142,7 +144,32 @@ fn format_v1_fixture_is_upgraded_at_a_writable_open_with_every_job_in_its_state(
 
 #[test]
 fn format_v2_fixture_opens_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state("v2.redb", true);
+}
+
+#[test]
+fn format_v3_fixture_opens_with_every_job_in_its_state() {
     opens_with_every_job_in_its_state(CURRENT, true);
+}
+
+#[test]
+fn a_format_v2_file_reads_as_it_is_and_a_writable_open_moves_it_to_format_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of("v2.redb", &dir);
+    let before = std::fs::read(&path).unwrap();
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 7);
+    assert_eq!(store.check().unwrap(), []);
+    drop(store);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a read-only open wrote"
+    );
+    drop(Store::open(&path).unwrap());
+    // Format 3 now: a build that knew only format 2 would refuse it, and this one reads it.
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 7);
 }
 
 #[test]
@@ -155,7 +182,7 @@ fn a_format_v1_file_opened_read_only_is_refused_until_a_writable_open_upgrades_i
             err,
             Error::UnsupportedFormat {
                 found: 1,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),

@@ -134,13 +134,22 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
         let (id, value) = entry.unwrap();
         out.push((format!("inbox-{}", id.value()), value.value().to_vec()));
     }
-    let path = dir.path().join("v2.redb");
+    let path = dir.path().join("v3.redb");
     std::fs::write(&path, damage::BASE).unwrap();
     let db = quern::redb::Builder::new().open_read_only(&path).unwrap();
     let tx = db.begin_read().unwrap();
     for entry in tx.open_table(by_id("quern_jobs")).unwrap().iter().unwrap() {
         let (id, value) = entry.unwrap();
         out.push((format!("record-{}", id.value()), value.value().to_vec()));
+    }
+    for entry in tx
+        .open_table(by_id("quern_segments"))
+        .unwrap()
+        .iter()
+        .unwrap()
+    {
+        let (id, value) = entry.unwrap();
+        out.push((format!("segment-{}", id.value()), value.value().to_vec()));
     }
     let bytes = |name: &'static str| TableDefinition::<&[u8], &[u8]>::new(name);
     for (table, what) in [

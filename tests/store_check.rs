@@ -70,3 +70,58 @@ fn a_lost_index_entry_and_a_wrong_count_are_reported() {
     );
     assert!(problems[1].contains("say 7"), "{problems:#?}");
 }
+
+#[test]
+fn a_job_stored_twice_and_a_segment_below_the_mark_are_reported() {
+    const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
+    const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        // Jobs 1-10 and 11-20 in two segments; job 21 stored alone.
+        for _ in 0..2 {
+            store
+                .enqueue_batch((0..10).map(|i| NewJob::new("q", format!("{i}"))))
+                .unwrap();
+        }
+        store.enqueue(NewJob::new("q", "alone")).unwrap();
+        assert_eq!(store.check().unwrap(), []);
+    }
+    {
+        let db = quern::redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut jobs = tx.open_table(JOBS).unwrap();
+            let alone = jobs.get(21).unwrap().unwrap().value().to_vec();
+            jobs.insert(13, alone.as_slice()).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("indexed_below", 11)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let problems: Vec<String> = store
+        .check()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for expected in [
+        "job 13: is stored both alone and in a segment",
+        "segment of jobs from 1: is below the indexed mark",
+    ] {
+        assert!(
+            problems.iter().any(|p| p == expected),
+            "{expected}: {problems:#?}"
+        );
+    }
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.starts_with("segment of jobs from 11")),
+        "{problems:#?}"
+    );
+}

@@ -103,3 +103,123 @@ fn a_payload_survives_every_transition_of_its_job() {
     assert_eq!(env.job(id).payload, b"keep me");
     assert_eq!(env.store.check().unwrap(), []);
 }
+
+/// The payload of job `i` of a batch: every seventh over the inline limit, the rest small.
+fn batch_payload(i: usize) -> Vec<u8> {
+    if i.is_multiple_of(7) {
+        vec![(i % 251) as u8; 1500]
+    } else {
+        format!("job {i}").into_bytes()
+    }
+}
+
+/// Enqueues one batch of `n` jobs (stored as segments of about 1,300 jobs each), and
+/// returns their ids.
+fn enqueue_big_batch(env: &Env, n: usize) -> Vec<JobId> {
+    env.store
+        .enqueue_batch((0..n).map(|i| NewJob::new("q", batch_payload(i))))
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            quern::Enqueued::Created(id) => id,
+            other => panic!("expected a new job, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn every_job_of_a_batch_reads_lists_and_counts_as_a_job_of_its_own() {
+    let env = Env::new();
+    let ids = enqueue_big_batch(&env, 2_500);
+    assert!(
+        ids.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "consecutive ids"
+    );
+    for i in [0, 1, 1_023, 1_024, 1_025, 2_047, 2_048, 2_499] {
+        let job = env.job(ids[i]);
+        assert_eq!(
+            (job.payload, job.state),
+            (batch_payload(i), JobState::Pending)
+        );
+    }
+    assert_eq!(env.store.get(JobId(ids[2_499].0 + 1)).unwrap(), None);
+    assert_eq!(
+        env.store.stats().unwrap().queue("q").unwrap().pending,
+        2_500
+    );
+    // A listing that starts inside a segment, and one cut short inside another.
+    let after: Vec<JobId> = env
+        .store
+        .list(&Filter::default().after(ids[1_500]).limit(600))
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(after, ids[1_501..2_101]);
+    assert_eq!(env.store.list(&Filter::default()).unwrap().len(), 2_500);
+    assert_eq!(env.store.check().unwrap(), []);
+    // The next job's id follows the batch's last, before and after a reopen.
+    assert_eq!(env.enqueue(NewJob::new("q", "next")).0, ids[2_499].0 + 1);
+    let env = env.reopen();
+    assert_eq!(env.job(ids[1_234]).payload, batch_payload(1_234));
+    assert_eq!(env.store.check().unwrap(), []);
+}
+
+#[test]
+fn a_batch_is_claimed_in_order_across_its_segments() {
+    let env = Env::new();
+    let ids = enqueue_big_batch(&env, 2_500);
+    assert_eq!(env.claim_ids("q", 1_000), ids[..1_000]);
+    assert_eq!(env.store.check().unwrap(), []);
+    assert_eq!(env.claim_ids("q", 2_000), ids[1_000..]);
+    assert_eq!(env.store.check().unwrap(), []);
+    let stats = env.store.stats().unwrap();
+    assert_eq!(stats.queue("q").unwrap().in_progress, 2_500);
+}
+
+#[test]
+fn cancel_and_retry_of_a_job_inside_a_segment_leave_its_neighbours_claimable() {
+    let env = Env::new();
+    let ids = enqueue_big_batch(&env, 2_000);
+    env.store.cancel(ids[1_500]).unwrap();
+    assert_eq!(env.job(ids[1_500]).state, JobState::Failed);
+    assert_eq!(env.job(ids[1_501]).state, JobState::Pending);
+    assert_eq!(env.store.check().unwrap(), []);
+    env.store.retry(ids[1_500]).unwrap();
+    let claimed = env.claim_ids("q", 3_000);
+    assert_eq!(claimed.len(), 2_000);
+    let mut sorted = claimed.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids);
+    assert_eq!(env.store.check().unwrap(), []);
+}
+
+#[test]
+fn a_unique_key_twice_in_one_batch_is_one_job() {
+    let env = Env::new();
+    let out = env
+        .store
+        .enqueue_batch([
+            NewJob::new("q", "a").unique_key("k"),
+            NewJob::new("q", "b"),
+            NewJob::new("q", "c").unique_key("k"),
+            NewJob::new("q", "d"),
+        ])
+        .unwrap();
+    let first = match out[0] {
+        quern::Enqueued::Created(id) => id,
+        ref other => panic!("{other:?}"),
+    };
+    assert_eq!(out[2], quern::Enqueued::Duplicate(first));
+    // The three new jobs have consecutive ids, stored as one segment.
+    let ids: Vec<u64> = env
+        .store
+        .list(&Filter::default())
+        .unwrap()
+        .iter()
+        .map(|j| j.id.0)
+        .collect();
+    assert_eq!(ids, [first.0, first.0 + 1, first.0 + 2]);
+    assert_eq!(env.job(JobId(first.0 + 2)).payload, b"d");
+    assert_eq!(env.store.check().unwrap(), []);
+}

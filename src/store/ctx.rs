@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::codec::{decode_job, encode_job};
+use super::codec::{Segment, Stored, decode_job, encode_job, segment_jobs, segment_span};
 use super::index;
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN,
-    PAYLOADS, PERIODIC, READY, RETRIES, SCHEDULED, SUCCEEDED, UNIQUE,
+    PAYLOADS, PERIODIC, READY, RETRIES, SCHEDULED, SEGMENTS, SUCCEEDED, UNIQUE,
 };
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -69,6 +69,7 @@ macro_rules! tables {
 tables! {
     meta: META => &'static str, u64;
     jobs: JOBS => u64, &'static [u8];
+    segments: SEGMENTS => u64, &'static [u8];
     payloads: PAYLOADS => u64, &'static [u8];
     ready: READY => &'static [u8], &'static [u8];
     scheduled: SCHEDULED => &'static [u8], &'static [u8];
@@ -89,9 +90,37 @@ impl Tables<'_> {
     }
 }
 
-/// One past the last id of an id-keyed table, or 0 when it is empty.
+/// One past the last id of the jobs table, or 0 when it is empty.
 fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
     Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
+}
+
+/// One past the last job of the last segment, or 0 when there is none.
+fn after_last_segment(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
+    match table.last().map_err(w)? {
+        Some((k, v)) => Ok(k.value() + segment_span(k.value(), v.value())?),
+        None => Ok(0),
+    }
+}
+
+/// The record of job `id` from the segment that holds it, if any, in a write or a read
+/// transaction. `storage` wraps a failure of redb.
+pub(crate) fn job_in_segments(
+    segments: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+    storage: impl Fn(redb::StorageError) -> Error,
+) -> Result<Option<Record>> {
+    let Some(entry) = segments.range(..=id).map_err(&storage)?.next_back() else {
+        return Ok(None);
+    };
+    let (key, guard) = entry.map_err(&storage)?;
+    for job in segment_jobs(key.value(), guard.value())? {
+        let (at, job) = job?;
+        if at == id {
+            return decode_job(id, job).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// The bytes of a payload kept apart, in a write or a read transaction (none if missing, which
@@ -188,6 +217,7 @@ impl<'t> Ctx<'t> {
             .t
             .meta_value(META_NEXT_ID)?
             .max(after_last(self.t.jobs()?)?)
+            .max(after_last_segment(self.t.segments()?)?)
             .max(1);
         Ok(*self.next_id.insert(id))
     }
@@ -230,6 +260,48 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
+    /// Writes new jobs of consecutive ids, not yet indexed, in segments (one entry of the
+    /// segments table for many jobs): the whole cost of a batch enqueue. Each job comes with
+    /// its payload when too large to store inline.
+    pub(crate) fn add_new_batch(&mut self, jobs: &[(u64, Record, Option<Vec<u8>>)]) -> Result<()> {
+        let mut segment = Segment::new();
+        for (n, (id, rec, apart)) in jobs.iter().enumerate() {
+            if let Some(payload) = apart {
+                self.t
+                    .payloads()?
+                    .insert(*id, payload.as_slice())
+                    .map_err(w)?;
+            }
+            if !segment.takes(*id) {
+                self.write_segment(&mut segment)?;
+            }
+            segment.push(*id, rec, jobs.len() - n - 1)?;
+            if !self.new_queues.contains(&rec.queue) {
+                self.new_queues.push(rec.queue.clone());
+            }
+        }
+        self.write_segment(&mut segment)?;
+        self.unindexed_maybe = true;
+        self.changed = true;
+        Ok(())
+    }
+
+    fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
+        match segment.take() {
+            Some(Stored::Single(id, bytes)) => {
+                self.t.jobs()?.insert(id, bytes.as_slice()).map_err(w)?;
+            }
+            Some(Stored::Segment(first, bytes)) => {
+                self.t
+                    .segments()?
+                    .insert(first, bytes.as_slice())
+                    .map_err(w)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     /// The queues new jobs were written to since the last call.
     pub(crate) fn take_new_queues(&mut self) -> Vec<String> {
         std::mem::take(&mut self.new_queues)
@@ -258,18 +330,48 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// The next `limit` jobs not yet indexed from id `from` up to `through`, in id order.
+    /// The jobs not yet indexed from id `from` up to `through` (and to the end of a segment
+    /// that `through` falls in), in id order, at least `limit` of them if there are as many:
+    /// the single jobs of the jobs table and the jobs of whole segments, merged. The jobs of
+    /// the segments read move to the jobs table, one entry each, as the rest of the store
+    /// expects indexed jobs to be stored, and the segments go.
     fn read_new(&mut self, from: u64, through: u64, limit: usize) -> Result<Vec<(u64, Record)>> {
-        self.t
-            .jobs()?
-            .range(from..=through)
-            .map_err(w)?
-            .take(limit)
-            .map(|e| {
-                let (k, v) = e.map_err(w)?;
-                Ok((k.value(), decode_job(k.value(), v.value())?))
-            })
-            .collect()
+        let mut singles = Vec::new();
+        for entry in self.t.jobs()?.range(from..=through).map_err(w)?.take(limit) {
+            let (k, v) = entry.map_err(w)?;
+            singles.push((k.value(), decode_job(k.value(), v.value())?));
+        }
+        // Past the last single read, when more may follow: the bound of this read.
+        let mut bound = match singles.last() {
+            Some(&(last, _)) if singles.len() == limit => last + 1,
+            _ => u64::MAX,
+        };
+        let mut segments = Vec::new();
+        let mut in_segments = 0;
+        for entry in self.t.segments()?.range(from..=through).map_err(w)? {
+            let (k, v) = entry.map_err(w)?;
+            if in_segments >= limit || k.value() >= bound {
+                // No single job lies inside a segment, so whole segments end at the bound.
+                bound = bound.min(k.value());
+                break;
+            }
+            in_segments += segment_span(k.value(), v.value())? as usize;
+            segments.push((k.value(), v.value().to_vec()));
+        }
+        let mut out: Vec<(u64, Record)> =
+            singles.into_iter().filter(|(id, _)| *id < bound).collect();
+        for (key, bytes) in &segments {
+            self.t.segments()?.remove(key).map_err(w)?;
+            for job in segment_jobs(*key, bytes)? {
+                let (id, job) = job?;
+                self.t.jobs()?.insert(id, job).map_err(w)?;
+                out.push((id, decode_job(id, job)?));
+            }
+        }
+        if !segments.is_empty() {
+            out.sort_unstable_by_key(|(id, _)| *id);
+        }
+        Ok(out)
     }
 
     /// Indexes the new jobs in id order, up to a bound per transaction, except the ones `keep`
@@ -339,9 +441,14 @@ impl<'t> Ctx<'t> {
     }
 
     pub(crate) fn load(&mut self, id: u64) -> Result<Option<Record>> {
-        match self.t.jobs()?.get(id).map_err(w)? {
-            Some(bytes) => decode_job(id, bytes.value()).map(Some),
-            None => Ok(None),
+        let single = match self.t.jobs()?.get(id).map_err(w)? {
+            Some(bytes) => Some(decode_job(id, bytes.value())?),
+            None => None,
+        };
+        match single {
+            Some(rec) => Ok(Some(rec)),
+            // A new job of a batch may still be in its segment.
+            None => job_in_segments(self.t.segments()?, id, w),
         }
     }
 

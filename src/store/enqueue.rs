@@ -60,18 +60,28 @@ pub(crate) fn validate(job: &NewJob) -> Result<()> {
     Ok(())
 }
 
-/// Writes one validated job, not yet indexed (and its unique key, so that duplicates are
-/// answered at once), or finds the live job holding its unique key.
-pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
+/// A validated job to write, or the live job that holds its unique key.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a return value, moved once; boxing would allocate per job"
+)]
+enum Prepared {
+    New(u64, Record, Option<Vec<u8>>),
+    Duplicate(JobId),
+}
+
+/// Allocates the id and builds the record of one validated job, and takes its unique key (so
+/// that a duplicate, even in the same batch, is answered at once); or finds the live job that
+/// holds the key. Writes no job: the caller stores it, alone or in a segment.
+fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
     if let Some(u) = &job.unique_key
         && let Some(existing) =
             cx.t.unique()?
                 .get(keyed(&job.queue, u).as_slice())
                 .map_err(w)?
     {
-        return Ok(Enqueued::Duplicate(JobId(existing.value())));
+        return Ok(Prepared::Duplicate(JobId(existing.value())));
     }
-    let now = cx.now();
     let id = cx.alloc_id()?;
     let (payload, apart) = if job.payload.len() <= INLINE_PAYLOAD {
         (Payload::Inline(job.payload), None)
@@ -105,13 +115,40 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
             .insert(keyed(&rec.queue, u).as_slice(), id)
             .map_err(w)?;
     }
-    cx.add_new(id, &rec, apart.as_deref())?;
-    tracing::debug!(job = id, queue = %rec.queue, "enqueued");
-    Ok(Enqueued::Created(JobId(id)))
+    Ok(Prepared::New(id, rec, apart))
 }
 
-/// Writes all of `jobs` or none: every job is validated before the first is written.
+/// Writes one validated job, not yet indexed, or finds the live job holding its unique key.
+pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
+    let now = cx.now();
+    match prepare(cx, job, now)? {
+        Prepared::New(id, rec, apart) => {
+            cx.add_new(id, &rec, apart.as_deref())?;
+            tracing::debug!(job = id, queue = %rec.queue, "enqueued");
+            Ok(Enqueued::Created(JobId(id)))
+        }
+        Prepared::Duplicate(id) => Ok(Enqueued::Duplicate(id)),
+    }
+}
+
+/// Writes all of `jobs` or none: every job is validated before the first is written. The new
+/// jobs have consecutive ids and are stored in segments, a few entries for the whole batch.
 pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     jobs.iter().try_for_each(validate)?;
-    jobs.into_iter().map(|job| enqueue(cx, job)).collect()
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut created = Vec::with_capacity(jobs.len());
+    // One time for the whole batch, as for one job.
+    let now = cx.now();
+    for job in jobs {
+        match prepare(cx, job, now)? {
+            Prepared::New(id, rec, apart) => {
+                out.push(Enqueued::Created(JobId(id)));
+                created.push((id, rec, apart));
+            }
+            Prepared::Duplicate(id) => out.push(Enqueued::Duplicate(id)),
+        }
+    }
+    cx.add_new_batch(&created)?;
+    tracing::debug!(jobs = created.len(), "enqueued a batch");
+    Ok(out)
 }

@@ -37,9 +37,12 @@ pub(crate) use cycle::Cycle;
 pub mod decode {
     use crate::error::Result;
 
-    /// Decodes `bytes` as a stored job (its record, and its payload if inline).
+    /// Decodes `bytes` as a stored job (its record, and its payload if inline) and as a
+    /// segment of them.
     pub fn record(bytes: &[u8]) -> Result<()> {
-        super::codec::decode_job(0, bytes).map(drop)
+        let job = super::codec::decode_job(0, bytes).map(drop);
+        let segment = super::codec::decode_segment(0, bytes).map(drop);
+        job.or(segment)
     }
 
     /// Decodes `bytes` as an inbox entry of format 1.
@@ -65,7 +68,9 @@ use self::codec::{INLINE_PAYLOAD, decode_v1_inbox};
 use self::ctx::{Config, Ctx};
 use self::handoff::Takers;
 pub(crate) use self::handoff::{Room, Taker, TakerId};
-use self::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, V1_INBOX};
+use self::tables::{
+    FORMAT_2, FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, SEGMENTS, V1_INBOX,
+};
 use self::watermark::Watermark;
 use self::writer::{Request, Writer};
 use crate::backoff::Backoff;
@@ -274,8 +279,10 @@ impl StoreBuilder {
             backoff: self.backoff,
             store_id,
         });
-        if version == 1 {
-            upgrade_v1(&db, &cfg, &path)?;
+        match version {
+            1 => upgrade_v1(&db, &cfg, &path)?,
+            FORMAT_2 => upgrade_v2(&db, &path)?,
+            _ => {}
         }
         let db = Arc::new(db);
         let watermark = Arc::new(Watermark::new());
@@ -324,7 +331,7 @@ impl StoreBuilder {
             let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
             read_header(&tx, &path)
         })?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_2 {
             return Err(Error::UnsupportedFormat {
                 path,
                 found: version,
@@ -441,8 +448,8 @@ fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
     read_header(&rtx, path)
 }
 
-/// Returns the store id and the format version: this build's, or format 1, which a writable
-/// open upgrades.
+/// Returns the store id and the format version: this build's, or format 1 or 2, which a
+/// writable open upgrades.
 fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
     let not_quern = || Error::NotQuern {
         path: path.to_path_buf(),
@@ -463,7 +470,7 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
             .map(|g| g.value()))
     };
     let version = get(META_FORMAT)?.ok_or_else(not_quern)?;
-    if version != FORMAT_VERSION && version != 1 {
+    if version != FORMAT_VERSION && version != FORMAT_2 && version != 1 {
         return Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             found: version,
@@ -474,7 +481,7 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
 }
 
 /// Upgrades a format 1 database in one transaction: the jobs of its inbox become indexed
-/// jobs, stored as format 2 stores them; the jobs it had indexed are readable as they are.
+/// jobs, stored as format 2 and 3 store them; the jobs it had indexed are readable as they are.
 fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     let fail = |e: redb::Error| Error::storage("upgrading a format 1 database", e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;
@@ -501,7 +508,23 @@ fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     }
     tx.delete_table(V1_INBOX).map_err(|e| fail(e.into()))?;
     tx.commit().map_err(|e| fail(e.into()))?;
-    tracing::info!(path = %path.display(), "upgraded quern database from format 1 to 2");
+    tracing::info!(path = %path.display(), "upgraded quern database from format 1 to {FORMAT_VERSION}");
+    Ok(())
+}
+
+/// Upgrades a format 2 database: every format 2 file is a format 3 file without segments, so
+/// only the version changes, and the segments table is made.
+fn upgrade_v2(db: &Database, path: &Path) -> Result<()> {
+    let fail = |e: redb::Error| Error::storage("upgrading a format 2 database", e);
+    let tx = db.begin_write().map_err(|e| fail(e.into()))?;
+    {
+        let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+        meta.insert(META_FORMAT, FORMAT_VERSION)
+            .map_err(|e| fail(e.into()))?;
+        tx.open_table(SEGMENTS).map_err(|e| fail(e.into()))?;
+    }
+    tx.commit().map_err(|e| fail(e.into()))?;
+    tracing::info!(path = %path.display(), "upgraded quern database from format 2 to {FORMAT_VERSION}");
     Ok(())
 }
 

@@ -1,12 +1,15 @@
 //! Reading: get, list and stats, each in one read transaction (a consistent snapshot that never
 //! blocks the writer).
 
-use redb::{ReadTransaction, ReadableTable};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
-use super::codec::{decode_job, ordered_tail, parse_count_key, queue_prefix, timed_tail};
-use super::ctx::payload_bytes;
+use super::codec::{
+    decode_job, decode_segment, ordered_tail, parse_count_key, queue_prefix, segment_span,
+    timed_tail,
+};
+use super::ctx::{job_in_segments, payload_bytes};
 use super::tables::{
-    COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED,
+    COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED, SEGMENTS,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, Timestamp};
@@ -117,12 +120,29 @@ impl Stats {
     }
 }
 
+/// The segments table, or `None` for a format 2 file opened read-only, which has none.
+pub(crate) fn segments(tx: &ReadTransaction) -> Result<Option<ReadOnlyTable<u64, &'static [u8]>>> {
+    match tx.open_table(SEGMENTS) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(r(e)),
+    }
+}
+
 pub(crate) fn get(tx: &ReadTransaction, id: JobId) -> Result<Option<Job>> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
-    let Some(bytes) = jobs.get(id.0).map_err(r)? else {
-        return Ok(None);
+    let single = match jobs.get(id.0).map_err(r)? {
+        Some(bytes) => Some(decode_job(id.0, bytes.value())?),
+        None => None,
     };
-    let rec = decode_job(id.0, bytes.value())?;
+    let rec = match (single, segments(tx)?) {
+        (Some(rec), _) => rec,
+        (None, Some(segments)) => match job_in_segments(&segments, id.0, r)? {
+            Some(rec) => rec,
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
     Ok(Some(into_job(&payloads, id.0, rec)?))
 }
@@ -148,23 +168,83 @@ pub(crate) fn scan(
 ) -> Result<()> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
     let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    let segments = segments(tx)?;
     let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
+    let mut singles = jobs.range(from..).map_err(r)?.map(|entry| {
+        let (k, v) = entry.map_err(r)?;
+        Ok::<_, Error>((k.value(), decode_job(k.value(), v.value())?))
+    });
+    let mut batched = batched_from(segments.as_ref(), from)?;
+    // The two streams merged in id order.
+    let (mut single, mut batch) = (singles.next().transpose()?, batched.next().transpose()?);
     let mut taken = 0;
-    for entry in jobs.range(from..).map_err(r)? {
+    loop {
         if filter.limit.is_some_and(|l| taken >= l) {
             break;
         }
-        let (k, v) = entry.map_err(r)?;
-        let rec = decode_job(k.value(), v.value())?;
+        let single_first = match (&single, &batch) {
+            (None, None) => break,
+            (Some((a, _)), Some((b, _))) => a < b,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        let next = if single_first {
+            std::mem::replace(&mut single, singles.next().transpose()?)
+        } else {
+            std::mem::replace(&mut batch, batched.next().transpose()?)
+        };
+        let Some((id, rec)) = next else {
+            break;
+        };
         if !filter.admits(&rec.queue, rec.state) {
             continue;
         }
         taken += 1;
-        if !each(into_job(&payloads, k.value(), rec)?) {
+        if !each(into_job(&payloads, id, rec)?) {
             break;
         }
     }
     Ok(())
+}
+
+/// Stored jobs, decoded, in id order.
+type Jobs<'t> = Box<dyn Iterator<Item = Result<(u64, Record)>> + 't>;
+
+/// The jobs of the segments from job `from` on, in id order.
+fn batched_from<'t>(
+    segments: Option<&'t ReadOnlyTable<u64, &'static [u8]>>,
+    from: u64,
+) -> Result<Jobs<'t>> {
+    let Some(table) = segments else {
+        return Ok(Box::new(std::iter::empty()));
+    };
+    // A segment that holds job `from` starts before it.
+    let start = match table.range(..from).map_err(r)?.next_back() {
+        Some(entry) => {
+            let (k, v) = entry.map_err(r)?;
+            let key = k.value();
+            if key.saturating_add(segment_span(key, v.value())?) > from {
+                key
+            } else {
+                from
+            }
+        }
+        None => from,
+    };
+    let range = table.range(start..).map_err(r)?;
+    Ok(Box::new(range.flat_map(move |entry| {
+        match entry
+            .map_err(r)
+            .and_then(|(k, v)| decode_segment(k.value(), v.value()))
+        {
+            Ok(jobs) => jobs
+                .into_iter()
+                .filter(|(id, _)| *id >= from)
+                .map(Ok)
+                .collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }
+    })))
 }
 
 pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
@@ -242,32 +322,45 @@ pub(crate) fn indexed_below(tx: &ReadTransaction) -> Result<u64> {
 /// of enqueues since the last claim, usually few.
 fn count_new(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp) -> Result<()> {
     let jobs = tx.open_table(JOBS).map_err(r)?;
-    for entry in jobs.range(indexed_below(tx)?..).map_err(r)? {
-        let (k, v) = entry.map_err(r)?;
-        let rec = decode_job(k.value(), v.value())?;
-        let q = match queues.iter().position(|q| q.queue == rec.queue) {
-            Some(i) => &mut queues[i],
-            None => {
-                let at = queues.partition_point(|q| q.queue < rec.queue);
-                queues.insert(
-                    at,
-                    QueueStats {
-                        queue: rec.queue.clone(),
-                        ..QueueStats::default()
-                    },
-                );
-                &mut queues[at]
+    let mark = indexed_below(tx)?;
+    if let Some(segments) = segments(tx)? {
+        for entry in segments.range(mark..).map_err(r)? {
+            let (k, v) = entry.map_err(r)?;
+            for (_, rec) in decode_segment(k.value(), v.value())? {
+                count_new_job(queues, &rec, now);
             }
-        };
-        q.pending += 1;
-        let run_at = Timestamp(rec.run_at);
-        if run_at <= now {
-            q.oldest_due_pending = Some(q.oldest_due_pending.map_or(run_at, |o| o.min(run_at)));
-        } else {
-            q.next_scheduled_at = Some(q.next_scheduled_at.map_or(run_at, |o| o.min(run_at)));
         }
     }
+    for entry in jobs.range(mark..).map_err(r)? {
+        let (k, v) = entry.map_err(r)?;
+        count_new_job(queues, &decode_job(k.value(), v.value())?, now);
+    }
     Ok(())
+}
+
+/// Adds one new job to its queue's counts and times.
+fn count_new_job(queues: &mut Vec<QueueStats>, rec: &Record, now: Timestamp) {
+    let q = match queues.iter().position(|q| q.queue == rec.queue) {
+        Some(i) => &mut queues[i],
+        None => {
+            let at = queues.partition_point(|q| q.queue < rec.queue);
+            queues.insert(
+                at,
+                QueueStats {
+                    queue: rec.queue.clone(),
+                    ..QueueStats::default()
+                },
+            );
+            &mut queues[at]
+        }
+    };
+    q.pending += 1;
+    let run_at = Timestamp(rec.run_at);
+    if run_at <= now {
+        q.oldest_due_pending = Some(q.oldest_due_pending.map_or(run_at, |o| o.min(run_at)));
+    } else {
+        q.next_scheduled_at = Some(q.next_scheduled_at.map_or(run_at, |o| o.min(run_at)));
+    }
 }
 
 /// The time of the first entry of a `(queue, time, id)` index within `prefix`.

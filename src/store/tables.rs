@@ -5,7 +5,10 @@ use redb::TableDefinition;
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+pub(crate) const FORMAT_VERSION: u64 = 3;
+/// Format 2 differs from format 3 only in having no segments table ([`SEGMENTS`]): this build
+/// reads it as it is, and a writable open adds the table and moves its version to 3.
+pub(crate) const FORMAT_2: u64 = 2;
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
 /// [`META_NEXT_TOKEN`], [`META_INDEXED`].
@@ -30,6 +33,11 @@ pub(crate) const V1_INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("q
 /// id -> stored job: the encoded [`Record`](crate::state::Record), and its payload when that is
 /// small (see `codec::encode_job`).
 pub(crate) const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
+/// first id -> segment (format 3): new jobs of consecutive ids written by one `enqueue_batch`
+/// (see `codec::TAG_SEGMENT`), all at or above [`META_INDEXED`]. A table of their own, so that
+/// the jobs table never holds a value larger than a page: redb rebuilds a leaf at the size it
+/// had for every insert into it, and the claim that moves a segment's jobs inserts them.
+pub(crate) const SEGMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_segments");
 /// id -> payload bytes of the jobs whose payload is too large to store inline, written once at
 /// enqueue.
 pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_payloads");

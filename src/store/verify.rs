@@ -7,8 +7,10 @@ use std::fmt;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::Store;
-use super::codec::{blocked_key, decode_job, keyed, parse_count_key, ready_key, timed_key};
-use super::read::indexed_below;
+use super::codec::{
+    blocked_key, decode_job, decode_segment, keyed, parse_count_key, ready_key, timed_key,
+};
+use super::read::{indexed_below, segments};
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED,
     UNIQUE,
@@ -120,27 +122,15 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                 continue;
             }
         };
-        // The payload's bytes are read, not only found: a read of the job reads them too, and
-        // damage there is damage this check must see (a read-only store reports it as an error).
         if rec.payload == Payload::Apart {
             apart += 1;
-            match payloads.get(id).map_err(r)? {
-                Some(payload) => _ = std::hint::black_box(payload.value()),
-                None => problem(place.clone(), "has no payload".into()),
+            if let Some(detail) = missing_payload(&payloads, id)? {
+                problem(place.clone(), detail);
             }
         }
         if id >= new_from {
-            // A new job: pending, holding its unique key, in no index and no count yet.
-            if rec.phase() != Phase::Pending {
-                problem(
-                    place.clone(),
-                    format!("is not yet indexed but {}", phase_name(&rec)),
-                );
-            }
-            if let Some(u) = &rec.unique_key
-                && unique.remove(&keyed(&rec.queue, u)) != Some(id)
-            {
-                problem(place, "does not hold its unique key".into());
+            for detail in new_job_problems(id, &rec, &mut unique) {
+                problem(place.clone(), detail);
             }
             continue;
         }
@@ -204,6 +194,48 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         }
     }
 
+    // Segments: new jobs of batches, each id in one place only.
+    if let Some(segments) = segments(tx)? {
+        let mut covered_to = 0u64;
+        for e in segments.iter().map_err(r)? {
+            let (k, v) = e.map_err(r)?;
+            let key = k.value();
+            let place = format!("segment of jobs from {key}");
+            if key < new_from {
+                problem(place.clone(), "is below the indexed mark".into());
+            }
+            if key < covered_to {
+                problem(place.clone(), "overlaps the segment before it".into());
+            }
+            let batch = match decode_segment(key, v.value()) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    problem(place, e.to_string());
+                    continue;
+                }
+            };
+            covered_to = key + batch.len() as u64;
+            for (id, rec) in batch {
+                let place = format!("job {id}");
+                if jobs.get(id).map_err(r)?.is_some() {
+                    problem(
+                        place.clone(),
+                        "is stored both alone and in a segment".into(),
+                    );
+                }
+                if rec.payload == Payload::Apart {
+                    apart += 1;
+                    if let Some(detail) = missing_payload(&payloads, id)? {
+                        problem(place.clone(), detail);
+                    }
+                }
+                for detail in new_job_problems(id, &rec, &mut unique) {
+                    problem(place.clone(), detail);
+                }
+            }
+        }
+    }
+
     let stray = payloads.len().map_err(r)?.saturating_sub(apart);
     if stray > 0 {
         problem(
@@ -255,6 +287,36 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         );
     }
     Ok(problems)
+}
+
+/// Reads the payload kept apart of job `id`, as a read of the job does (damage there is damage
+/// this check must see: a read-only store reports it as an error); says so if it is missing.
+fn missing_payload(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<String>> {
+    Ok(match payloads.get(id).map_err(r)? {
+        Some(payload) => {
+            std::hint::black_box(payload.value());
+            None
+        }
+        None => Some("has no payload".into()),
+    })
+}
+
+/// What is wrong with new job `id`, which must be pending and hold its unique key, in no index
+/// and no count yet.
+fn new_job_problems(id: u64, rec: &Record, unique: &mut HashMap<Vec<u8>, u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    if rec.phase() != Phase::Pending {
+        out.push(format!("is not yet indexed but {}", phase_name(rec)));
+    }
+    if let Some(u) = &rec.unique_key
+        && unique.remove(&keyed(&rec.queue, u)) != Some(id)
+    {
+        out.push("does not hold its unique key".into());
+    }
+    out
 }
 
 fn phase_name(rec: &Record) -> &'static str {
