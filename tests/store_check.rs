@@ -7,6 +7,13 @@ use quern::{NewJob, Store};
 const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");
 const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
 
+/// What `check` says of the database at `path`, opened for writing.
+fn problems_of(path: &std::path::Path) -> Vec<String> {
+    let store = Store::open(path).unwrap();
+    let problems = store.check().unwrap();
+    problems.iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn a_healthy_database_has_no_problems() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,13 +63,7 @@ fn a_lost_index_entry_and_a_wrong_count_are_reported() {
         }
         tx.commit().unwrap();
     }
-    let store = Store::open(&path).unwrap();
-    let problems: Vec<String> = store
-        .check()
-        .unwrap()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let problems = problems_of(&path);
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(
         problems[0].starts_with("job 1: is pending but has no"),
@@ -102,13 +103,7 @@ fn a_job_stored_twice_and_a_segment_below_the_mark_are_reported() {
         }
         tx.commit().unwrap();
     }
-    let store = Store::open(&path).unwrap();
-    let problems: Vec<String> = store
-        .check()
-        .unwrap()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let problems = problems_of(&path);
     for expected in [
         "job 13: is stored both alone and in a segment",
         "segment of jobs from 1: is below the indexed mark",
