@@ -2,7 +2,7 @@
 //! one.
 
 use quern::redb::{ReadableTable, TableDefinition};
-use quern::{NewJob, Store};
+use quern::{Filter, NewJob, Store};
 
 const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");
 const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
@@ -119,4 +119,33 @@ fn a_job_stored_twice_and_a_segment_below_the_mark_are_reported() {
             .any(|p| p.starts_with("segment of jobs from 11")),
         "{problems:#?}"
     );
+}
+
+#[test]
+fn a_listing_stops_before_a_damaged_job_past_its_limit() {
+    const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        for i in 0..3 {
+            store.enqueue(NewJob::new("q", format!("{i}"))).unwrap();
+        }
+    }
+    {
+        let db = quern::redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(JOBS)
+            .unwrap()
+            .insert(3, [9u8, 9, 9].as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let page = store.list(&Filter::default().limit(2)).unwrap();
+    assert_eq!(page.iter().map(|j| j.id.0).collect::<Vec<_>>(), [1, 2]);
+    assert!(matches!(
+        store.list(&Filter::default()),
+        Err(quern::Error::Corrupt { .. })
+    ));
 }

@@ -223,3 +223,17 @@ fn a_unique_key_twice_in_one_batch_is_one_job() {
     assert_eq!(env.job(JobId(first.0 + 2)).payload, b"d");
     assert_eq!(env.store.check().unwrap(), []);
 }
+
+#[test]
+fn a_batch_whose_jobs_are_all_duplicates_commits_nothing() {
+    let env = Env::new();
+    let first = env.enqueue(NewJob::new("q", "a").unique_key("k"));
+    let before = env.store.generation();
+    let out = env
+        .store
+        .enqueue_batch([NewJob::new("q", "b").unique_key("k")])
+        .unwrap();
+    assert_eq!(out, [quern::Enqueued::Duplicate(first)]);
+    assert_eq!(env.store.enqueue_batch(Vec::<NewJob>::new()).unwrap(), []);
+    assert_eq!(env.store.generation(), before, "no change was committed");
+}

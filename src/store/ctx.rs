@@ -264,6 +264,10 @@ impl<'t> Ctx<'t> {
     /// segments table for many jobs): the whole cost of a batch enqueue. Each job comes with
     /// its payload when too large to store inline.
     pub(crate) fn add_new_batch(&mut self, jobs: &[(u64, Record, Option<Vec<u8>>)]) -> Result<()> {
+        if jobs.is_empty() {
+            // Every job a duplicate, or none: nothing is written, nothing to commit.
+            return Ok(());
+        }
         let mut segment = Segment::new();
         for (n, (id, rec, apart)) in jobs.iter().enumerate() {
             if let Some(payload) = apart {

@@ -4,8 +4,8 @@
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use super::codec::{
-    decode_job, decode_segment, ordered_tail, parse_count_key, queue_prefix, segment_span,
-    timed_tail,
+    decode_job, decode_segment, ordered_tail, parse_count_key, queue_prefix, segment_jobs,
+    segment_span, timed_tail,
 };
 use super::ctx::{job_in_segments, payload_bytes};
 use super::tables::{
@@ -172,30 +172,29 @@ pub(crate) fn scan(
     let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
     let mut singles = jobs.range(from..).map_err(r)?.map(|entry| {
         let (k, v) = entry.map_err(r)?;
-        Ok::<_, Error>((k.value(), decode_job(k.value(), v.value())?))
+        Ok::<_, Error>((k.value(), v.value().to_vec()))
     });
     let mut batched = batched_from(segments.as_ref(), from)?;
-    // The two streams merged in id order.
-    let (mut single, mut batch) = (singles.next().transpose()?, batched.next().transpose()?);
+    // The two streams merged in id order. A stream's next job is read only when the listing
+    // goes on, and decoded only when it is the next job: damage past the page is not met.
+    let (mut single, mut batch) = (None, None);
     let mut taken = 0;
-    loop {
-        if filter.limit.is_some_and(|l| taken >= l) {
-            break;
+    while filter.limit.is_none_or(|l| taken < l) {
+        if single.is_none() {
+            single = singles.next().transpose()?;
         }
-        let single_first = match (&single, &batch) {
-            (None, None) => break,
-            (Some((a, _)), Some((b, _))) => a < b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
+        if batch.is_none() {
+            batch = batched.next().transpose()?;
+        }
+        let next = match (&single, &batch) {
+            (Some((a, _)), Some((b, _))) if b < a => batch.take(),
+            (Some(_), _) => single.take(),
+            (None, _) => batch.take(),
         };
-        let next = if single_first {
-            std::mem::replace(&mut single, singles.next().transpose()?)
-        } else {
-            std::mem::replace(&mut batch, batched.next().transpose()?)
-        };
-        let Some((id, rec)) = next else {
+        let Some((id, bytes)) = next else {
             break;
         };
+        let rec = decode_job(id, &bytes)?;
         if !filter.admits(&rec.queue, rec.state) {
             continue;
         }
@@ -207,10 +206,10 @@ pub(crate) fn scan(
     Ok(())
 }
 
-/// Stored jobs, decoded, in id order.
-type Jobs<'t> = Box<dyn Iterator<Item = Result<(u64, Record)>> + 't>;
+/// Stored jobs (id, bytes as `quern_jobs` stores them), in id order.
+type Jobs<'t> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + 't>;
 
-/// The jobs of the segments from job `from` on, in id order.
+/// The jobs of the segments from job `from` on, in id order, not yet decoded.
 fn batched_from<'t>(
     segments: Option<&'t ReadOnlyTable<u64, &'static [u8]>>,
     from: u64,
@@ -233,15 +232,14 @@ fn batched_from<'t>(
     };
     let range = table.range(start..).map_err(r)?;
     Ok(Box::new(range.flat_map(move |entry| {
-        match entry
-            .map_err(r)
-            .and_then(|(k, v)| decode_segment(k.value(), v.value()))
-        {
-            Ok(jobs) => jobs
-                .into_iter()
-                .filter(|(id, _)| *id >= from)
-                .map(Ok)
-                .collect::<Vec<_>>(),
+        let jobs = entry.map_err(r).and_then(|(k, v)| {
+            segment_jobs(k.value(), v.value())?
+                .filter(|job| !matches!(job, Ok((id, _)) if *id < from))
+                .map(|job| job.map(|(id, bytes)| (id, bytes.to_vec())))
+                .collect::<Result<Vec<_>>>()
+        });
+        match jobs {
+            Ok(jobs) => jobs.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         }
     })))
