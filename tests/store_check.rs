@@ -149,3 +149,27 @@ fn a_listing_stops_before_a_damaged_job_past_its_limit() {
         Err(quern::Error::Corrupt { .. })
     ));
 }
+
+#[test]
+fn a_segment_past_the_next_id_is_reported() {
+    const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .enqueue_batch((0..10).map(|i| NewJob::new("q", format!("{i}"))))
+            .unwrap();
+        assert_eq!(store.check().unwrap(), []);
+    }
+    {
+        let db = quern::redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().remove("next_id").unwrap();
+        tx.commit().unwrap();
+    }
+    assert_eq!(
+        problems_of(&path),
+        ["segment of jobs from 1: ends past the next id (0): its ids would be given again"]
+    );
+}

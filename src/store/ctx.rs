@@ -95,14 +95,6 @@ fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
     Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
-/// One past the last job of the last segment, or 0 when there is none.
-fn after_last_segment(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
-    match table.last().map_err(w)? {
-        Some((k, v)) => Ok(k.value() + segment_span(k.value(), v.value())?),
-        None => Ok(0),
-    }
-}
-
 /// The record of job `id` from the segment that holds it, if any, in a write or a read
 /// transaction. `storage` wraps a failure of redb.
 pub(crate) fn job_in_segments(
@@ -150,7 +142,8 @@ pub(crate) struct Ctx<'t> {
     /// it moved.
     indexed_below: Option<u64>,
     indexed_moved: bool,
-    deleted: bool,
+    /// Whether [`META_NEXT_ID`] must be written: jobs were deleted, or written in segments.
+    floor_moved: bool,
     changed: bool,
     /// Whether there may be jobs not yet indexed (unknown at the start of a transaction).
     unindexed_maybe: bool,
@@ -171,7 +164,7 @@ impl<'t> Ctx<'t> {
             next_token: None,
             indexed_below: None,
             indexed_moved: false,
-            deleted: false,
+            floor_moved: false,
             changed: false,
             unindexed_maybe: true,
             new_queues: Vec::new(),
@@ -181,8 +174,9 @@ impl<'t> Ctx<'t> {
 
     /// Writes back the counters that must persist. Returns whether any job changed.
     ///
-    /// The next id needs writing only when jobs were deleted (the highest id may be among them);
-    /// otherwise it is derived from the tables, which keeps an enqueue to one table.
+    /// The next id needs writing only when jobs were deleted (the highest id may be among them)
+    /// or written in segments (which the next id does not read); otherwise it is derived from
+    /// the jobs table, which keeps an enqueue to one table.
     pub(crate) fn finish(mut self) -> Result<bool> {
         self.flush_counts()?;
         // Read only when a token was allocated, so written only then.
@@ -194,7 +188,7 @@ impl<'t> Ctx<'t> {
         {
             self.t.meta()?.insert(META_INDEXED, mark).map_err(w)?;
         }
-        if self.deleted
+        if self.floor_moved
             && let Some(id) = self.next_id
         {
             self.t.meta()?.insert(META_NEXT_ID, id).map_err(w)?;
@@ -208,7 +202,7 @@ impl<'t> Ctx<'t> {
     }
 
     /// The next job id: one past the highest id in the jobs table, or the floor written when
-    /// jobs were deleted, whichever is higher.
+    /// jobs were deleted or written in segments, whichever is higher.
     fn next_id(&mut self) -> Result<u64> {
         if let Some(id) = self.next_id {
             return Ok(id);
@@ -217,7 +211,6 @@ impl<'t> Ctx<'t> {
             .t
             .meta_value(META_NEXT_ID)?
             .max(after_last(self.t.jobs()?)?)
-            .max(after_last_segment(self.t.segments()?)?)
             .max(1);
         Ok(*self.next_id.insert(id))
     }
@@ -285,6 +278,9 @@ impl<'t> Ctx<'t> {
             }
         }
         self.write_segment(&mut segment)?;
+        // The jobs' ids came from `alloc_id`; the next id does not read the segments table, so
+        // the floor written at `finish` must cover them.
+        self.floor_moved = true;
         self.unindexed_maybe = true;
         self.changed = true;
         Ok(())
@@ -527,7 +523,7 @@ impl<'t> Ctx<'t> {
         if old.payload == Payload::Apart {
             self.t.payloads()?.remove(id).map_err(w)?;
         }
-        self.deleted = true;
+        self.floor_moved = true;
         self.changed = true;
         Ok(())
     }

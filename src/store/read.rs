@@ -9,7 +9,8 @@ use super::codec::{
 };
 use super::ctx::{job_in_segments, payload_bytes};
 use super::tables::{
-    COUNTS, JOBS, LEASES, META, META_INDEXED, PAYLOADS, READY, RETRIES, SCHEDULED, SEGMENTS,
+    COUNTS, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, PAYLOADS, READY, RETRIES, SCHEDULED,
+    SEGMENTS,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, Timestamp};
@@ -308,6 +309,12 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
         next_lease_expiry,
         at: now,
     })
+}
+
+/// The floor under the next job id ([`META_NEXT_ID`]), 0 if none was written.
+pub(crate) fn next_id_floor(tx: &ReadTransaction) -> Result<u64> {
+    let meta = tx.open_table(META).map_err(r)?;
+    Ok(meta.get(META_NEXT_ID).map_err(r)?.map_or(0, |g| g.value()))
 }
 
 /// The first job not yet indexed: the jobs from it on are new and pending.

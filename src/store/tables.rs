@@ -17,8 +17,8 @@ pub(crate) const META_FORMAT: &str = "format_version";
 /// A random id given to the database when it is created; leases carry it.
 pub(crate) const META_STORE_ID: &str = "store_id";
 /// A floor under the next job id, written when the job with the highest id may be deleted
-/// (prune), so that ids are never reused; otherwise the next id is one past the highest id in
-/// the jobs and inbox tables.
+/// (prune) and when jobs are written in segments, so that ids are never reused; otherwise the
+/// next id is one past the highest id in the jobs table.
 pub(crate) const META_NEXT_ID: &str = "next_id";
 pub(crate) const META_NEXT_TOKEN: &str = "next_token";
 /// Every job below this id is indexed; the jobs from it on are pending jobs not yet indexed

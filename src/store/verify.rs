@@ -10,7 +10,7 @@ use super::Store;
 use super::codec::{
     blocked_key, decode_job, decode_segment, keyed, parse_count_key, ready_key, timed_key,
 };
-use super::read::{indexed_below, segments};
+use super::read::{indexed_below, next_id_floor, segments};
 use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED,
     UNIQUE,
@@ -194,7 +194,8 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         }
     }
 
-    // Segments: new jobs of batches, each id in one place only.
+    // Segments: new jobs of batches, each id in one place only, all below the next id.
+    let next_id = next_id_floor(tx)?.max(jobs.last().map_err(r)?.map_or(0, |(k, _)| k.value() + 1));
     if let Some(segments) = segments(tx)? {
         let mut covered_to = 0u64;
         for e in segments.iter().map_err(r)? {
@@ -215,6 +216,12 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                 }
             };
             covered_to = key + batch.len() as u64;
+            if covered_to > next_id {
+                problem(
+                    place.clone(),
+                    format!("ends past the next id ({next_id}): its ids would be given again"),
+                );
+            }
             for (id, rec) in batch {
                 let place = format!("job {id}");
                 if jobs.get(id).map_err(r)?.is_some() {
