@@ -7,6 +7,14 @@ use quern::{Filter, NewJob, Store};
 const READY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_ready");
 const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
 
+/// Edits the database at `path` behind quern's back, in one redb transaction.
+fn damage(path: &std::path::Path, edit: impl FnOnce(&quern::redb::WriteTransaction)) {
+    let db = quern::redb::Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    edit(&tx);
+    tx.commit().unwrap();
+}
+
 /// What `check` says of the database at `path`, opened for writing.
 fn problems_of(path: &std::path::Path) -> Vec<String> {
     let store = Store::open(path).unwrap();
@@ -42,27 +50,22 @@ fn a_lost_index_entry_and_a_wrong_count_are_reported() {
         // A claim indexes the new jobs (all of them but the jobs it could claim).
         assert!(store.claim("other", 1).unwrap().is_empty());
     }
-    {
-        let db = quern::redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut ready = tx.open_table(READY).unwrap();
-            let first = ready
-                .first()
-                .unwrap()
-                .map(|(k, _)| k.value().to_vec())
-                .unwrap();
-            ready.remove(first.as_slice()).unwrap();
-            let mut counts = tx.open_table(COUNTS).unwrap();
-            let key = counts
-                .first()
-                .unwrap()
-                .map(|(k, _)| k.value().to_vec())
-                .unwrap();
-            counts.insert(key.as_slice(), 7).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    damage(&path, |tx| {
+        let mut ready = tx.open_table(READY).unwrap();
+        let first = ready
+            .first()
+            .unwrap()
+            .map(|(k, _)| k.value().to_vec())
+            .unwrap();
+        ready.remove(first.as_slice()).unwrap();
+        let mut counts = tx.open_table(COUNTS).unwrap();
+        let key = counts
+            .first()
+            .unwrap()
+            .map(|(k, _)| k.value().to_vec())
+            .unwrap();
+        counts.insert(key.as_slice(), 7).unwrap();
+    });
     let problems = problems_of(&path);
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(
@@ -89,20 +92,15 @@ fn a_job_stored_twice_and_a_segment_below_the_mark_are_reported() {
         store.enqueue(NewJob::new("q", "alone")).unwrap();
         assert_eq!(store.check().unwrap(), []);
     }
-    {
-        let db = quern::redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut jobs = tx.open_table(JOBS).unwrap();
-            let alone = jobs.get(21).unwrap().unwrap().value().to_vec();
-            jobs.insert(13, alone.as_slice()).unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .insert("indexed_below", 11)
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    damage(&path, |tx| {
+        let mut jobs = tx.open_table(JOBS).unwrap();
+        let alone = jobs.get(21).unwrap().unwrap().value().to_vec();
+        jobs.insert(13, alone.as_slice()).unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("indexed_below", 11)
+            .unwrap();
+    });
     let problems = problems_of(&path);
     for expected in [
         "job 13: is stored both alone and in a segment",
@@ -132,15 +130,12 @@ fn a_listing_stops_before_a_damaged_job_past_its_limit() {
             store.enqueue(NewJob::new("q", format!("{i}"))).unwrap();
         }
     }
-    {
-        let db = quern::redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
+    damage(&path, |tx| {
         tx.open_table(JOBS)
             .unwrap()
             .insert(3, [9u8, 9, 9].as_slice())
             .unwrap();
-        tx.commit().unwrap();
-    }
+    });
     let store = Store::open(&path).unwrap();
     let page = store.list(&Filter::default().limit(2)).unwrap();
     assert_eq!(page.iter().map(|j| j.id.0).collect::<Vec<_>>(), [1, 2]);
@@ -162,12 +157,9 @@ fn a_segment_past_the_next_id_is_reported() {
             .unwrap();
         assert_eq!(store.check().unwrap(), []);
     }
-    {
-        let db = quern::redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
+    damage(&path, |tx| {
         tx.open_table(META).unwrap().remove("next_id").unwrap();
-        tx.commit().unwrap();
-    }
+    });
     assert_eq!(
         problems_of(&path),
         ["segment of jobs from 1: ends past the next id (0): its ids would be given again"]
