@@ -583,7 +583,9 @@ impl Store {
         &self,
         op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        // A oneshot parks the caller at once; a channel's receive spins and yields first, which
+        // on two cores took the CPU of the callers coming back from the last commit.
+        let (tx, rx) = oneshot::channel();
         let writer = self.writer()?;
         writer.send_or_commit(Box::new(Request {
             op,
@@ -601,7 +603,7 @@ impl Store {
         &self,
         op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.writer()?.send(Box::new(Request {
             op,
             reply: Box::new(move |r| {
