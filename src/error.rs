@@ -1,6 +1,6 @@
 //! The errors of quern.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::job::JobId;
@@ -53,9 +53,10 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u64,
     },
-    /// A storage operation failed. After a failed commit the store refuses writes
-    /// ([`Error::Poisoned`]) until it is reopened.
-    #[error("storage failure while {context}")]
+    /// A storage operation failed: the message names the database file and the cause (an I/O
+    /// error of a full disk, say), which stays whole as the error's source. After a failed
+    /// commit the store refuses writes ([`Error::Poisoned`]) until it is reopened.
+    #[error("storage failure{} while {context}: {source}", source.on_file())]
     Storage {
         /// What quern was doing.
         context: &'static str,
@@ -146,8 +147,19 @@ impl Error {
     pub(crate) fn storage(context: &'static str, e: impl Into<redb::Error>) -> Error {
         Error::Storage {
             context,
-            source: StorageError(Arc::new(e.into())),
+            source: StorageError::new(e.into()),
         }
+    }
+
+    /// Names the database file in a storage error that does not name it yet: errors are
+    /// made deep inside a transaction, and located where they leave the store.
+    pub(crate) fn in_file(mut self, path: &Path) -> Error {
+        if let Error::Storage { source, .. } = &mut self
+            && source.file.is_none()
+        {
+            source.file = Some(path.into());
+        }
+        self
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
@@ -161,17 +173,43 @@ impl Error {
 /// A failure of the storage engine under quern, kept whole as the [`std::error::Error::source`]
 /// of an [`Error`].
 #[derive(Debug, Clone)]
-pub struct StorageError(pub(crate) Arc<redb::Error>);
+pub struct StorageError {
+    error: Arc<redb::Error>,
+    /// The database file, once the error left the store that met it.
+    file: Option<Arc<Path>>,
+}
+
+impl StorageError {
+    pub(crate) fn new(error: redb::Error) -> StorageError {
+        StorageError {
+            error: Arc::new(error),
+            file: None,
+        }
+    }
+
+    /// The database file the failure happened on, when known.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// " on FILE" when the file is known, for [`Error::Storage`]'s message.
+    fn on_file(&self) -> String {
+        self.file
+            .as_ref()
+            .map(|f| format!(" on {}", f.display()))
+            .unwrap_or_default()
+    }
+}
 
 impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
+        std::fmt::Display::fmt(&self.error, f)
     }
 }
 
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        self.error.source()
     }
 }
 

@@ -280,15 +280,17 @@ impl StoreBuilder {
             store_id,
         });
         match version {
-            1 => upgrade_v1(&db, &cfg, &path)?,
-            FORMAT_2 => upgrade_v2(&db, &path)?,
-            _ => {}
+            1 => upgrade_v1(&db, &cfg, &path),
+            FORMAT_2 => upgrade_v2(&db, &path),
+            _ => Ok(()),
         }
+        .map_err(|e| e.in_file(&path))?;
         let db = Arc::new(db);
         let watermark = Arc::new(Watermark::new());
         let poisoned = Arc::new(AtomicBool::new(false));
         let takers = Arc::new(Takers::default());
         let writer = Writer::spawn(
+            path.as_path().into(),
             db.clone(),
             cfg.clone(),
             watermark.clone(),
@@ -297,7 +299,7 @@ impl StoreBuilder {
         )
         .map_err(|e| Error::Open {
             path: path.clone(),
-            source: StorageError(Arc::new(redb::StorageError::Io(e).into())),
+            source: StorageError::new(redb::StorageError::Io(e).into()),
         })?;
         tracing::info!(path = %path.display(), "opened quern store");
         Ok(Store {
@@ -382,7 +384,7 @@ fn open_error(path: &Path, e: impl Into<redb::Error>) -> Error {
         redb::Error::Corrupted(detail) => corrupt_file(path, &detail),
         e => Error::Open {
             path: path.to_path_buf(),
-            source: StorageError(Arc::new(e)),
+            source: StorageError::new(e),
         },
     }
 }
@@ -631,12 +633,12 @@ impl Store {
     /// is [`Error::Corrupt`] (see [`guarded_read`]); `f` must not run user code that may panic.
     fn read<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
         let begin = |e| Error::storage("beginning a read transaction", e);
+        let path = &self.inner.path;
         match &self.inner.db {
-            Db::Writable(db) => f(&db.begin_read().map_err(begin)?),
-            Db::ReadOnly(db) => {
-                guarded_read(&self.inner.path, || f(&db.begin_read().map_err(begin)?))
-            }
+            Db::Writable(db) => db.begin_read().map_err(begin).and_then(|tx| f(&tx)),
+            Db::ReadOnly(db) => guarded_read(path, || f(&db.begin_read().map_err(begin)?)),
         }
+        .map_err(|e| e.in_file(path))
     }
 
     /// Enqueues one job, durably.
@@ -931,13 +933,15 @@ impl Store {
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned.into());
         }
+        let path = self.inner.path.as_path();
         let tx = db
             .begin_write()
-            .map_err(|e| Error::storage("beginning a write transaction", e))?;
+            .map_err(|e| Error::storage("beginning a write transaction", e).in_file(path))?;
         let (value, changed) = {
             let mut wtx = WriteTx {
-                cx: Ctx::begin(&tx, &self.inner.cfg)?,
+                cx: Ctx::begin(&tx, &self.inner.cfg).map_err(|e| e.in_file(path))?,
                 tx: &tx,
+                path,
                 broken: None,
             };
             IN_WRITE.with(|w| w.set(true));
@@ -949,11 +953,13 @@ impl Store {
             if let Some(e) = wtx.broken {
                 return Err(e.into());
             }
-            (value, wtx.cx.finish()?)
+            (value, wtx.cx.finish().map_err(|e| e.in_file(path))?)
         };
         if let Err(e) = tx.commit() {
             self.inner.poisoned.store(true, Ordering::Release);
-            return Err(Error::storage("committing a write transaction", e).into());
+            return Err(Error::storage("committing a write transaction", e)
+                .in_file(path)
+                .into());
         }
         if changed {
             self.inner.watermark.bump();
@@ -1055,6 +1061,8 @@ pub(crate) fn lease_ref(lease: &Lease) -> Lease {
 pub struct WriteTx<'a> {
     cx: Ctx<'a>,
     tx: &'a redb::WriteTransaction,
+    /// The database file, named in storage errors.
+    path: &'a Path,
     /// The first error that left quern's part of the transaction half-written.
     broken: Option<Error>,
 }
@@ -1085,6 +1093,7 @@ impl<'a> WriteTx<'a> {
     /// Remembers an error after which quern's tables may be half-written, so that
     /// [`Store::write`] refuses to commit whatever the closure does next.
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        let result = result.map_err(|e| e.in_file(self.path));
         if let Err(e) = &result
             && e.aborts_batch()
             && self.broken.is_none()

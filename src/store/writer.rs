@@ -8,6 +8,7 @@
 //! operation that breaks the transaction (a storage failure, a corrupt record) aborts it: the
 //! operations applied before it get its error, the ones after it run in a fresh transaction.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -76,6 +77,8 @@ where
 
 /// What the writer thread and direct committers share.
 pub(crate) struct Shared {
+    /// The database file, named in storage errors.
+    pub path: Arc<Path>,
     pub db: Arc<Database>,
     pub cfg: Arc<Config>,
     pub watermark: Arc<Watermark>,
@@ -99,6 +102,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn spawn(
+        path: Arc<Path>,
         db: Arc<Database>,
         cfg: Arc<Config>,
         watermark: Arc<Watermark>,
@@ -106,6 +110,7 @@ impl Writer {
         takers: Arc<Takers>,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
+            path,
             db,
             cfg,
             watermark,
@@ -214,6 +219,7 @@ fn gather(batch: &mut Vec<Box<dyn Op>>, rx: &Receiver<Box<dyn Op>>, shared: &Sha
 /// wrote new jobs to, and commits. The caller holds the commit lock.
 fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let Shared {
+        path,
         db,
         cfg,
         watermark,
@@ -228,7 +234,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
-            let e = Error::storage("beginning a write transaction", e);
+            let e = Error::storage("beginning a write transaction", e).in_file(path);
             batch.into_iter().for_each(|op| op.reject(e.clone()));
             return;
         }
@@ -261,6 +267,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
             }
         }
         Err(e) => {
+            let e = e.in_file(path);
             ops.for_each(|op| op.reject(e.clone()));
             return;
         }
@@ -272,6 +279,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         }
     };
     if let Some(e) = abort {
+        let e = e.in_file(path);
         drop(tx);
         deliver(false);
         tracing::error!(error = %e, "write transaction aborted");
@@ -298,7 +306,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         Err(e) => {
             deliver(false);
             poisoned.store(true, Ordering::Release);
-            let e = Error::storage("committing a write transaction", e);
+            let e = Error::storage("committing a write transaction", e).in_file(path);
             tracing::error!(error = %e, "commit failed; the store refuses writes until reopened");
             dones.into_iter().for_each(|d| d(Err(&e)));
         }
