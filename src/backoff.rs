@@ -92,7 +92,8 @@ impl Backoff {
             Jitter::Decorrelated => {
                 let prev = previous.unwrap_or(self.initial);
                 let high = prev.saturating_mul(3).max(self.initial);
-                self.initial + (high - self.initial).mul_f64(unit)
+                self.initial
+                    .saturating_add((high - self.initial).mul_f64(unit))
             }
         };
         delay.min(self.max)

@@ -517,6 +517,29 @@ async fn a_handler_past_its_timeout_is_cancelled_as_a_failed_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_and_a_lease_too_long_for_the_clock_mean_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder()
+        .lease_ttl(Duration::MAX)
+        .open(dir.path().join("q.redb"))
+        .unwrap();
+    let id = store
+        .enqueue(NewJob::new("q", "x").timeout(Duration::MAX))
+        .unwrap()
+        .id();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap();
+    until(&store, "the job to succeed", || {
+        store.get(id).unwrap().unwrap().state == JobState::Succeeded
+    })
+    .await;
+    assert_eq!(handle.metrics().succeeded, 1);
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::default();

@@ -228,6 +228,48 @@ fn a_store_call_inside_a_write_is_refused_rather_than_deadlocking() {
 }
 
 #[test]
+fn a_write_inside_a_write_is_refused_rather_than_deadlocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let inner =
+        store.write(|_tx| Ok::<_, Error>(store.write(|tx| tx.enqueue(NewJob::new("q", "nested")))));
+    assert!(
+        matches!(inner, Ok(Err(Error::InvalidInput { .. }))),
+        "{inner:?}"
+    );
+    assert_eq!(store.stats().unwrap().queue("q"), None);
+}
+
+#[test]
+fn a_thread_whose_write_closure_panicked_can_write_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.write(|_tx| -> Result<(), Error> { panic!("the closure panics") })
+    }));
+    assert!(caught.is_err());
+    // The same thread: neither refused as if still inside the write, nor blocked.
+    store.enqueue(NewJob::new("q", "after")).unwrap();
+    store
+        .write(|tx| tx.enqueue(NewJob::new("q", "after, in a write")))
+        .unwrap();
+    assert_eq!(store.stats().unwrap().queue("q").unwrap().pending, 2);
+}
+
+#[test]
+fn waiting_for_a_change_with_no_time_limit_returns_at_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let seen = store.generation();
+    let generation = std::thread::scope(|s| {
+        let waiter = s.spawn(|| store.wait_for_change(seen, Duration::MAX));
+        store.enqueue(NewJob::new("q", "x")).unwrap();
+        waiter.join().unwrap()
+    });
+    assert!(generation > seen);
+}
+
+#[test]
 fn sixteen_threads_enqueueing_at_once_all_succeed_with_distinct_ids() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(path(&dir)).unwrap();

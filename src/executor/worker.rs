@@ -96,7 +96,7 @@ async fn still_held(shared: &Shared, job: &Job, lease: &Lease) -> bool {
     let left = job
         .lease_expires_at
         .map_or(Duration::ZERO, |exp| exp.since(shared.store.now()));
-    if left >= ttl * 2 / 3 {
+    if left >= ttl / 3 * 2 {
         return true;
     }
     match shared.store.heartbeat_async(lease).await {
@@ -109,6 +109,9 @@ async fn still_held(shared: &Shared, job: &Job, lease: &Lease) -> bool {
     }
 }
 
+/// The longest time between two heartbeats of a running job's lease.
+const HEARTBEAT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Waits for the handler while heartbeating its lease; cancels it on timeout, shutdown or a lost
 /// lease.
 async fn supervise(
@@ -118,8 +121,10 @@ async fn supervise(
     mut task: tokio::task::JoinHandle<Outcome>,
 ) -> End {
     let timeout = job.timeout.or(shared.timeout);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let period = (shared.store.lease_ttl() / 3).max(Duration::from_millis(10));
+    // A timeout past the clock's range (`Duration::MAX`) is no deadline at all.
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    // A beat at least daily: a lease of years would put the first beat past the clock's range.
+    let period = (shared.store.lease_ttl() / 3).clamp(Duration::from_millis(10), HEARTBEAT_MAX);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {

@@ -85,6 +85,35 @@ thread_local! {
     static IN_WRITE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Refuses a write from a thread that runs a [`Store::write`] closure: it would wait forever
+/// for the write lock that its own transaction holds.
+fn outside_write() -> Result<()> {
+    if IN_WRITE.with(Cell::get) {
+        return Err(Error::invalid(
+            "call",
+            "a writing method of the store was called inside Store::write; use its WriteTx",
+        ));
+    }
+    Ok(())
+}
+
+/// Marks this thread as running a [`Store::write`] closure until dropped, also when the
+/// closure panics (and the panic is caught), so that the thread can write again afterwards.
+struct InsideWrite;
+
+impl InsideWrite {
+    fn enter() -> InsideWrite {
+        IN_WRITE.with(|w| w.set(true));
+        InsideWrite
+    }
+}
+
+impl Drop for InsideWrite {
+    fn drop(&mut self) {
+        IN_WRITE.with(|w| w.set(false));
+    }
+}
+
 /// The default most memory redb may use to cache pages: 64 MiB.
 pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
 
@@ -617,12 +646,7 @@ impl Store {
 
     fn writer(&self) -> Result<&Writer> {
         let writer = self.inner.writer.as_ref().ok_or(Error::ReadOnly)?;
-        if IN_WRITE.with(Cell::get) {
-            return Err(Error::invalid(
-                "call",
-                "a writing method of the store was called inside Store::write; use its WriteTx",
-            ));
-        }
+        outside_write()?;
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -930,6 +954,7 @@ impl Store {
         let Db::Writable(db) = &self.inner.db else {
             return Err(Error::ReadOnly.into());
         };
+        outside_write()?;
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned.into());
         }
@@ -944,10 +969,10 @@ impl Store {
                 path,
                 broken: None,
             };
-            IN_WRITE.with(|w| w.set(true));
-            let value = f(&mut wtx);
-            IN_WRITE.with(|w| w.set(false));
-            let value = value?;
+            let value = {
+                let _inside = InsideWrite::enter();
+                f(&mut wtx)
+            }?;
             // An enqueue that failed midway may have written part of itself: even if `f`
             // went on, the transaction is not committed.
             if let Some(e) = wtx.broken {

@@ -38,13 +38,19 @@ impl Watermark {
         self.cond.notify_all();
     }
 
-    /// Blocks until the generation passes `seen` or `timeout` runs out; returns the generation.
+    /// Blocks until the generation passes `seen` or `timeout` runs out (a timeout too long for
+    /// the clock, such as `Duration::MAX`, never does); returns the generation.
     pub(crate) fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut g = self.generation.lock();
         while *g <= seen {
-            if self.cond.wait_until(&mut g, deadline).timed_out() {
-                break;
+            match deadline {
+                Some(deadline) => {
+                    if self.cond.wait_until(&mut g, deadline).timed_out() {
+                        break;
+                    }
+                }
+                None => self.cond.wait(&mut g),
             }
         }
         *g
