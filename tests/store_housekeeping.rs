@@ -130,3 +130,43 @@ fn stats_report_the_oldest_due_job_the_next_scheduled_and_the_next_retry() {
     assert_eq!(q.oldest_due_pending, None);
     assert_eq!(q.next_retry_at, Some(Timestamp(1_065_000)));
 }
+
+#[test]
+fn stats_see_past_a_scheduled_job_that_came_due_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_000_000));
+    let store = open(&dir, &clock);
+    store
+        .enqueue(NewJob::new("q", "soon").delay(Duration::from_secs(10)))
+        .unwrap();
+    store
+        .enqueue(NewJob::new("q", "later").delay(Duration::from_secs(3_600)))
+        .unwrap();
+    // A claim indexes both as scheduled; nothing is due yet.
+    assert!(store.claim("q", 1).unwrap().is_empty());
+    // The first comes due, with no claim since to move it to ready.
+    clock.advance(Duration::from_secs(20));
+    let q = store.stats().unwrap().queue("q").cloned().unwrap();
+    assert_eq!(q.oldest_due_pending, Some(Timestamp(1_010_000)));
+    assert_eq!(q.next_scheduled_at, Some(Timestamp(4_600_000)));
+}
+
+#[test]
+fn stats_count_a_job_waiting_for_its_concurrency_key_as_due_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_000_000));
+    let store = open(&dir, &clock);
+    store
+        .enqueue(NewJob::new("q", "first").concurrency_key("org-7"))
+        .unwrap();
+    assert_eq!(store.claim("q", 1).unwrap().len(), 1);
+    clock.advance(Duration::from_secs(5));
+    store
+        .enqueue(NewJob::new("q", "second").concurrency_key("org-7"))
+        .unwrap();
+    // The claim finds the key busy and sets the second job aside, blocked.
+    assert!(store.claim("q", 1).unwrap().is_empty());
+    let q = store.stats().unwrap().queue("q").cloned().unwrap();
+    assert_eq!((q.pending, q.in_progress), (1, 1));
+    assert_eq!(q.oldest_due_pending, Some(Timestamp(1_005_000)));
+}

@@ -9,8 +9,8 @@ use super::codec::{
 };
 use super::ctx::{job_in_segments, payload_bytes};
 use super::tables::{
-    COUNTS, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, PAYLOADS, READY, RETRIES, SCHEDULED,
-    SEGMENTS,
+    BLOCKED, COUNTS, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, PAYLOADS, READY, RETRIES,
+    SCHEDULED, SEGMENTS,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, Timestamp};
@@ -278,26 +278,29 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
     }
     count_new(tx, &mut queues, now)?;
     let ready = tx.open_table(READY).map_err(r)?;
+    let blocked = tx.open_table(BLOCKED).map_err(r)?;
     let scheduled = tx.open_table(SCHEDULED).map_err(r)?;
     let retries = tx.open_table(RETRIES).map_err(r)?;
     for q in &mut queues {
         let prefix = queue_prefix(&q.queue);
-        let first_scheduled = first_time(&scheduled, &prefix)?;
-        let oldest_ready = oldest_ready(&ready, &prefix)?;
-        let due_scheduled = first_scheduled.filter(|t| *t <= now.0);
-        q.oldest_due_pending = oldest_ready
+        // Scheduled jobs come due without a write: they move to ready at the next claim, so
+        // the due ones are still here, first.
+        let due_scheduled = first_time(&scheduled, &prefix, 0)?.filter(|t| *t <= now.0);
+        // Blocked jobs are pending and due too, waiting for their concurrency key.
+        let due_blocked = oldest_ordered(&blocked, &prefix)?.filter(|t| *t <= now.0);
+        q.oldest_due_pending = oldest_ordered(&ready, &prefix)?
             .into_iter()
             .chain(due_scheduled)
+            .chain(due_blocked)
             .map(Timestamp)
             .chain(q.oldest_due_pending)
             .min();
-        q.next_scheduled_at = first_scheduled
-            .filter(|t| *t > now.0)
+        q.next_scheduled_at = first_time(&scheduled, &prefix, now.0.saturating_add(1))?
             .map(Timestamp)
             .into_iter()
             .chain(q.next_scheduled_at)
             .min();
-        q.next_retry_at = first_time(&retries, &prefix)?.map(Timestamp);
+        q.next_retry_at = first_time(&retries, &prefix, 0)?.map(Timestamp);
     }
     let leases = tx.open_table(LEASES).map_err(r)?;
     let next_lease_expiry = leases
@@ -368,12 +371,15 @@ fn count_new_job(queues: &mut Vec<QueueStats>, rec: &Record, now: Timestamp) {
     }
 }
 
-/// The time of the first entry of a `(queue, time, id)` index within `prefix`.
+/// The first time at or after `from` in a `(queue, time, id)` index, within `prefix`.
 fn first_time<V: redb::Value + 'static>(
     table: &impl ReadableTable<&'static [u8], V>,
     prefix: &[u8],
+    from: u64,
 ) -> Result<Option<u64>> {
-    let mut range = table.range(prefix..).map_err(r)?;
+    let mut start = prefix.to_vec();
+    start.extend_from_slice(&from.to_be_bytes());
+    let mut range = table.range(start.as_slice()..).map_err(r)?;
     match range.next() {
         Some(entry) => {
             let (k, _) = entry.map_err(r)?;
@@ -387,17 +393,19 @@ fn first_time<V: redb::Value + 'static>(
     }
 }
 
-/// The least `run_at` among ready jobs of a queue: a skip-scan that reads the first entry of
-/// each priority level, so its cost is the number of distinct priorities, not of jobs.
-fn oldest_ready(
-    ready: &impl ReadableTable<&'static [u8], &'static [u8]>,
+/// The least `run_at` among the entries within `prefix` of an index ordered by (group,
+/// priority, run_at, id), the group being empty (ready) or a concurrency key (blocked): a
+/// skip-scan that reads the first entry of each group and priority level, so its cost is the
+/// number of those, not of jobs.
+fn oldest_ordered<V: redb::Value + 'static>(
+    index: &impl ReadableTable<&'static [u8], V>,
     prefix: &[u8],
 ) -> Result<Option<u64>> {
     let mut oldest: Option<u64> = None;
     let mut from = prefix.to_vec();
     loop {
         let next = {
-            let mut range = ready.range(from.as_slice()..).map_err(r)?;
+            let mut range = index.range(from.as_slice()..).map_err(r)?;
             match range.next() {
                 Some(entry) => {
                     let (k, _) = entry.map_err(r)?;
@@ -412,7 +420,7 @@ fn oldest_ready(
         };
         let (_, run_at, _) = ordered_tail(&key)?;
         oldest = Some(oldest.map_or(run_at, |o| o.min(run_at)));
-        // Skip to the next priority level: past every key sharing this priority.
+        // Skip to the next priority level: past every key sharing this group and priority.
         from = key[..key.len() - 16].to_vec();
         if !increment(&mut from) {
             return Ok(oldest);
