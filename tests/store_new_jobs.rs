@@ -237,3 +237,33 @@ fn a_batch_whose_jobs_are_all_duplicates_commits_nothing() {
     assert_eq!(env.store.enqueue_batch(Vec::<NewJob>::new()).unwrap(), []);
     assert_eq!(env.store.generation(), before, "no change was committed");
 }
+
+/// More new jobs than one claim transaction indexes (20,000), in one batch.
+const BACKLOG: usize = 25_000;
+
+#[test]
+fn a_claim_behind_a_backlog_longer_than_one_transaction_sees_the_job_of_its_queue() {
+    let env = Env::new();
+    env.store
+        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("bulk", format!("{i}"))))
+        .unwrap();
+    let other = env.enqueue(NewJob::new("other", "behind the backlog"));
+    let claimed = env.store.claim("other", 1).unwrap();
+    assert_eq!(claimed.len(), 1, "the job of the queue was not seen");
+    assert_eq!(claimed[0].job.id, other);
+}
+
+#[test]
+fn a_claim_behind_a_backlog_longer_than_one_transaction_keeps_priority_order() {
+    let env = Env::new();
+    env.store
+        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let urgent = env.enqueue(NewJob::new("q", "urgent").priority(10));
+    let claimed = env.store.claim("q", 1).unwrap();
+    assert_eq!(claimed[0].job.id, urgent);
+    // The rest in id order, every one of them.
+    let rest = env.store.claim("q", BACKLOG).unwrap();
+    assert_eq!(rest.len(), BACKLOG);
+    assert!(rest.windows(2).all(|w| w[0].job.id < w[1].job.id));
+}

@@ -22,6 +22,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
     let mut last_retention: Option<Instant> = None;
     let mut errors = 0u32;
     let mut demand = Demand::new(&shared);
+    // Set while the claim cycles work through a backlog of new jobs (see `Cycle::indexing`).
+    let mut through = None;
     loop {
         if shared.stop.is_cancelled() {
             break;
@@ -54,6 +56,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 room,
                 held.clone(),
                 shared.periodic.clone(),
+                through,
             )
             .await;
         match cycle {
@@ -72,7 +75,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 }
                 shared.release_room(held.load(Ordering::SeqCst));
                 tracing::trace!(claimed, want, "claim cycle");
-                if want > 0 && claimed == want {
+                through = cycle.indexing;
+                if through.is_some() || (want > 0 && claimed == want) {
                     continue;
                 }
                 wake_at = cycle.next_due;

@@ -374,22 +374,34 @@ impl<'t> Ctx<'t> {
         Ok(out)
     }
 
-    /// Indexes the new jobs in id order, up to a bound per transaction, except the ones `keep`
-    /// selects: those are returned instead, and the caller must [`Ctx::put`] (as a new job) or
-    /// [`Ctx::index_new`] each; a claim writes them in progress at once, saving their trip
-    /// through the ready index. A claim calls this first, so that it sees every enqueued job.
+    /// Indexes the new jobs up to id `through` in id order, up to a bound per transaction,
+    /// except the ones `keep` selects: those are returned instead, and the caller must
+    /// [`Ctx::put`] (as a new job) or [`Ctx::index_new`] each; a claim writes them in progress
+    /// at once, saving their trip through the ready index. Also returns whether every new job
+    /// up to `through` is now indexed (or returned): false when the bound stopped it, and a
+    /// claim must then not claim yet (see [`crate::store::work::claim`]).
     pub(crate) fn drain_new(
         &mut self,
+        through: u64,
         keep: impl Fn(&Record) -> bool,
-    ) -> Result<Vec<(u64, Record)>> {
+    ) -> Result<(Vec<(u64, Record)>, bool)> {
         if !self.unindexed_maybe {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         }
-        let (kept, exhausted) = self.drain_through(u64::MAX, DRAIN_LIMIT, keep)?;
-        if exhausted {
+        let (kept, exhausted) = self.drain_through(through, DRAIN_LIMIT, keep)?;
+        let all_indexed = self.indexed_below()? >= self.next_id()?;
+        if all_indexed {
             self.unindexed_maybe = false;
         }
-        Ok(kept)
+        Ok((
+            kept,
+            exhausted || all_indexed || self.indexed_below()? > through,
+        ))
+    }
+
+    /// The highest job id given so far (0 when none was).
+    pub(crate) fn last_id(&mut self) -> Result<u64> {
+        Ok(self.next_id()?.saturating_sub(1))
     }
 
     /// Indexes the new jobs up to id `through`, at least `limit` of them if there are as many

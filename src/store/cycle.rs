@@ -14,27 +14,35 @@ use crate::periodic::Periodic;
 /// What a claim cycle did.
 pub(crate) struct Cycle {
     pub claimed: Vec<Claimed>,
+    /// Set when the cycle indexed part of a backlog of new jobs instead of claiming: the
+    /// bound to run the next cycle with, at once (see [`work::ClaimStep::Indexing`]).
+    pub indexing: Option<u64>,
     /// The earliest time something becomes due: a scheduled job of the queue, a retry, a lease
     /// expiry, or a periodic slot.
     pub next_due: Option<Timestamp>,
 }
 
+/// `through` is the bound the previous cycle returned in [`Cycle::indexing`], if any.
 pub(crate) fn claim_cycle(
     cx: &mut Ctx<'_>,
     queue: &str,
     room: usize,
     periodic: &[Periodic],
+    through: Option<u64>,
 ) -> Result<Cycle> {
     housekeeping::recover_expired(cx)?;
     housekeeping::promote_due(cx)?;
     let next_slot = fire_periodic(cx, periodic)?;
-    let claimed = if room > 0 {
-        work::claim(cx, queue, room)?
+    let (claimed, indexing) = if room > 0 {
+        match work::claim(cx, queue, room, through)? {
+            work::ClaimStep::Claimed(jobs) => (jobs, None),
+            work::ClaimStep::Indexing { through } => (Vec::new(), Some(through)),
+        }
     } else {
         // Nothing to claim, but new jobs are indexed all the same, so that stats need not read
         // a backlog and the next due time sees every job.
-        cx.drain_new(|_| false)?;
-        Vec::new()
+        cx.drain_new(u64::MAX, |_| false)?;
+        (Vec::new(), None)
     };
     let next_due = [
         next_scheduled(cx, queue)?,
@@ -45,7 +53,11 @@ pub(crate) fn claim_cycle(
     .into_iter()
     .flatten()
     .min();
-    Ok(Cycle { claimed, next_due })
+    Ok(Cycle {
+        claimed,
+        indexing,
+        next_due,
+    })
 }
 
 /// Enqueues the job of every schedule whose current slot has not fired. Returns when the next

@@ -699,8 +699,16 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let queue = queue.to_owned();
-        self.call(move |cx| work::claim(cx, &queue, n))
+        // Behind a backlog of new jobs longer than one transaction indexes, each try indexes
+        // part of it, committed, until the claim can see every job enqueued before it.
+        let mut through = None;
+        loop {
+            let queue = queue.to_owned();
+            match self.call(move |cx| work::claim(cx, &queue, n, through))? {
+                work::ClaimStep::Claimed(jobs) => return Ok(jobs),
+                work::ClaimStep::Indexing { through: bound } => through = Some(bound),
+            }
+        }
     }
 
     /// Extends the lease to now + the lease TTL.
@@ -1026,10 +1034,11 @@ impl Store {
         room: Arc<dyn Room>,
         held: Arc<AtomicUsize>,
         periodic: Arc<[crate::periodic::Periodic]>,
+        through: Option<u64>,
     ) -> Result<(Cycle, usize)> {
         self.call_async(move |cx| {
             let n = room.reserve();
-            let cycle = cycle::claim_cycle(cx, &queue, n, &periodic);
+            let cycle = cycle::claim_cycle(cx, &queue, n, &periodic, through);
             let kept = cycle.as_ref().map_or(0, |c| c.claimed.len());
             room.release(n - kept);
             held.store(kept, Ordering::SeqCst);

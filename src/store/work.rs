@@ -17,16 +17,47 @@ use crate::state::{self, JobState, Record, Refusal};
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
 
+/// What a claim transaction did.
+pub(crate) enum ClaimStep {
+    /// The jobs it claimed.
+    Claimed(Vec<Claimed>),
+    /// More new jobs were waiting to be indexed than one transaction indexes: it indexed some
+    /// and claimed nothing, since a job it has not read yet may come first. Claim again, in
+    /// another transaction, with `through`: the jobs enqueued before the first try are the
+    /// ones that must be indexed first, so that enqueues meanwhile cannot hold the claim off.
+    Indexing {
+        /// The highest job id when the claim was first tried.
+        through: u64,
+    },
+}
+
 /// Claims up to `n` due pending jobs of `queue` in (priority desc, run_at asc, id asc) order,
-/// skipping jobs whose concurrency key is busy.
+/// skipping jobs whose concurrency key is busy; or, behind a long backlog of new jobs, indexes
+/// part of it (see [`ClaimStep::Indexing`]). `through` is the bound an earlier try returned.
 ///
 /// Candidates come from two places, merged in that order: the ready index, and the new jobs
 /// (not yet indexed) of this queue that are due and have no concurrency key. A new job that is
 /// claimed goes straight to in progress; the others are indexed as usual.
-pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claimed>> {
+pub(crate) fn claim(
+    cx: &mut Ctx<'_>,
+    queue: &str,
+    n: usize,
+    through: Option<u64>,
+) -> Result<ClaimStep> {
     let now = cx.now();
-    let mut fresh =
-        cx.drain_new(|r| r.queue == queue && r.run_at <= now && r.concurrency_key.is_none())?;
+    let through = match through {
+        Some(through) => through,
+        None => cx.last_id()?,
+    };
+    let (mut fresh, complete) = cx.drain_new(through, |r| {
+        r.queue == queue && r.run_at <= now && r.concurrency_key.is_none()
+    })?;
+    if !complete {
+        for (id, rec) in fresh {
+            cx.index_new(id, &rec)?;
+        }
+        return Ok(ClaimStep::Indexing { through });
+    }
     // Sorted in claim order, the order of their ready keys; claimed from the back.
     fresh.sort_by_key(|(id, r)| std::cmp::Reverse(claim_order(r.priority, r.run_at, *id)));
     let prefix = queue_prefix(queue);
@@ -88,7 +119,7 @@ pub(crate) fn claim(cx: &mut Ctx<'_>, queue: &str, n: usize) -> Result<Vec<Claim
     for (id, rec) in fresh {
         cx.index_new(id, &rec)?;
     }
-    Ok(out)
+    Ok(ClaimStep::Claimed(out))
 }
 
 /// Where a job comes in claim order: priority descending, then run_at, then id; the order of
