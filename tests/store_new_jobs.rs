@@ -267,3 +267,29 @@ fn a_claim_behind_a_backlog_longer_than_one_transaction_keeps_priority_order() {
     assert_eq!(rest.len(), BACKLOG);
     assert!(rest.windows(2).all(|w| w[0].job.id < w[1].job.id));
 }
+
+#[test]
+fn cancel_of_a_job_behind_a_backlog_longer_than_one_transaction_cancels_it_alone() {
+    let env = Env::new();
+    let ids: Vec<JobId> = env
+        .store
+        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id())
+        .collect();
+    let last = *ids.last().unwrap();
+    let before = env.store.generation();
+    env.store.cancel(last).unwrap();
+    // The backlog in front of it is indexed over more than one commit, not one huge one.
+    assert!(env.store.generation() >= before + 2);
+    assert_eq!(
+        env.store.get(last).unwrap().unwrap().state,
+        JobState::Failed
+    );
+    let q = env.store.stats().unwrap().queue("q").cloned().unwrap();
+    assert_eq!((q.pending, q.failed), (BACKLOG as u64 - 1, 1));
+    // A retry of a job still new is refused as for any pending job.
+    assert!(env.store.retry(ids[0]).is_err());
+    assert_eq!(env.store.check().unwrap(), Vec::new());
+}

@@ -131,6 +131,18 @@ pub(crate) fn payload_bytes(
 /// several commits rather than in one huge one.
 const DRAIN_LIMIT: usize = 20_000;
 
+/// A job read to be changed ([`Ctx::load_indexed`]).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a return value, matched at once; boxing would allocate per call"
+)]
+pub(crate) enum Loaded {
+    /// Its record, if the job exists.
+    Job(Option<Record>),
+    /// Behind more new jobs than one transaction indexes: some were indexed, not yet it.
+    Behind,
+}
+
 /// One write transaction's view of the store, shared by every operation of a group commit.
 pub(crate) struct Ctx<'t> {
     pub t: Tables<'t>,
@@ -444,12 +456,18 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// The record of job `id`, indexing the new jobs up to it first if it is not yet indexed.
-    pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Option<Record>> {
-        if self.unindexed_maybe && id >= self.indexed_below()? {
-            self.drain_through(id, usize::MAX, |_| false)?;
+    /// The record of job `id`, indexing the new jobs up to it first if it is not yet indexed,
+    /// as many as one transaction indexes: [`Loaded::Behind`] when they stop short of it, and
+    /// the caller must try again in another transaction.
+    pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Loaded> {
+        if self.unindexed_maybe
+            && id >= self.indexed_below()?
+            && !self.drain_through(id, DRAIN_LIMIT, |_| false)?.1
+            && self.indexed_below()? <= id
+        {
+            return Ok(Loaded::Behind);
         }
-        self.load(id)
+        self.load(id).map(Loaded::Job)
     }
 
     pub(crate) fn load(&mut self, id: u64) -> Result<Option<Record>> {

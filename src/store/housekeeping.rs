@@ -4,7 +4,7 @@
 use redb::ReadableTable;
 
 use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
-use super::ctx::{Ctx, w};
+use super::ctx::{Ctx, Loaded, w};
 use super::work::jitter_seed;
 use crate::error::{Error, Result};
 use crate::job::{JobId, Timestamp};
@@ -80,7 +80,8 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
 /// A failed job -> Pending now, with a fresh attempt chain.
 pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
     let now = cx.now();
-    let old = cx.load_indexed(id.0)?.ok_or(Error::NotFound { job: id })?;
+    // A job not yet indexed is pending, which a retry refuses: no need to index it first.
+    let old = cx.load(id.0)?.ok_or(Error::NotFound { job: id })?;
     let mut rec = old.clone();
     state::retry(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
     if let Some(u) = &rec.unique_key {
@@ -100,15 +101,20 @@ pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
     Ok(())
 }
 
-/// A live job -> Failed for good, "cancelled".
-pub(crate) fn cancel(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
+/// A live job -> Failed for good, "cancelled". Returns false, having changed nothing but
+/// the indexing of new jobs, when the job is behind more new jobs than one transaction
+/// indexes: cancel it again in another transaction.
+pub(crate) fn cancel(cx: &mut Ctx<'_>, id: JobId) -> Result<bool> {
     let now = cx.now();
-    let old = cx.load_indexed(id.0)?.ok_or(Error::NotFound { job: id })?;
+    let old = match cx.load_indexed(id.0)? {
+        Loaded::Job(job) => job.ok_or(Error::NotFound { job: id })?,
+        Loaded::Behind => return Ok(false),
+    };
     let mut rec = old.clone();
     state::cancel(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
     cx.put(id.0, Some(&old), &rec)?;
     tracing::info!(job = %id, queue = %rec.queue, "cancelled");
-    Ok(())
+    Ok(true)
 }
 
 /// The most jobs one prune transaction deletes. A prune of a long history runs as several

@@ -804,7 +804,9 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidState`] for a job already finished.
     pub fn cancel(&self, id: JobId) -> Result<()> {
-        self.call(move |cx| housekeeping::cancel(cx, id))
+        // Behind a long backlog of new jobs, each try indexes part of it, committed.
+        while !self.call(move |cx| housekeeping::cancel(cx, id))? {}
+        Ok(())
     }
 
     /// Deletes succeeded and terminally failed jobs that finished before the cut: an age
