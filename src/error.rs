@@ -12,7 +12,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in quern.
 ///
 /// Expected conflicts ([`Error::LeaseLost`], [`Error::NotFound`], [`Error::InvalidState`], ...)
-/// are variants to match on; storage failures keep their cause in [`std::error::Error::source`].
+/// are variants to match on; a storage failure names its cause in its message and keeps it
+/// whole in [`Error::Storage`]'s `source` field.
 /// `Error` is `Clone`, so one failed group commit can be reported to every caller in it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -54,14 +55,15 @@ pub enum Error {
         supported: u64,
     },
     /// A storage operation failed: the message names the database file and the cause (an I/O
-    /// error of a full disk, say), which stays whole as the error's source. After a failed
-    /// commit the store refuses writes ([`Error::Poisoned`]) until it is reopened.
+    /// error of a full disk, say). The cause is in the message, so it is not also the error's
+    /// [`std::error::Error::source`] (a report of the chain would print it twice); it stays
+    /// whole in the `source` field. After a failed commit the store refuses writes
+    /// ([`Error::Poisoned`]) until it is reopened.
     #[error("storage failure{} while {context}: {source}", source.on_file())]
     Storage {
         /// What quern was doing.
         context: &'static str,
-        /// The cause.
-        #[source]
+        /// The cause: redb's error, and through it the I/O error, if any.
         source: StorageError,
     },
     /// A record on disk could not be decoded, an index disagrees with its record, or the
@@ -76,8 +78,14 @@ pub enum Error {
     },
     /// An earlier commit failed; the store refuses writes until it is reopened, so that nothing
     /// half-written is ever built upon.
-    #[error("the store refuses writes after an earlier commit failed; reopen it")]
-    Poisoned,
+    #[error(
+        "quern database {} refuses writes after an earlier commit failed; reopen it",
+        path.display()
+    )]
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+    },
     /// The job is no longer in progress under this lease: its lease expired and it was recovered,
     /// it was claimed again, cancelled or pruned. Nothing was changed.
     #[error("lease lost on job {job}: it is no longer in progress under this lease")]
@@ -140,7 +148,7 @@ impl Error {
     pub(crate) fn aborts_batch(&self) -> bool {
         matches!(
             self,
-            Error::Storage { .. } | Error::Corrupt { .. } | Error::Poisoned | Error::Closed
+            Error::Storage { .. } | Error::Corrupt { .. } | Error::Poisoned { .. } | Error::Closed
         )
     }
 

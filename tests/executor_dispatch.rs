@@ -541,6 +541,33 @@ async fn a_timeout_and_a_lease_too_long_for_the_clock_mean_no_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_behind_a_long_backlog_runs_the_most_urgent_job_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    // More new jobs than one claim transaction indexes, then one that outranks them all.
+    store
+        .enqueue_batch((0..25_000).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    store
+        .enqueue(NewJob::new("q", "urgent").priority(10))
+        .unwrap();
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(1)
+        .channel_capacity(1)
+        .spawn(move |ctx| {
+            let _ = first_tx.send(ctx.payload().to_vec());
+            async { Outcome::Success }
+        })
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, first_rx.recv()).await.unwrap();
+    assert_eq!(first.as_deref(), Some(&b"urgent"[..]));
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::default();

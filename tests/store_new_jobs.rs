@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Env, secs};
-use quern::{Filter, JobId, JobState, MAX_PAYLOAD, NewJob};
+use quern::{Error, Filter, JobId, JobState, MAX_PAYLOAD, NewJob};
 
 #[test]
 fn cancel_of_the_newest_of_several_new_jobs_leaves_the_others_claimable_in_order() {
@@ -278,6 +278,13 @@ fn cancel_of_a_job_behind_a_backlog_longer_than_one_transaction_cancels_it_alone
         .into_iter()
         .map(|e| e.id())
         .collect();
+    // A retry of a job still new is refused as for any pending job, and indexes nothing.
+    let before = env.store.generation();
+    assert!(matches!(
+        env.store.retry(ids[0]),
+        Err(Error::InvalidState { .. })
+    ));
+    assert_eq!(env.store.generation(), before);
     let last = *ids.last().unwrap();
     let before = env.store.generation();
     env.store.cancel(last).unwrap();
@@ -289,7 +296,19 @@ fn cancel_of_a_job_behind_a_backlog_longer_than_one_transaction_cancels_it_alone
     );
     let q = env.store.stats().unwrap().queue("q").cloned().unwrap();
     assert_eq!((q.pending, q.failed), (BACKLOG as u64 - 1, 1));
-    // A retry of a job still new is refused as for any pending job.
-    assert!(env.store.retry(ids[0]).is_err());
     assert_eq!(env.store.check().unwrap(), Vec::new());
+}
+
+#[test]
+fn cancel_of_an_id_past_the_last_job_is_not_found_at_once() {
+    let env = Env::new();
+    env.store
+        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let before = env.store.generation();
+    assert!(matches!(
+        env.store.cancel(JobId(u64::MAX)),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(env.store.generation(), before, "nothing was indexed for it");
 }

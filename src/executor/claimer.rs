@@ -75,8 +75,12 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 }
                 shared.release_room(held.load(Ordering::SeqCst));
                 tracing::trace!(claimed, want, "claim cycle");
+                // A bounded cycle (one that finished indexing a backlog) saw only the jobs
+                // up to its bound: one more cycle at once sees those enqueued since, which a
+                // claim elsewhere may have indexed without a commit this claimer would wake to.
+                let bounded = through.is_some();
                 through = cycle.indexing;
-                if through.is_some() || (want > 0 && claimed == want) {
+                if through.is_some() || bounded || (want > 0 && claimed == want) {
                     continue;
                 }
                 wake_at = cycle.next_due;

@@ -460,6 +460,9 @@ impl<'t> Ctx<'t> {
     /// as many as one transaction indexes: [`Loaded::Behind`] when they stop short of it, and
     /// the caller must try again in another transaction.
     pub(crate) fn load_indexed(&mut self, id: u64) -> Result<Loaded> {
+        if id > self.last_id()? {
+            return Ok(Loaded::Job(None));
+        }
         if self.unindexed_maybe
             && id >= self.indexed_below()?
             && !self.drain_through(id, DRAIN_LIMIT, |_| false)?.1

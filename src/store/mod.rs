@@ -301,7 +301,7 @@ impl StoreBuilder {
                 .set_check_integrity_on_open(self.verify_on_open)
                 .create(&path)
         })?;
-        let (store_id, version) = init_header(&db, &path)?;
+        let (store_id, version) = init_header(&db, &path).map_err(|e| e.in_file(&path))?;
         let cfg = Arc::new(Config {
             clock: self.clock,
             lease_ttl: self.lease_ttl,
@@ -648,7 +648,9 @@ impl Store {
         let writer = self.inner.writer.as_ref().ok_or(Error::ReadOnly)?;
         outside_write()?;
         if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned);
+            return Err(Error::Poisoned {
+                path: self.inner.path.clone(),
+            });
         }
         Ok(writer)
     }
@@ -966,7 +968,10 @@ impl Store {
         };
         outside_write()?;
         if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned.into());
+            return Err(Error::Poisoned {
+                path: self.inner.path.clone(),
+            }
+            .into());
         }
         let path = self.inner.path.as_path();
         let tx = db
@@ -1148,7 +1153,9 @@ impl<'a> WriteTx<'a> {
         &self,
         definition: redb::TableDefinition<K, V>,
     ) -> Result<redb::Table<'a, K, V>> {
-        Ok(self.tx.open_table(definition)?)
+        self.tx
+            .open_table(definition)
+            .map_err(|e| Error::from(e).in_file(self.path))
     }
 
     /// The underlying redb transaction, for anything else (multimap tables, ...).

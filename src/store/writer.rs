@@ -228,7 +228,10 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         ..
     } = shared;
     if poisoned.load(Ordering::Acquire) {
-        batch.into_iter().for_each(|op| op.reject(Error::Poisoned));
+        let e = Error::Poisoned {
+            path: path.to_path_buf(),
+        };
+        batch.into_iter().for_each(|op| op.reject(e.clone()));
         return;
     }
     let tx = match db.begin_write() {
