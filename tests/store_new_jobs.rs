@@ -241,12 +241,22 @@ fn a_batch_whose_jobs_are_all_duplicates_commits_nothing() {
 /// More new jobs than one claim transaction indexes (20,000), in one batch.
 const BACKLOG: usize = 25_000;
 
+/// A fresh store with a backlog of [`BACKLOG`] new jobs in `queue`; their ids.
+fn backlog(queue: &str) -> (Env, Vec<JobId>) {
+    let env = Env::new();
+    let ids = env
+        .store
+        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new(queue, format!("{i}"))))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id())
+        .collect();
+    (env, ids)
+}
+
 #[test]
 fn a_claim_behind_a_backlog_longer_than_one_transaction_sees_the_job_of_its_queue() {
-    let env = Env::new();
-    env.store
-        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("bulk", format!("{i}"))))
-        .unwrap();
+    let (env, _) = backlog("bulk");
     let other = env.enqueue(NewJob::new("other", "behind the backlog"));
     let claimed = env.store.claim("other", 1).unwrap();
     assert_eq!(claimed.len(), 1, "the job of the queue was not seen");
@@ -255,10 +265,7 @@ fn a_claim_behind_a_backlog_longer_than_one_transaction_sees_the_job_of_its_queu
 
 #[test]
 fn a_claim_behind_a_backlog_longer_than_one_transaction_keeps_priority_order() {
-    let env = Env::new();
-    env.store
-        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
-        .unwrap();
+    let (env, _) = backlog("q");
     let urgent = env.enqueue(NewJob::new("q", "urgent").priority(10));
     let claimed = env.store.claim("q", 1).unwrap();
     assert_eq!(claimed[0].job.id, urgent);
@@ -270,14 +277,7 @@ fn a_claim_behind_a_backlog_longer_than_one_transaction_keeps_priority_order() {
 
 #[test]
 fn cancel_of_a_job_behind_a_backlog_longer_than_one_transaction_cancels_it_alone() {
-    let env = Env::new();
-    let ids: Vec<JobId> = env
-        .store
-        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id())
-        .collect();
+    let (env, ids) = backlog("q");
     // A retry of a job still new is refused as for any pending job, and indexes nothing.
     let before = env.store.generation();
     assert!(matches!(
@@ -301,10 +301,7 @@ fn cancel_of_a_job_behind_a_backlog_longer_than_one_transaction_cancels_it_alone
 
 #[test]
 fn cancel_of_an_id_past_the_last_job_is_not_found_at_once() {
-    let env = Env::new();
-    env.store
-        .enqueue_batch((0..BACKLOG).map(|i| NewJob::new("q", format!("{i}"))))
-        .unwrap();
+    let (env, _) = backlog("q");
     let before = env.store.generation();
     assert!(matches!(
         env.store.cancel(JobId(u64::MAX)),
