@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,13 @@ const MAX_BATCH: usize = 512;
 /// are not coming than they gain: in alternating runs 50 µs beat 150 µs by about 18% for
 /// sixteen enqueueing threads and 14% for a drain at concurrency 16.
 const GATHER_WAIT: Duration = Duration::from_micros(50);
+
+/// An operation in the writer's channel, with the number of batches the writer had finished
+/// when it was sent: one sent before the last batch finished waited through it (see [`gather`]).
+struct Queued {
+    op: Box<dyn Op>,
+    sent_after: u64,
+}
 
 /// What to tell a caller once the fate of its transaction is known.
 type Done = Box<dyn FnOnce(Result<(), &Error>) + Send>;
@@ -89,14 +96,16 @@ pub(crate) struct Shared {
     commit: Mutex<()>,
     /// The size of the last batch: how many callers were active.
     last_batch: AtomicUsize,
+    /// How many batches have finished: counted before their callers are answered.
+    finished: AtomicU64,
 }
 
 /// The writer thread and the channel to it. Dropping it lets the thread finish what is queued,
 /// then joins it, so the database file is closed when the last store handle goes.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    tx: Option<Sender<Box<dyn Op>>>,
-    rx: Receiver<Box<dyn Op>>,
+    tx: Option<Sender<Queued>>,
+    rx: Receiver<Queued>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -118,8 +127,9 @@ impl Writer {
             takers,
             commit: Mutex::new(()),
             last_batch: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
         });
-        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn Op>>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let thread_shared = shared.clone();
         let thread_rx = rx.clone();
         let thread = std::thread::Builder::new()
@@ -136,7 +146,12 @@ impl Writer {
     /// Queues `op` for the writer thread's next group commit.
     pub(crate) fn send(&self, op: Box<dyn Op>) -> Result<()> {
         match &self.tx {
-            Some(tx) => tx.send(op).map_err(|_| Error::Closed),
+            Some(tx) => tx
+                .send(Queued {
+                    op,
+                    sent_after: self.shared.finished.load(Ordering::Acquire),
+                })
+                .map_err(|_| Error::Closed),
             None => Err(Error::Closed),
         }
     }
@@ -154,7 +169,7 @@ impl Writer {
         };
         let mut batch = Vec::with_capacity(1 + self.rx.len());
         batch.push(op);
-        gather(&mut batch, &self.rx, &self.shared);
+        gather(&mut batch, 0, &self.rx, &self.shared);
         commit_batch(batch, &self.shared);
         Ok(())
     }
@@ -176,38 +191,47 @@ impl Drop for Writer {
     }
 }
 
-fn run(rx: &Receiver<Box<dyn Op>>, shared: &Shared) {
+fn run(rx: &Receiver<Queued>, shared: &Shared) {
     while let Ok(first) = rx.recv() {
         let _guard = shared.commit.lock();
         let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        gather(&mut batch, rx, shared);
+        let waited = usize::from(first.sent_after < shared.finished.load(Ordering::Acquire));
+        batch.push(first.op);
+        gather(&mut batch, waited, rx, shared);
         commit_batch(batch, shared);
     }
 }
 
 /// Adds what waits in the channel to `batch`, up to [`MAX_BATCH`]; then, if callers of the
-/// previous commit are likely to be back in a moment, waits briefly for them.
+/// previous commit are likely to be back in a moment, waits briefly for them. `waited` says how
+/// many operations already in `batch` waited through the previous batch.
 ///
 /// Without the wait, N callers that each wait for their commit split into two groups that take
-/// turns (one commits while the other queues), so commits carry N/2 operations. The callers of
-/// the previous batch, less the one now leading, plus those queued, estimate how many callers
-/// are active; gathering up to that many (for at most [`GATHER_WAIT`]) makes one group of N.
-/// A lone caller estimates one, itself, and never waits.
-fn gather(batch: &mut Vec<Box<dyn Op>>, rx: &Receiver<Box<dyn Op>>, shared: &Shared) {
+/// turns (one commits while the other queues), so commits carry N/2 operations. The active
+/// callers are those of the previous batch, who come back once answered, and those whose
+/// operations waited through it, sent before it finished; gathering up to that many (for at
+/// most [`GATHER_WAIT`]) makes one group of N. An operation sent after the previous batch
+/// finished is its caller come back, already counted. A lone caller estimates one, itself,
+/// and never waits.
+fn gather(batch: &mut Vec<Box<dyn Op>>, waited: usize, rx: &Receiver<Queued>, shared: &Shared) {
+    let finished = shared.finished.load(Ordering::Acquire);
+    let mut waited = waited;
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(op) => batch.push(op),
+            Ok(q) => {
+                waited += usize::from(q.sent_after < finished);
+                batch.push(q.op);
+            }
             Err(_) => break,
         }
     }
     let previous = shared.last_batch.load(Ordering::Relaxed);
-    let active = (previous + batch.len()).saturating_sub(1).min(MAX_BATCH);
+    let active = (previous + waited).clamp(1, MAX_BATCH);
     if batch.len() < active {
         let deadline = Instant::now() + GATHER_WAIT;
         while batch.len() < active {
             match rx.recv_deadline(deadline) {
-                Ok(op) => batch.push(op),
+                Ok(q) => batch.push(q.op),
                 Err(_) => break,
             }
         }
@@ -227,7 +251,11 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         takers,
         ..
     } = shared;
+    // Counted before any caller is answered: what a caller sends once answered is its caller
+    // come back (see `gather`).
+    let finish = || shared.finished.fetch_add(1, Ordering::AcqRel);
     if poisoned.load(Ordering::Acquire) {
+        finish();
         let e = Error::Poisoned {
             path: path.to_path_buf(),
         };
@@ -237,6 +265,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {
+            finish();
             let e = Error::storage("beginning a write transaction", e).in_file(path);
             batch.into_iter().for_each(|op| op.reject(e.clone()));
             return;
@@ -270,6 +299,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
             }
         }
         Err(e) => {
+            finish();
             let e = e.in_file(path);
             ops.for_each(|op| op.reject(e.clone()));
             return;
@@ -282,6 +312,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         }
     };
     if let Some(e) = abort {
+        finish();
         let e = e.in_file(path);
         drop(tx);
         deliver(false);
@@ -295,12 +326,15 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     }
     if !changed {
         // Nothing was written: no commit, no fsync (and no new job to hand off).
+        finish();
         drop(tx);
         deliver(false);
         dones.into_iter().for_each(|d| d(Ok(())));
         return;
     }
-    match tx.commit() {
+    let committed = tx.commit();
+    finish();
+    match committed {
         Ok(()) => {
             deliver(true);
             watermark.bump();
