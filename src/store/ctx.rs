@@ -265,31 +265,34 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    /// Writes new jobs of consecutive ids, not yet indexed, in segments (one entry of the
-    /// segments table for many jobs): the whole cost of a batch enqueue. Each job comes with
-    /// its payload when too large to store inline.
-    pub(crate) fn add_new_batch(&mut self, jobs: &[(u64, Record, Option<Vec<u8>>)]) -> Result<()> {
-        if jobs.is_empty() {
-            // Every job a duplicate, or none: nothing is written, nothing to commit.
-            return Ok(());
+    /// Adds a new job of a batch, not yet indexed, to `segment`, which is written (one entry
+    /// of the segments table for many jobs) when it is full or the next job's id does not
+    /// follow; with its payload when too large to store inline. `more` jobs are likely to
+    /// follow. [`Ctx::end_batch`] writes the last segment.
+    pub(crate) fn add_to_batch(
+        &mut self,
+        segment: &mut Segment,
+        id: u64,
+        rec: &Record,
+        apart: Option<&[u8]>,
+        more: usize,
+    ) -> Result<()> {
+        if let Some(payload) = apart {
+            self.t.payloads()?.insert(id, payload).map_err(w)?;
         }
-        let mut segment = Segment::new();
-        for (n, (id, rec, apart)) in jobs.iter().enumerate() {
-            if let Some(payload) = apart {
-                self.t
-                    .payloads()?
-                    .insert(*id, payload.as_slice())
-                    .map_err(w)?;
-            }
-            if !segment.takes(*id) {
-                self.write_segment(&mut segment)?;
-            }
-            segment.push(*id, rec, jobs.len() - n - 1)?;
-            if !self.new_queues.contains(&rec.queue) {
-                self.new_queues.push(rec.queue.clone());
-            }
+        if !segment.takes(id) {
+            self.write_segment(segment)?;
         }
-        self.write_segment(&mut segment)?;
+        segment.push(id, rec, more)?;
+        if !self.new_queues.contains(&rec.queue) {
+            self.new_queues.push(rec.queue.clone());
+        }
+        Ok(())
+    }
+
+    /// Ends a batch that added at least one job: writes its last segment.
+    pub(crate) fn end_batch(&mut self, segment: &mut Segment) -> Result<()> {
+        self.write_segment(segment)?;
         // The jobs' ids came from `alloc_id`; the next id does not read the segments table, so
         // the floor written at `finish` must cover them.
         self.floor_moved = true;

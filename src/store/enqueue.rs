@@ -2,7 +2,7 @@
 
 use redb::ReadableTable;
 
-use super::codec::{INLINE_PAYLOAD, keyed};
+use super::codec::{INLINE_PAYLOAD, Segment, keyed};
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
 use crate::job::{Enqueued, JobId, NewJob, duration_ms};
@@ -136,19 +136,26 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
 pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
     jobs.iter().try_for_each(validate)?;
     let mut out = Vec::with_capacity(jobs.len());
-    let mut created = Vec::with_capacity(jobs.len());
+    let mut segment = Segment::new();
+    let mut created = 0usize;
     // One time for the whole batch, as for one job.
     let now = cx.now();
-    for job in jobs {
+    let total = jobs.len();
+    // Each job is encoded into its segment as it is prepared, without keeping its record.
+    for (n, job) in jobs.into_iter().enumerate() {
         match prepare(cx, job, now)? {
             Prepared::New(id, rec, apart) => {
                 out.push(Enqueued::Created(JobId(id)));
-                created.push((id, rec, apart));
+                cx.add_to_batch(&mut segment, id, &rec, apart.as_deref(), total - n - 1)?;
+                created += 1;
             }
             Prepared::Duplicate(id) => out.push(Enqueued::Duplicate(id)),
         }
     }
-    cx.add_new_batch(&created)?;
-    tracing::debug!(jobs = created.len(), "enqueued a batch");
+    // Every job a duplicate, or none: nothing is written, nothing to commit.
+    if created > 0 {
+        cx.end_batch(&mut segment)?;
+    }
+    tracing::debug!(jobs = created, "enqueued a batch");
     Ok(out)
 }
