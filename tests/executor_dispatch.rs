@@ -568,6 +568,51 @@ async fn an_executor_behind_a_long_backlog_runs_the_most_urgent_job_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_starts_a_new_job_while_another_runs_a_long_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let long_gate = Arc::new(Semaphore::new(0));
+    let gate = long_gate.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(2)
+        .spawn(move |ctx| {
+            let payload = ctx.payload().to_vec();
+            let _ = started_tx.send(payload.clone());
+            let gate = gate.clone();
+            async move {
+                if payload == b"long" {
+                    gate.acquire().await.unwrap().forget();
+                }
+                Outcome::Success
+            }
+        })
+        .unwrap();
+    let mut next_start = async || {
+        tokio::time::timeout(WAIT, started_rx.recv())
+            .await
+            .expect("a job to start")
+            .unwrap()
+    };
+    // One worker holds the long job; the other runs a short one and goes idle.
+    store.enqueue(NewJob::new("q", "long")).unwrap();
+    assert_eq!(next_start().await, b"long");
+    let short = store.enqueue(NewJob::new("q", "short")).unwrap().id();
+    assert_eq!(next_start().await, b"short");
+    until(&store, "the short job to succeed", || {
+        store.get(short).unwrap().unwrap().state == JobState::Succeeded
+    })
+    .await;
+    // The idle worker starts the next job while the long one still runs.
+    store.enqueue(NewJob::new("q", "third")).unwrap();
+    assert_eq!(next_start().await, b"third");
+    long_gate.add_permits(1);
+    handle.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::default();

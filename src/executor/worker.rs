@@ -19,37 +19,42 @@ pub(crate) async fn run(shared: Arc<Shared>, rx: Receiver<Claimed>) {
         if shared.stop.is_cancelled() {
             return;
         }
-        let ready = shared.job_ready.notified();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
-        // Busy before it takes a job, so that no claim counts this worker idle while its job
-        // is neither in the channel nor counted busy.
-        shared.busy.fetch_add(1, Ordering::SeqCst);
-        match rx.try_recv() {
-            Ok(claimed) => {
-                // Room is made in the channel.
-                shared.room.notify_one();
-                run_job(&shared, claimed).await;
-                shared.busy.fetch_sub(1, Ordering::SeqCst);
-                // Idle again: the claimer may have held back a job for it. Not every run
-                // ends in a commit that would wake the claimer (a lost lease writes nothing).
-                shared.room.notify_one();
-                continue;
+        let claimed = {
+            // Listening before the channel is looked at, so that a job sent after the look
+            // wakes this worker. Only while idle: a waiter kept through a run would take the
+            // wake-up meant for an idle worker (tokio wakes the oldest waiter), and that worker
+            // would sleep until the run ended. Dropped with a wake-up in it, it passes it on.
+            let ready = shared.job_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            // Busy before it takes a job, so that no claim counts this worker idle while its
+            // job is neither in the channel nor counted busy.
+            shared.busy.fetch_add(1, Ordering::SeqCst);
+            match rx.try_recv() {
+                Ok(claimed) => claimed,
+                Err(TryRecvError::Disconnected) => {
+                    shared.busy.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(TryRecvError::Empty) => {
+                    shared.busy.fetch_sub(1, Ordering::SeqCst);
+                    // A claim that looked in the moment it counted busy skipped this worker.
+                    shared.room.notify_one();
+                    tokio::select! {
+                        () = ready => {}
+                        () = shared.stop.cancelled() => return,
+                    }
+                    continue;
+                }
             }
-            Err(TryRecvError::Disconnected) => {
-                shared.busy.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            Err(TryRecvError::Empty) => {
-                shared.busy.fetch_sub(1, Ordering::SeqCst);
-                // A claim that looked in the moment it counted busy skipped this worker.
-                shared.room.notify_one();
-            }
-        }
-        tokio::select! {
-            () = ready => {}
-            () = shared.stop.cancelled() => return,
-        }
+        };
+        // Room is made in the channel.
+        shared.room.notify_one();
+        run_job(&shared, claimed).await;
+        shared.busy.fetch_sub(1, Ordering::SeqCst);
+        // Idle again: the claimer may have held back a job for it. Not every run ends in a
+        // commit that would wake the claimer (a lost lease writes nothing).
+        shared.room.notify_one();
     }
 }
 
