@@ -94,9 +94,14 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
     Ok(next)
 }
 
+/// The first scheduled job of `queue` that is not due yet. Due ones are there only when this
+/// cycle had no room to claim (a claim makes them ready): they wait for room, which wakes the
+/// claimer, and must not make it wake at once, again and again.
 fn next_scheduled(cx: &mut Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
     let prefix = queue_prefix(queue);
-    let mut range = cx.t.scheduled()?.range(prefix.as_slice()..).map_err(w)?;
+    let mut from = prefix.clone();
+    from.extend_from_slice(&cx.now().saturating_add(1).to_be_bytes());
+    let mut range = cx.t.scheduled()?.range(from.as_slice()..).map_err(w)?;
     match range.next() {
         Some(entry) => {
             let (k, _) = entry.map_err(w)?;
@@ -133,4 +138,38 @@ fn next_expiry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
         .first()
         .map_err(w)?
         .map(|(k, _)| Timestamp(k.value().0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::claim_cycle;
+    use crate::{ManualClock, NewJob, Store, Timestamp};
+
+    #[test]
+    fn a_due_scheduled_job_waiting_for_room_does_not_make_the_next_cycle_due_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let store = Store::builder()
+            .clock(Arc::new(clock.clone()))
+            .open(dir.path().join("q.redb"))
+            .unwrap();
+        store
+            .enqueue(NewJob::new("q", "soon").delay(Duration::from_secs(10)))
+            .unwrap();
+        store
+            .enqueue(NewJob::new("q", "later").delay(Duration::from_secs(60)))
+            .unwrap();
+        // Indexed as scheduled by a cycle with room; nothing is due yet.
+        let first = store.call(|cx| claim_cycle(cx, "q", 1, &[], None)).unwrap();
+        assert!(first.claimed.is_empty());
+        assert_eq!(first.next_due, Some(Timestamp(1_010_000)));
+        // The first comes due while every worker is busy: no room, so it stays scheduled.
+        clock.advance(Duration::from_secs(20));
+        let busy = store.call(|cx| claim_cycle(cx, "q", 0, &[], None)).unwrap();
+        assert!(busy.claimed.is_empty());
+        assert_eq!(busy.next_due, Some(Timestamp(1_060_000)));
+    }
 }
