@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quern::{
-    Backoff, Executor, Filter, JobState, ManualClock, NewJob, Outcome, Periodic, Store, Timestamp,
+    Backoff, Error, Executor, Filter, JobState, ManualClock, NewJob, Outcome, Periodic, Store,
+    Timestamp,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -389,6 +390,32 @@ async fn shutdown_leaves_nothing_in_progress_and_gives_attempts_back() {
         jobs.iter().all(|j| j.attempts == 0),
         "attempts were given back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_schedule_whose_job_the_store_would_refuse_is_refused_at_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let spawned = Executor::builder(store.clone())
+        .queue("sync")
+        .periodic(Periodic::new(
+            "reconcile",
+            Duration::from_secs(10),
+            NewJob::new("sync", "reconcile").max_attempts(0),
+        ))
+        .spawn(|_ctx| async { Outcome::Success });
+    match spawned {
+        Err(Error::InvalidInput { what, reason }) => {
+            assert_eq!(what, "periodic schedule");
+            assert!(
+                reason.contains("reconcile") && reason.contains("max_attempts"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("expected InvalidInput, got {e}"),
+        Ok(_) => panic!("an executor was spawned with a schedule it could never fire"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,8 +211,8 @@ impl ExecutorBuilder {
     /// persisted pending work is dispatched before anything else.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] outside a tokio runtime or for a bad queue name;
-    /// [`Error::ReadOnly`] for a read-only store.
+    /// [`Error::InvalidInput`] outside a tokio runtime, for a bad queue name, or for a periodic
+    /// schedule whose job the store would refuse; [`Error::ReadOnly`] for a read-only store.
     pub fn spawn<F, Fut>(self, handler: F) -> Result<ExecutorHandle>
     where
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
@@ -222,6 +222,11 @@ impl ExecutorBuilder {
             Error::invalid("executor", "spawn must be called within a tokio runtime")
         })?;
         crate::store::validate_queue(&self.queue)?;
+        // A schedule whose job the store would refuse would fail every claim cycle.
+        for p in &self.periodic {
+            crate::store::validate(&p.job)
+                .map_err(|e| Error::invalid("periodic schedule", format!("{:?}: {e}", p.name)))?;
+        }
         if self.store.is_read_only() {
             return Err(Error::ReadOnly);
         }

@@ -59,8 +59,8 @@ pub mod decode {
         tail.and(timed).and(count).and(value)
     }
 }
-pub(crate) use enqueue::validate_queue;
 pub use enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
+pub(crate) use enqueue::{validate, validate_queue};
 pub use read::{Filter, QueueStats, Stats};
 pub use verify::Problem;
 
