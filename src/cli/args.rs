@@ -81,6 +81,8 @@ pub enum Command {
         older_than: Age,
     },
     /// Verify the storage and quern's invariants; exit code 1 and a list when anything is wrong.
+    /// When no worker holds the file, redb's integrity check opens it for writing and commits its
+    /// rebuilt allocator state (no job changes); a worker starting meanwhile is refused.
     Check {
         /// The database file.
         db: PathBuf,
