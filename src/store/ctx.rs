@@ -404,7 +404,9 @@ impl<'t> Ctx<'t> {
             return Ok((Vec::new(), true));
         }
         let (kept, exhausted) = self.drain_through(through, DRAIN_LIMIT, keep)?;
-        let all_indexed = self.indexed_below()? >= self.next_id()?;
+        // Drained to the end: all indexed, without reading the id counter (the common case).
+        let all_indexed =
+            (exhausted && through == u64::MAX) || self.indexed_below()? >= self.next_id()?;
         if all_indexed {
             self.unindexed_maybe = false;
         }

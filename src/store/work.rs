@@ -45,17 +45,19 @@ pub(crate) fn claim(
     through: Option<u64>,
 ) -> Result<ClaimStep> {
     let now = cx.now();
-    let through = match through {
-        Some(through) => through,
-        None => cx.last_id()?,
-    };
-    let (mut fresh, complete) = cx.drain_new(through, |r| {
+    // A first try drains everything; its bound is read only when it falls short, so that a
+    // claim with no backlog reads no id counter.
+    let (mut fresh, complete) = cx.drain_new(through.unwrap_or(u64::MAX), |r| {
         r.queue == queue && r.run_at <= now && r.concurrency_key.is_none()
     })?;
     if !complete {
         for (id, rec) in fresh {
             cx.index_new(id, &rec)?;
         }
+        let through = match through {
+            Some(through) => through,
+            None => cx.last_id()?,
+        };
         return Ok(ClaimStep::Indexing { through });
     }
     // Sorted in claim order, the order of their ready keys; claimed from the back.
