@@ -4,8 +4,9 @@
 
 use redb::ReadableTable;
 
-use super::codec::{queue_prefix, timed_tail};
+use super::codec::queue_prefix;
 use super::ctx::{Ctx, w};
+use super::read::first_time;
 use super::{enqueue, housekeeping, work};
 use crate::error::Result;
 use crate::job::{Claimed, Enqueued, RunAt, Timestamp};
@@ -98,34 +99,15 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
 /// cycle had no room to claim (a claim makes them ready): they wait for room, which wakes the
 /// claimer, and must not make it wake at once, again and again.
 fn next_scheduled(cx: &mut Ctx<'_>, queue: &str) -> Result<Option<Timestamp>> {
-    let prefix = queue_prefix(queue);
-    let mut from = prefix.clone();
-    from.extend_from_slice(&cx.now().saturating_add(1).to_be_bytes());
-    let mut range = cx.t.scheduled()?.range(from.as_slice()..).map_err(w)?;
-    match range.next() {
-        Some(entry) => {
-            let (k, _) = entry.map_err(w)?;
-            if k.value().starts_with(&prefix) {
-                Ok(Some(Timestamp(timed_tail(k.value())?.0)))
-            } else {
-                Ok(None)
-            }
-        }
-        None => Ok(None),
-    }
+    let from = cx.now().saturating_add(1);
+    Ok(first_time(cx.t.scheduled()?, &queue_prefix(queue), from)?.map(Timestamp))
 }
 
 fn next_retry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
     let mut next = None::<u64>;
     for queue in cx.queues()? {
-        let prefix = queue_prefix(&queue);
-        let mut range = cx.t.retries()?.range(prefix.as_slice()..).map_err(w)?;
-        if let Some(entry) = range.next() {
-            let (k, _) = entry.map_err(w)?;
-            if k.value().starts_with(&prefix) {
-                let (t, _) = timed_tail(k.value())?;
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
+        if let Some(t) = first_time(cx.t.retries()?, &queue_prefix(&queue), 0)? {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
     }
     Ok(next.map(Timestamp))

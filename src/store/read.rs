@@ -372,7 +372,7 @@ fn count_new_job(queues: &mut Vec<QueueStats>, rec: &Record, now: Timestamp) {
 }
 
 /// The first time at or after `from` in a `(queue, time, id)` index, within `prefix`.
-fn first_time<V: redb::Value + 'static>(
+pub(crate) fn first_time<V: redb::Value + 'static>(
     table: &impl ReadableTable<&'static [u8], V>,
     prefix: &[u8],
     from: u64,
