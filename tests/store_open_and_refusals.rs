@@ -196,6 +196,52 @@ fn the_outbox_commits_user_rows_and_jobs_together_or_neither() {
 }
 
 #[test]
+fn ids_and_leases_after_a_rolled_back_write_are_never_given_twice() {
+    // Each write transaction hands the counters it read on to the next; one that is rolled
+    // back must hand on nothing, or the next would start from ids it never committed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let a = store.enqueue(NewJob::new("q", "a")).unwrap().id();
+    let mut rolled_back = None;
+    let failed: Result<(), Error> = store.write(|tx| {
+        rolled_back = Some(tx.enqueue(NewJob::new("q", "b"))?.id());
+        Err(Error::InvalidInput {
+            what: "test",
+            reason: "roll back".into(),
+        })
+    });
+    assert!(failed.is_err());
+    let c = store.enqueue(NewJob::new("q", "c")).unwrap().id();
+    let d = store
+        .write(|tx| tx.enqueue(NewJob::new("q", "d")))
+        .unwrap()
+        .id();
+    let e = store.enqueue(NewJob::new("q", "e")).unwrap().id();
+    assert!(a < c && c < d && d < e, "{a:?} {c:?} {d:?} {e:?}");
+    assert!(rolled_back.is_some_and(|b| b > a));
+    let payloads: Vec<Vec<u8>> = store
+        .list(&Filter::default())
+        .unwrap()
+        .into_iter()
+        .map(|j| j.payload)
+        .collect();
+    assert_eq!(payloads, [b"a", b"c", b"d", b"e"]);
+    // Every claim gets a lease of its own, and the ids survive a reopen.
+    let mut tokens = Vec::new();
+    while let Some(claimed) = store.claim("q", 1).unwrap().pop() {
+        tokens.push(claimed.lease.token());
+        store.complete(claimed.lease).unwrap();
+    }
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 4);
+    drop(store);
+    let store = Store::open(path(&dir)).unwrap();
+    let f = store.enqueue(NewJob::new("q", "f")).unwrap().id();
+    assert!(f > e);
+}
+
+#[test]
 fn a_write_whose_enqueue_broke_is_not_committed_even_if_the_closure_goes_on() {
     const QUERN_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{Segment, Stored, decode_job, encode_job, segment_jobs, segment_span};
@@ -24,6 +26,26 @@ pub(crate) struct Config {
     pub lease_ttl: Duration,
     pub backoff: Backoff,
     pub store_id: u64,
+    /// The counters as the last write transaction left them, when known (see [`Counters`]).
+    pub counters: Mutex<Option<Counters>>,
+}
+
+/// The store's counters as a write transaction knows them: each read from the meta table (or
+/// the jobs table) when first needed, or handed on by the transaction before.
+///
+/// A transaction takes them at [`Ctx::begin`] and hands them on at the end of a successful
+/// [`Ctx::finish`], while it still holds redb's write lock, so the next transaction starts from
+/// them without reading: this saves a single enqueue's commit the meta table's B-tree, 1 to 3%
+/// of its time in alternating runs. A transaction that aborts hands nothing on, and the next one reads the tables.
+/// One whose changes are not committed after all (nothing changed) may hand on ids or tokens it
+/// allocated and did not use: they are skipped, never given twice. Only one process writes a
+/// database, so nothing else moves them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    next_id: Option<u64>,
+    next_token: Option<u64>,
+    /// The first job not yet indexed ([`META_INDEXED`]).
+    indexed_below: Option<u64>,
 }
 
 /// Wraps a redb failure met while writing.
@@ -147,12 +169,11 @@ pub(crate) enum Loaded {
 pub(crate) struct Ctx<'t> {
     pub t: Tables<'t>,
     pub cfg: &'t Config,
-    /// Read when first needed: most transactions allocate neither.
-    next_id: Option<u64>,
-    next_token: Option<u64>,
-    /// The first job not yet indexed ([`META_INDEXED`]), read when first needed, and whether
-    /// it moved.
-    indexed_below: Option<u64>,
+    /// Read when first needed, unless the transaction before handed them on.
+    counters: Counters,
+    /// Whether a token was allocated, so that [`META_NEXT_TOKEN`] must be written.
+    token_moved: bool,
+    /// Whether the first job not yet indexed moved.
     indexed_moved: bool,
     /// Whether [`META_NEXT_ID`] must be written: jobs were deleted, or written in segments.
     floor_moved: bool,
@@ -172,9 +193,8 @@ impl<'t> Ctx<'t> {
         Ok(Ctx {
             t: Tables::new(tx),
             cfg,
-            next_id: None,
-            next_token: None,
-            indexed_below: None,
+            counters: cfg.counters.lock().take().unwrap_or_default(),
+            token_moved: false,
             indexed_moved: false,
             floor_moved: false,
             changed: false,
@@ -184,27 +204,32 @@ impl<'t> Ctx<'t> {
         })
     }
 
-    /// Writes back the counters that must persist. Returns whether any job changed.
+    /// Writes back the counters that must persist, and hands them on to the next transaction
+    /// (see [`Counters`]): the caller commits next, or drops a transaction that changed
+    /// nothing. Returns whether any job changed.
     ///
     /// The next id needs writing only when jobs were deleted (the highest id may be among them)
     /// or written in segments (which the next id does not read); otherwise it is derived from
     /// the jobs table, which keeps an enqueue to one table.
     pub(crate) fn finish(mut self) -> Result<bool> {
         self.flush_counts()?;
-        // Read only when a token was allocated, so written only then.
-        if let Some(token) = self.next_token {
+        let c = self.counters;
+        if self.token_moved
+            && let Some(token) = c.next_token
+        {
             self.t.meta()?.insert(META_NEXT_TOKEN, token).map_err(w)?;
         }
         if self.indexed_moved
-            && let Some(mark) = self.indexed_below
+            && let Some(mark) = c.indexed_below
         {
             self.t.meta()?.insert(META_INDEXED, mark).map_err(w)?;
         }
         if self.floor_moved
-            && let Some(id) = self.next_id
+            && let Some(id) = c.next_id
         {
             self.t.meta()?.insert(META_NEXT_ID, id).map_err(w)?;
         }
+        *self.cfg.counters.lock() = Some(c);
         Ok(self.changed)
     }
 
@@ -216,7 +241,7 @@ impl<'t> Ctx<'t> {
     /// The next job id: one past the highest id in the jobs table, or the floor written when
     /// jobs were deleted or written in segments, whichever is higher.
     fn next_id(&mut self) -> Result<u64> {
-        if let Some(id) = self.next_id {
+        if let Some(id) = self.counters.next_id {
             return Ok(id);
         }
         let id = self
@@ -224,21 +249,22 @@ impl<'t> Ctx<'t> {
             .meta_value(META_NEXT_ID)?
             .max(after_last(self.t.jobs()?)?)
             .max(1);
-        Ok(*self.next_id.insert(id))
+        Ok(*self.counters.next_id.insert(id))
     }
 
     pub(crate) fn alloc_id(&mut self) -> Result<u64> {
         let id = self.next_id()?;
-        self.next_id = Some(id + 1);
+        self.counters.next_id = Some(id + 1);
         Ok(id)
     }
 
     pub(crate) fn alloc_token(&mut self) -> Result<u64> {
-        let token = match self.next_token {
+        let token = match self.counters.next_token {
             Some(token) => token,
             None => self.t.meta_value(META_NEXT_TOKEN)?.max(1),
         };
-        self.next_token = Some(token + 1);
+        self.counters.next_token = Some(token + 1);
+        self.token_moved = true;
         Ok(token)
     }
 
@@ -323,17 +349,20 @@ impl<'t> Ctx<'t> {
     }
 
     fn indexed_below(&mut self) -> Result<u64> {
-        match self.indexed_below {
+        match self.counters.indexed_below {
             Some(mark) => Ok(mark),
-            None => Ok(*self.indexed_below.insert(self.t.meta_value(META_INDEXED)?)),
+            None => Ok(*self
+                .counters
+                .indexed_below
+                .insert(self.t.meta_value(META_INDEXED)?)),
         }
     }
 
     /// Marks every job below `mark` as indexed. Only ever past jobs that exist, so that the
     /// mark never passes the next id.
     fn set_indexed_below(&mut self, mark: u64) {
-        if self.indexed_below.is_none_or(|m| m < mark) {
-            self.indexed_below = Some(mark);
+        if self.counters.indexed_below.is_none_or(|m| m < mark) {
+            self.counters.indexed_below = Some(mark);
             self.indexed_moved = true;
         }
     }

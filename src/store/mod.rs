@@ -307,6 +307,7 @@ impl StoreBuilder {
             lease_ttl: self.lease_ttl,
             backoff: self.backoff,
             store_id,
+            counters: Default::default(),
         });
         match version {
             1 => upgrade_v1(&db, &cfg, &path),
@@ -374,6 +375,7 @@ impl StoreBuilder {
             lease_ttl: self.lease_ttl,
             backoff: self.backoff,
             store_id,
+            counters: Default::default(),
         });
         Ok(Store {
             inner: Arc::new(Inner {
