@@ -25,7 +25,8 @@ fn big() -> Vec<u8> {
 /// The states each fixture holds, job by job: pending, in progress, succeeded, retrying,
 /// failed for good, and one not yet indexed (format 1 kept it in an inbox). From format 2 on,
 /// a seventh job, not yet indexed either, carries a payload too large to store inline. From
-/// format 3 on, those two are enqueued in one batch: one segment holds both.
+/// format 3 on, those two are enqueued in one batch: one segment holds both. From format 4 on,
+/// the jobs as enqueued (the two new ones) are stored in the short form, the others in the long.
 fn write_fixture(path: &std::path::Path) {
     let clock = ManualClock::new(T0);
     let store = Store::builder()
@@ -71,7 +72,7 @@ fn copy_of(name: &str, dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// The fixture of the format this build writes.
-const CURRENT: &str = "v3.redb";
+const CURRENT: &str = "v4.redb";
 
 /// Opens a fixture for writing and checks every job in it, then that the store works on it.
 fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
@@ -149,27 +150,51 @@ fn format_v2_fixture_opens_with_every_job_in_its_state() {
 
 #[test]
 fn format_v3_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state(CURRENT, true);
+    opens_with_every_job_in_its_state("v3.redb", true);
 }
 
 #[test]
-fn a_format_v2_file_reads_as_it_is_and_a_writable_open_moves_it_to_format_3() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = copy_of("v2.redb", &dir);
-    let before = std::fs::read(&path).unwrap();
-    let store = Store::open_read_only(&path).unwrap();
-    assert_eq!(store.list(&Filter::default()).unwrap().len(), 7);
-    assert_eq!(store.check().unwrap(), []);
-    drop(store);
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        before,
-        "a read-only open wrote"
-    );
-    drop(Store::open(&path).unwrap());
-    // Format 3 now: a build that knew only format 2 would refuse it, and this one reads it.
-    let store = Store::open_read_only(&path).unwrap();
-    assert_eq!(store.list(&Filter::default()).unwrap().len(), 7);
+fn format_v4_fixture_opens_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state(CURRENT, true);
+}
+
+/// The format version in the header of the database at `path`.
+fn format_of(path: &std::path::Path) -> u64 {
+    use quern::redb::{ReadableDatabase, TableDefinition};
+    let meta: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+    let db = quern::redb::Builder::new().open_read_only(path).unwrap();
+    let tx = db.begin_read().unwrap();
+    tx.open_table(meta)
+        .unwrap()
+        .get("format_version")
+        .unwrap()
+        .unwrap()
+        .value()
+}
+
+#[test]
+fn format_v2_and_v3_files_read_as_they_are_and_a_writable_open_moves_them_to_format_4() {
+    for (name, version) in [("v2.redb", 2), ("v3.redb", 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = copy_of(name, &dir);
+        let before = std::fs::read(&path).unwrap();
+        let store = Store::open_read_only(&path).unwrap();
+        assert_eq!(store.list(&Filter::default()).unwrap().len(), 7, "{name}");
+        assert_eq!(store.check().unwrap(), [], "{name}");
+        drop(store);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "a read-only open of {name} wrote"
+        );
+        assert_eq!(format_of(&path), version);
+        drop(Store::open(&path).unwrap());
+        // Format 4 now: a build that knew only the older format would refuse it, and this one
+        // reads it.
+        assert_eq!(format_of(&path), 4, "{name}");
+        let store = Store::open_read_only(&path).unwrap();
+        assert_eq!(store.list(&Filter::default()).unwrap().len(), 7, "{name}");
+    }
 }
 
 #[test]
@@ -182,7 +207,7 @@ fn a_format_v1_file_opened_read_only_is_refused_until_a_writable_open_upgrades_i
             err,
             Error::UnsupportedFormat {
                 found: 1,
-                supported: 3,
+                supported: 4,
                 ..
             }
         ),

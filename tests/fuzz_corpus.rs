@@ -134,7 +134,7 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
         let (id, value) = entry.unwrap();
         out.push((format!("inbox-{}", id.value()), value.value().to_vec()));
     }
-    let path = dir.path().join("v3.redb");
+    let path = dir.path().join("v4.redb");
     std::fs::write(&path, damage::BASE).unwrap();
     let db = quern::redb::Builder::new().open_read_only(&path).unwrap();
     let tx = db.begin_read().unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Shared by the `open_damaged` fuzz target and the corpus replay in `tests/fuzz_corpus.rs`,
 //! both including this file (and `input.rs`, as `crate::input`) by path. The database damaged is
-//! the format fixture `tests/fixtures/v3.redb`: a job in each state and two not yet indexed,
+//! the format fixture `tests/fixtures/v4.redb`: a job in each state and two not yet indexed,
 //! in one segment, the same bytes on every machine, so that a corpus file always means the same
 //! damaged file. (Until format 2 it was `v1.redb`, then `v2.redb`: the finds named after a
 //! crash were found on those files, and now damage this one at the same offsets.)
@@ -28,7 +28,7 @@ use quern::{Error, Filter, JobId, ManualClock, NewJob, Retention, Store, Timesta
 use crate::input::Input;
 
 /// The undamaged database.
-pub const BASE: &[u8] = include_bytes!("../../tests/fixtures/v3.redb");
+pub const BASE: &[u8] = include_bytes!("../../tests/fixtures/v4.redb");
 /// redb's page size: the unit of the page-sized edits.
 pub const PAGE: usize = 4096;
 /// The most edits one input makes.

@@ -4,8 +4,10 @@
 //! built so that byte order is the order a scan wants: big-endian integers, a length-prefixed
 //! queue name first, priority inverted so that higher sorts first.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
-use crate::state::{Payload, Record};
+use crate::state::{JobState, Payload, Record};
 
 /// The tag of a stored job whose payload is kept apart (in the payloads table): the record's
 /// postcard encoding follows. Every job of format 1 is stored so.
@@ -14,7 +16,7 @@ pub(crate) const TAG_APART: u8 = 1;
 /// big-endian `u32` length, then the payload.
 pub(crate) const TAG_INLINE: u8 = 2;
 
-/// The tag of a segment (format 3): the new jobs of one `enqueue_batch`, of consecutive ids,
+/// The tag of a segment (from format 3): the new jobs of one `enqueue_batch`, of consecutive ids,
 /// stored as one entry of the segments table keyed by the first id. A big-endian `u32` count
 /// (at least 2) follows, then each job as the jobs table stores it (tag 1 or 2), behind its
 /// big-endian `u32` length. One entry instead of one per job is what lets a batch enqueue
@@ -29,6 +31,110 @@ pub(crate) const TAG_SEGMENT: u8 = 3;
 /// jobs).
 pub(crate) const SEGMENT_BYTES: usize = 60 * 1024;
 
+/// The tag of a job stored in its short form (format 4), with its payload inline: a
+/// [`ShortRecord`], then the payload to the end of the value. A job is stored so while every
+/// field that the short form leaves out has the value it has at enqueue (see
+/// [`ShortRecord::of`]): a new job's value is about 25 bytes shorter than in the long form, which
+/// a single enqueue's durable commit feels (about 3% here, beside raw commits of 16 and 41
+/// bytes), and a backlog of new jobs takes that much less space.
+pub(crate) const TAG_SHORT: u8 = 4;
+/// The tag of a job stored in its short form with its payload apart: a [`ShortRecord`] alone.
+pub(crate) const TAG_SHORT_APART: u8 = 5;
+
+/// The fields of a job that the short form keeps; every other field is as [`Record`] has it at
+/// enqueue. `run_at` is kept as its distance from `created_at`, a single byte for a job due at
+/// once.
+#[derive(Serialize, Deserialize)]
+struct ShortRecord<'a> {
+    queue: &'a str,
+    priority: i32,
+    max_attempts: u32,
+    created_at: u64,
+    run_after: i64,
+    timeout_ms: Option<u64>,
+    unique_key: Option<&'a str>,
+    concurrency_key: Option<&'a str>,
+}
+
+impl<'a> ShortRecord<'a> {
+    /// The short form of `rec`, if it has one: every field it leaves out has its enqueue value,
+    /// so that [`ShortRecord::record`] gives `rec` back whole.
+    fn of(rec: &'a Record) -> Option<ShortRecord<'a>> {
+        let Record {
+            queue,
+            state,
+            priority,
+            attempts,
+            max_attempts,
+            run_at,
+            next_attempt_at,
+            last_error,
+            unique_key,
+            concurrency_key,
+            progress,
+            lease_token,
+            lease_expires_at,
+            timeout_ms,
+            created_at,
+            updated_at,
+            finished_at,
+            manual_retries,
+            last_backoff_ms,
+            payload: _,
+        } = rec;
+        let as_enqueued = *state == JobState::Pending
+            && *attempts == 0
+            && next_attempt_at.is_none()
+            && last_error.is_none()
+            && progress.is_none()
+            && *lease_token == 0
+            && lease_expires_at.is_none()
+            && updated_at == created_at
+            && finished_at.is_none()
+            && *manual_retries == 0
+            && last_backoff_ms.is_none();
+        let run_after = i64::try_from(i128::from(*run_at) - i128::from(*created_at)).ok()?;
+        as_enqueued.then(|| ShortRecord {
+            queue,
+            priority: *priority,
+            max_attempts: *max_attempts,
+            created_at: *created_at,
+            run_after,
+            timeout_ms: *timeout_ms,
+            unique_key: unique_key.as_deref(),
+            concurrency_key: concurrency_key.as_deref(),
+        })
+    }
+
+    /// The whole record, with `payload`; `None` if `run_at` would fall outside the clock.
+    fn record(&self, payload: Payload) -> Option<Record> {
+        let run_at =
+            u64::try_from(i128::from(self.created_at) + i128::from(self.run_after)).ok()?;
+        Some(Record {
+            queue: self.queue.to_owned(),
+            state: JobState::Pending,
+            priority: self.priority,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            run_at,
+            next_attempt_at: None,
+            last_error: None,
+            unique_key: self.unique_key.map(str::to_owned),
+            concurrency_key: self.concurrency_key.map(str::to_owned),
+            progress: None,
+            lease_token: 0,
+            lease_expires_at: None,
+            timeout_ms: self.timeout_ms,
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            finished_at: None,
+            manual_retries: 0,
+            last_backoff_ms: None,
+            payload,
+        })
+    }
+}
+
 /// The largest payload stored inline, in the job's own value. Larger payloads are written once
 /// to the payloads table, so that transitions do not copy them.
 pub(crate) const INLINE_PAYLOAD: usize = 1024;
@@ -40,7 +146,8 @@ fn writing(detail: impl ToString) -> Error {
     }
 }
 
-/// Encodes a job as stored in the jobs table: its record, and its payload if inline.
+/// Encodes a job as stored in the jobs table: its record, in the short form when it has one,
+/// and its payload if inline.
 pub(crate) fn encode_job(rec: &Record) -> Result<Vec<u8>> {
     encode_job_onto(rec, Vec::new())
 }
@@ -63,6 +170,16 @@ fn encode_job_onto(rec: &Record, mut out: Vec<u8>) -> Result<Vec<u8>> {
         Payload::Apart => None,
     };
     out.reserve(96 + rec.queue.len() + strings + inline.map_or(0, <[u8]>::len));
+    if let Some(short) = ShortRecord::of(rec) {
+        out.push(if inline.is_some() {
+            TAG_SHORT
+        } else {
+            TAG_SHORT_APART
+        });
+        let mut out = postcard::to_extend(&short, out).map_err(writing)?;
+        out.extend_from_slice(inline.unwrap_or_default());
+        return Ok(out);
+    }
     let start = out.len();
     match inline {
         None => {
@@ -260,6 +377,20 @@ pub(crate) fn decode_job(id: u64, bytes: &[u8]) -> Result<Record> {
         detail,
     };
     let (record, payload) = match bytes.split_first() {
+        Some((&(TAG_SHORT | TAG_SHORT_APART), body)) => {
+            let (short, rest) = postcard::take_from_bytes::<ShortRecord<'_>>(body)
+                .map_err(|e| corrupt(e.to_string()))?;
+            let payload = if bytes[0] == TAG_SHORT {
+                Payload::Inline(rest.to_vec())
+            } else if rest.is_empty() {
+                Payload::Apart
+            } else {
+                return Err(corrupt(format!("{} trailing bytes", rest.len())));
+            };
+            return short
+                .record(payload)
+                .ok_or_else(|| corrupt("run_at outside the clock".into()));
+        }
         Some((&TAG_APART, body)) => (body, None),
         Some((&TAG_INLINE, body)) => {
             let short = || corrupt("shorter than its length prefix".into());
@@ -441,7 +572,6 @@ fn bad_key(what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::JobState;
 
     fn record() -> Record {
         Record {
@@ -480,6 +610,153 @@ mod tests {
         for r in [record(), inline(b""), inline(b"payload")] {
             assert_eq!(decode_job(1, &encode_job(&r).unwrap()).unwrap(), r);
         }
+    }
+
+    /// A job as enqueued, with its payload where `payload` says.
+    fn enqueued(payload: Payload) -> Record {
+        Record {
+            state: JobState::Pending,
+            attempts: 0,
+            run_at: 1_700_000_000_000,
+            next_attempt_at: None,
+            last_error: None,
+            progress: None,
+            lease_token: 0,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_000_000,
+            manual_retries: 0,
+            last_backoff_ms: None,
+            payload,
+            ..record()
+        }
+    }
+
+    #[test]
+    fn a_job_as_enqueued_is_stored_short_and_round_trips() {
+        let small = |r: Record| Record {
+            unique_key: None,
+            concurrency_key: None,
+            timeout_ms: None,
+            queue: "q".into(),
+            ..r
+        };
+        for (r, tag) in [
+            (enqueued(Payload::Inline(b"payload".to_vec())), TAG_SHORT),
+            (enqueued(Payload::Inline(Vec::new())), TAG_SHORT),
+            (enqueued(Payload::Apart), TAG_SHORT_APART),
+            // Due before it was made (an absolute time in the past), or far after.
+            (
+                Record {
+                    run_at: 0,
+                    ..enqueued(Payload::Apart)
+                },
+                TAG_SHORT_APART,
+            ),
+            (
+                Record {
+                    run_at: u64::MAX / 2,
+                    ..enqueued(Payload::Apart)
+                },
+                TAG_SHORT_APART,
+            ),
+            (small(enqueued(Payload::Inline(b"x".to_vec()))), TAG_SHORT),
+        ] {
+            let bytes = encode_job(&r).unwrap();
+            assert_eq!(bytes[0], tag);
+            assert_eq!(decode_job(1, &bytes).unwrap(), r);
+        }
+        // What a single enqueue of payload "x" to queue "q" writes: as short as redb's own
+        // 16-byte yardstick.
+        let bytes = encode_job(&small(enqueued(Payload::Inline(b"x".to_vec())))).unwrap();
+        assert_eq!(bytes.len(), 16);
+    }
+
+    #[test]
+    fn a_job_that_changed_since_enqueue_is_stored_long_and_round_trips() {
+        let base = enqueued(Payload::Inline(b"p".to_vec()));
+        let changed = [
+            Record {
+                state: JobState::InProgress,
+                ..base.clone()
+            },
+            Record {
+                attempts: 1,
+                ..base.clone()
+            },
+            Record {
+                next_attempt_at: Some(1),
+                ..base.clone()
+            },
+            Record {
+                last_error: Some("e".into()),
+                ..base.clone()
+            },
+            Record {
+                progress: Some("p".into()),
+                ..base.clone()
+            },
+            Record {
+                lease_token: 1,
+                ..base.clone()
+            },
+            Record {
+                lease_expires_at: Some(1),
+                ..base.clone()
+            },
+            Record {
+                updated_at: base.created_at + 1,
+                ..base.clone()
+            },
+            Record {
+                finished_at: Some(1),
+                ..base.clone()
+            },
+            Record {
+                manual_retries: 1,
+                ..base.clone()
+            },
+            Record {
+                last_backoff_ms: Some(1),
+                ..base.clone()
+            },
+            // A distance from created_at too large for the short form.
+            Record {
+                run_at: u64::MAX,
+                created_at: 0,
+                updated_at: 0,
+                ..base.clone()
+            },
+        ];
+        for r in changed {
+            let bytes = encode_job(&r).unwrap();
+            assert_eq!(bytes[0], TAG_INLINE, "{r:?}");
+            assert_eq!(decode_job(1, &bytes).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn truncated_short_records_and_a_short_apart_record_with_a_payload_are_errors() {
+        let bytes = encode_job(&enqueued(Payload::Apart)).unwrap();
+        for cut in 1..bytes.len() {
+            assert!(decode_job(1, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(7);
+        assert!(decode_job(1, &trailing).is_err());
+        // A distance that puts run_at before the clock's start.
+        let mut before_zero = vec![TAG_SHORT_APART];
+        let short = ShortRecord {
+            queue: "q",
+            priority: 0,
+            max_attempts: 1,
+            created_at: 5,
+            run_after: -6,
+            timeout_ms: None,
+            unique_key: None,
+            concurrency_key: None,
+        };
+        before_zero = postcard::to_extend(&short, before_zero).unwrap();
+        assert!(decode_job(1, &before_zero).is_err());
     }
 
     #[test]

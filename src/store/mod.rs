@@ -69,7 +69,7 @@ use self::ctx::{Config, Ctx};
 use self::handoff::Takers;
 pub(crate) use self::handoff::{Room, Taker, TakerId};
 use self::tables::{
-    FORMAT_2, FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, SEGMENTS, V1_INBOX,
+    FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, SEGMENTS, V1_INBOX, reads_as_is,
 };
 use self::watermark::Watermark;
 use self::writer::{Request, Writer};
@@ -311,8 +311,8 @@ impl StoreBuilder {
         });
         match version {
             1 => upgrade_v1(&db, &cfg, &path),
-            FORMAT_2 => upgrade_v2(&db, &path),
-            _ => Ok(()),
+            FORMAT_VERSION => Ok(()),
+            older => upgrade_version(&db, &path, older),
         }
         .map_err(|e| e.in_file(&path))?;
         let db = Arc::new(db);
@@ -363,7 +363,7 @@ impl StoreBuilder {
             let tx = db.begin_read().map_err(|e| open_error(&path, e))?;
             read_header(&tx, &path)
         })?;
-        if version != FORMAT_VERSION && version != FORMAT_2 {
+        if !reads_as_is(version) {
             return Err(Error::UnsupportedFormat {
                 path,
                 found: version,
@@ -503,7 +503,7 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
             .map(|g| g.value()))
     };
     let version = get(META_FORMAT)?.ok_or_else(not_quern)?;
-    if version != FORMAT_VERSION && version != FORMAT_2 && version != 1 {
+    if !reads_as_is(version) && version != 1 {
         return Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             found: version,
@@ -514,7 +514,7 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
 }
 
 /// Upgrades a format 1 database in one transaction: the jobs of its inbox become indexed
-/// jobs, stored as format 2 and 3 store them; the jobs it had indexed are readable as they are.
+/// jobs, stored as this build stores them; the jobs it had indexed are readable as they are.
 fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     let fail = |e: redb::Error| Error::storage("upgrading a format 1 database", e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;
@@ -545,10 +545,15 @@ fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Upgrades a format 2 database: every format 2 file is a format 3 file without segments, so
-/// only the version changes, and the segments table is made.
-fn upgrade_v2(db: &Database, path: &Path) -> Result<()> {
-    let fail = |e: redb::Error| Error::storage("upgrading a format 2 database", e);
+/// Upgrades a format 2 or 3 database, which this build reads as it is: only the version
+/// changes, and a format 2 file gets the segments table it lacks.
+fn upgrade_version(db: &Database, path: &Path, from: u64) -> Result<()> {
+    let context = if from == 2 {
+        "upgrading a format 2 database"
+    } else {
+        "upgrading a format 3 database"
+    };
+    let fail = |e: redb::Error| Error::storage(context, e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;
     {
         let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
@@ -557,7 +562,7 @@ fn upgrade_v2(db: &Database, path: &Path) -> Result<()> {
         tx.open_table(SEGMENTS).map_err(|e| fail(e.into()))?;
     }
     tx.commit().map_err(|e| fail(e.into()))?;
-    tracing::info!(path = %path.display(), "upgraded quern database from format 2 to {FORMAT_VERSION}");
+    tracing::info!(path = %path.display(), "upgraded quern database from format {from} to {FORMAT_VERSION}");
     Ok(())
 }
 

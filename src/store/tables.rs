@@ -5,10 +5,20 @@ use redb::TableDefinition;
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub(crate) const FORMAT_VERSION: u64 = 3;
-/// Format 2 differs from format 3 only in having no segments table ([`SEGMENTS`]): this build
-/// reads it as it is, and a writable open adds the table and moves its version to 3.
+pub(crate) const FORMAT_VERSION: u64 = 4;
+/// Format 3 differs from format 4 only in not knowing the short form of a job's record
+/// (`codec::TAG_SHORT`), which format 4 writes for every job as enqueued: this build reads it
+/// as it is, and a writable open moves its version to 4, so that a build that knows only
+/// format 3 refuses the file rather than misreads it.
+pub(crate) const FORMAT_3: u64 = 3;
+/// Format 2 is format 3 without the segments table ([`SEGMENTS`]): this build reads it as it
+/// is, and a writable open adds the table and moves its version to 4.
 pub(crate) const FORMAT_2: u64 = 2;
+
+/// Whether this build reads a file of format `version` as it is (format 1 must be upgraded).
+pub(crate) fn reads_as_is(version: u64) -> bool {
+    matches!(version, FORMAT_VERSION | FORMAT_3 | FORMAT_2)
+}
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
 /// [`META_NEXT_TOKEN`], [`META_INDEXED`].
@@ -33,7 +43,7 @@ pub(crate) const V1_INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("q
 /// id -> stored job: the encoded [`Record`](crate::state::Record), and its payload when that is
 /// small (see `codec::encode_job`).
 pub(crate) const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
-/// first id -> segment (format 3): new jobs of consecutive ids written by one `enqueue_batch`
+/// first id -> segment (from format 3): new jobs of consecutive ids written by one `enqueue_batch`
 /// (see `codec::TAG_SEGMENT`), all at or above [`META_INDEXED`]. A table of their own, so that
 /// the jobs table never holds a value larger than a page: redb rebuilds a leaf at the size it
 /// had for every insert into it, and the claim that moves a segment's jobs inserts them.
