@@ -625,13 +625,10 @@ impl Store {
         // on two cores took the CPU of the callers coming back from the last commit.
         let (tx, rx) = oneshot::channel();
         let writer = self.writer()?;
-        writer.send_or_commit(Box::new(Request {
-            op,
-            reply: Box::new(move |r| {
-                // The caller waits on `rx` until this is sent.
-                let _ = tx.send(r);
-            }),
-        }))?;
+        writer.send_or_commit(Box::new(Request::new(op, move |r| {
+            // The caller waits on `rx` until this is sent.
+            let _ = tx.send(r);
+        })))?;
         rx.recv().unwrap_or(Err(Error::Closed))
     }
 
@@ -642,12 +639,9 @@ impl Store {
         op: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
-        self.writer()?.send(Box::new(Request {
-            op,
-            reply: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        }))?;
+        self.writer()?.send(Box::new(Request::new(op, move |r| {
+            let _ = tx.send(r);
+        })))?;
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
@@ -1068,10 +1062,10 @@ impl Store {
         how: Settle,
         then: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<()> {
-        self.writer()?.send(Box::new(Request {
-            op: move |cx: &mut Ctx<'_>| how.apply(cx, &lease),
-            reply: Box::new(then),
-        }))
+        self.writer()?.send(Box::new(Request::new(
+            move |cx: &mut Ctx<'_>| how.apply(cx, &lease),
+            then,
+        )))
     }
 
     /// Registers an executor to take jobs claimed at the commit of their enqueue.

@@ -41,46 +41,60 @@ struct Queued {
     sent_after: u64,
 }
 
-/// What to tell a caller once the fate of its transaction is known.
-type Done = Box<dyn FnOnce(Result<(), &Error>) + Send>;
-
 /// An operation waiting for the writer.
 pub(crate) trait Op: Send {
-    /// Applies the operation; returns how to answer its caller, and the error that must abort
-    /// the transaction, if any.
-    fn apply(self: Box<Self>, cx: &mut Ctx<'_>) -> (Done, Option<Error>);
-    /// Answers the caller without applying the operation.
-    fn reject(self: Box<Self>, error: Error);
+    /// Applies the operation and keeps its result to answer with; returns the error that must
+    /// abort the transaction, if any.
+    fn apply(&mut self, cx: &mut Ctx<'_>) -> Option<Error>;
+    /// Answers the caller once the fate of its transaction is known: with the kept result if
+    /// the transaction committed (or had nothing to commit), else with the transaction's error.
+    /// An operation never applied is answered with `commit`'s error.
+    fn answer(self: Box<Self>, commit: Result<(), &Error>);
 }
 
-pub(crate) struct Request<F, R> {
-    pub op: F,
-    pub reply: Box<dyn FnOnce(Result<R>) + Send>,
+/// An operation, its result once applied, and what to do with the result: one allocation per
+/// operation, the box the channel carries.
+pub(crate) struct Request<F, R, T> {
+    op: Option<F>,
+    result: Option<Result<R>>,
+    reply: T,
 }
 
-impl<F, R> Op for Request<F, R>
+impl<F, R, T> Request<F, R, T> {
+    /// Runs `op` in a write transaction, then `reply` with its result once committed.
+    pub(crate) fn new(op: F, reply: T) -> Self {
+        Request {
+            op: Some(op),
+            result: None,
+            reply,
+        }
+    }
+}
+
+impl<F, R, T> Op for Request<F, R, T>
 where
-    F: FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
-    R: Send + 'static,
+    F: FnOnce(&mut Ctx<'_>) -> Result<R> + Send,
+    R: Send,
+    T: FnOnce(Result<R>) + Send,
 {
-    fn apply(self: Box<Self>, cx: &mut Ctx<'_>) -> (Done, Option<Error>) {
-        let Request { op, reply } = *self;
-        let result = op(cx);
+    fn apply(&mut self, cx: &mut Ctx<'_>) -> Option<Error> {
+        let result = (self.op.take()?)(cx);
         let abort = match &result {
             Err(e) if e.aborts_batch() => Some(e.clone()),
             _ => None,
         };
-        let done: Done = Box::new(move |commit| {
-            reply(match commit {
-                Ok(()) => result,
-                Err(e) => Err(e.clone()),
-            });
-        });
-        (done, abort)
+        self.result = Some(result);
+        abort
     }
 
-    fn reject(self: Box<Self>, error: Error) {
-        (self.reply)(Err(error));
+    fn answer(self: Box<Self>, commit: Result<(), &Error>) {
+        let Request { result, reply, .. } = *self;
+        reply(match (commit, result) {
+            (Ok(()), Some(result)) => result,
+            // Not applied, yet its transaction committed: never the case (see `commit_batch`).
+            (Ok(()), None) => Err(Error::Closed),
+            (Err(e), _) => Err(e.clone()),
+        });
     }
 }
 
@@ -261,7 +275,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         let e = Error::Poisoned {
             path: path.to_path_buf(),
         };
-        batch.into_iter().for_each(|op| op.reject(e.clone()));
+        batch.into_iter().for_each(|op| op.answer(Err(&e)));
         return;
     }
     let tx = match db.begin_write() {
@@ -269,20 +283,20 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         Err(e) => {
             finish();
             let e = Error::storage("beginning a write transaction", e).in_file(path);
-            batch.into_iter().for_each(|op| op.reject(e.clone()));
+            batch.into_iter().for_each(|op| op.answer(Err(&e)));
             return;
         }
     };
-    let mut dones = Vec::with_capacity(batch.len());
+    let mut applied = Vec::with_capacity(batch.len());
     let mut ops = batch.into_iter();
     let mut abort = None;
     let mut changed = false;
     let mut handoff = None;
     match Ctx::begin(&tx, cfg) {
         Ok(mut cx) => {
-            for op in ops.by_ref() {
-                let (done, fatal) = op.apply(&mut cx);
-                dones.push(done);
+            for mut op in ops.by_ref() {
+                let fatal = op.apply(&mut cx);
+                applied.push(op);
                 if fatal.is_some() {
                     abort = fatal;
                     break;
@@ -303,7 +317,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         Err(e) => {
             finish();
             let e = e.in_file(path);
-            ops.for_each(|op| op.reject(e.clone()));
+            ops.for_each(|op| op.answer(Err(&e)));
             return;
         }
     }
@@ -319,7 +333,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         drop(tx);
         deliver(false);
         tracing::error!(error = %e, "write transaction aborted");
-        dones.into_iter().for_each(|d| d(Err(&e)));
+        applied.into_iter().for_each(|op| op.answer(Err(&e)));
         let rest: Vec<_> = ops.collect();
         if !rest.is_empty() {
             commit_batch(rest, shared);
@@ -331,7 +345,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         finish();
         drop(tx);
         deliver(false);
-        dones.into_iter().for_each(|d| d(Ok(())));
+        applied.into_iter().for_each(|op| op.answer(Ok(())));
         return;
     }
     let committed = tx.commit();
@@ -340,14 +354,14 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         Ok(()) => {
             deliver(true);
             watermark.bump();
-            dones.into_iter().for_each(|d| d(Ok(())));
+            applied.into_iter().for_each(|op| op.answer(Ok(())));
         }
         Err(e) => {
             deliver(false);
             poisoned.store(true, Ordering::Release);
             let e = Error::storage("committing a write transaction", e).in_file(path);
             tracing::error!(error = %e, "commit failed; the store refuses writes until reopened");
-            dones.into_iter().for_each(|d| d(Err(&e)));
+            applied.into_iter().for_each(|op| op.answer(Err(&e)));
         }
     }
 }
