@@ -39,7 +39,8 @@ pub(crate) struct Config {
 /// of its time in alternating runs. A transaction that aborts hands nothing on, and the next one reads the tables.
 /// One whose changes are not committed after all (nothing changed) may hand on ids or tokens it
 /// allocated and did not use: they are skipped, never given twice. Only one process writes a
-/// database, so nothing else moves them.
+/// database, so nothing else moves them; within it, every write transaction begins under the
+/// writer's commit lock, after the last one committed or, failing, poisoned the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counters {
     next_id: Option<u64>,

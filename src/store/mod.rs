@@ -964,10 +964,13 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> std::result::Result<R, E>,
     ) -> std::result::Result<R, E> {
-        let Db::Writable(db) = &self.inner.db else {
+        let (Db::Writable(db), Some(writer)) = (&self.inner.db, &self.inner.writer) else {
             return Err(Error::ReadOnly.into());
         };
         outside_write()?;
+        // Begins after any commit under way, and sees whether it failed: a transaction must not
+        // start from the counters of one that did not commit (see `ctx::Counters`).
+        let _commits = writer.hold_commits();
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned {
                 path: self.inner.path.clone(),

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use redb::Database;
 
 use super::ctx::{Config, Ctx};
@@ -108,7 +108,8 @@ pub(crate) struct Shared {
     pub poisoned: Arc<AtomicBool>,
     pub takers: Arc<Takers>,
     /// Held while a batch is applied and committed, by the writer thread or by a caller
-    /// committing its own operation directly.
+    /// committing its own operation directly, and by `Store::write` (see
+    /// [`Writer::hold_commits`]).
     commit: Mutex<()>,
     /// The size of the last batch: how many callers were active.
     last_batch: AtomicUsize,
@@ -157,6 +158,13 @@ impl Writer {
             rx,
             thread: Some(thread),
         })
+    }
+
+    /// Holds off the group commits (the writer thread's and callers' own) until the guard
+    /// drops: for a write transaction begun outside them (`Store::write`), so that every write
+    /// transaction of the store begins after the last one committed, or poisoned the store.
+    pub(crate) fn hold_commits(&self) -> MutexGuard<'_, ()> {
+        self.shared.commit.lock()
     }
 
     /// Queues `op` for the writer thread's next group commit.
