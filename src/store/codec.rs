@@ -18,7 +18,7 @@ pub(crate) const TAG_INLINE: u8 = 2;
 
 /// The tag of a segment (from format 3): the new jobs of one `enqueue_batch`, of consecutive ids,
 /// stored as one entry of the segments table keyed by the first id. A big-endian `u32` count
-/// (at least 2) follows, then each job as the jobs table stores it (tag 1 or 2), behind its
+/// (at least 2) follows, then each job as the jobs table stores it (tag 1, 2, 4 or 5), behind its
 /// big-endian `u32` length. One entry instead of one per job is what lets a batch enqueue
 /// outrun redb's own per-row inserts. The claim that indexes new jobs moves a segment's jobs
 /// into the jobs table and deletes the segment.
