@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::job::JobId;
-use crate::state::JobState;
+use crate::types::JobId;
+use crate::types::JobState;
 
 /// A `Result` whose error is quern's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,61 +1,12 @@
 //! The nouns of a queue: ids, timestamps, the job a user writes and the job the store returns.
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::state::JobState;
-
-/// Milliseconds since the Unix epoch, as read from the store's [`Clock`](crate::Clock).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-pub struct Timestamp(pub u64);
-
-impl Timestamp {
-    /// The time `d` after `self`, saturating at the far future.
-    #[must_use]
-    pub fn after(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(duration_ms(d)))
-    }
-
-    /// The time `d` before `self`, saturating at the epoch.
-    #[must_use]
-    pub fn before(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(duration_ms(d)))
-    }
-
-    /// How long after `earlier` this time is; zero when it is not after.
-    pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-}
-
-impl fmt::Display for Timestamp {
-    /// Milliseconds since the epoch, followed by `ms`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
-    }
-}
-
-/// Whole milliseconds in `d`, saturating.
-pub(crate) fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The id of a job: increasing in enqueue order, never reused within a database.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-pub struct JobId(pub u64);
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+use crate::state::Record;
+use crate::types::{JobId, JobState, Timestamp};
 
 /// The default number of attempts a job gets before it fails for good.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
@@ -249,6 +200,34 @@ impl Job {
             JobState::Pending | JobState::InProgress => false,
         }
     }
+}
+
+impl Record {
+    /// The job as a user sees it: this record under its id, with its payload.
+    pub(crate) fn into_job(self, id: JobId, payload: Vec<u8>) -> Job {
+        Job {
+            id,
+            queue: self.queue,
+            state: self.state,
+            payload,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            run_at: Timestamp(self.run_at),
+            next_attempt_at: self.next_attempt_at.map(Timestamp),
+            last_error: self.last_error,
+            unique_key: self.unique_key,
+            concurrency_key: self.concurrency_key,
+            progress: self.progress,
+            lease_expires_at: self.lease_expires_at.map(Timestamp),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            created_at: Timestamp(self.created_at),
+            updated_at: Timestamp(self.updated_at),
+            finished_at: self.finished_at.map(Timestamp),
+            manual_retries: self.manual_retries,
+        }
+    }
+
 }
 
 /// What [`Store::enqueue`](crate::Store::enqueue) did.

@@ -52,14 +52,15 @@ mod job;
 mod periodic;
 mod state;
 mod store;
+mod types;
 
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
 pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metrics, Outcome};
-pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
 pub use periodic::Periodic;
-pub use state::JobState;
+pub use types::{JobId, JobState, Timestamp};
 pub use store::{
     Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME,
     Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,

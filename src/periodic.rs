@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::job::{NewJob, Timestamp, duration_ms};
+use crate::job::NewJob;
+use crate::types::{Timestamp, duration_ms};
 
 /// A job enqueued once per period, e.g. a reconcile pass every five minutes.
 ///

@@ -17,66 +17,12 @@
 //! Fencing: every transition out of `InProgress` that a worker asks for names the lease token it
 //! was given; a record in any other state, or under another token, refuses it.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
-use crate::job::{Job, JobId, Timestamp, duration_ms};
-
-/// Where a job stands in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum JobState {
-    /// Waiting to be claimed (possibly not before its `run_at`).
-    Pending,
-    /// Claimed by a worker holding its lease.
-    InProgress,
-    /// Done.
-    Succeeded,
-    /// Failed: a retry is scheduled when `next_attempt_at` is `Some`, otherwise it failed for
-    /// good.
-    Failed,
-}
-
-impl JobState {
-    /// All states, in life order.
-    pub const ALL: [JobState; 4] = [
-        JobState::Pending,
-        JobState::InProgress,
-        JobState::Succeeded,
-        JobState::Failed,
-    ];
-
-    /// The lowercase name used in output and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::InProgress => "in_progress",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for JobState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s || (s == "in-progress" && *st == JobState::InProgress))
-            .ok_or_else(|| {
-                format!("unknown state {s:?} (expected pending, in_progress, succeeded or failed)")
-            })
-    }
-}
+use crate::types::{JobState, duration_ms};
 
 /// A finer split of the states, as counted in stats and as placed in the indexes: failed jobs
 /// differ in whether a retry is scheduled.
@@ -171,30 +117,6 @@ impl Record {
             JobState::Succeeded => Phase::Succeeded,
             JobState::Failed if self.next_attempt_at.is_some() => Phase::Retrying,
             JobState::Failed => Phase::Dead,
-        }
-    }
-
-    pub(crate) fn into_job(self, id: JobId, payload: Vec<u8>) -> Job {
-        Job {
-            id,
-            queue: self.queue,
-            state: self.state,
-            payload,
-            priority: self.priority,
-            attempts: self.attempts,
-            max_attempts: self.max_attempts,
-            run_at: Timestamp(self.run_at),
-            next_attempt_at: self.next_attempt_at.map(Timestamp),
-            last_error: self.last_error,
-            unique_key: self.unique_key,
-            concurrency_key: self.concurrency_key,
-            progress: self.progress,
-            lease_expires_at: self.lease_expires_at.map(Timestamp),
-            timeout: self.timeout_ms.map(Duration::from_millis),
-            created_at: Timestamp(self.created_at),
-            updated_at: Timestamp(self.updated_at),
-            finished_at: self.finished_at.map(Timestamp),
-            manual_retries: self.manual_retries,
         }
     }
 

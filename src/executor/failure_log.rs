@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::job::JobId;
+use crate::types::JobId;
 
 /// The length of a logging window.
 const WINDOW: Duration = Duration::from_secs(300);

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::{JobState, Payload, Record};
+use crate::state::{Payload, Record};
+use crate::types::JobState;
 
 /// The tag of a stored job whose payload is kept apart (in the payloads table): the record's
 /// postcard encoding follows. Every job of format 1 is stored so.

@@ -9,7 +9,8 @@ use super::ctx::{Ctx, w};
 use super::read::first_time;
 use super::{enqueue, housekeeping, work};
 use crate::error::Result;
-use crate::job::{Claimed, Enqueued, RunAt, Timestamp};
+use crate::job::{Claimed, Enqueued, RunAt};
+use crate::types::Timestamp;
 use crate::periodic::Periodic;
 
 /// What a claim cycle did.

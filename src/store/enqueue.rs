@@ -5,8 +5,10 @@ use redb::ReadableTable;
 use super::codec::{INLINE_PAYLOAD, Segment, keyed};
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
-use crate::job::{Enqueued, JobId, NewJob, duration_ms};
-use crate::state::{JobState, Payload, Record};
+use crate::job::{Enqueued, NewJob};
+use crate::types::{JobId, duration_ms};
+use crate::state::{Payload, Record};
+use crate::types::JobState;
 
 /// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
@@ -94,7 +96,7 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
         priority: job.priority,
         attempts: 0,
         max_attempts: job.max_attempts,
-        run_at: job.run_at.resolve(crate::job::Timestamp(now)).0,
+        run_at: job.run_at.resolve(crate::types::Timestamp(now)).0,
         next_attempt_at: None,
         last_error: None,
         unique_key: job.unique_key,

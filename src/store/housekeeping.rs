@@ -7,8 +7,9 @@ use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
 use super::ctx::{Ctx, Loaded, w};
 use super::work::jitter_seed;
 use crate::error::{Error, Result};
-use crate::job::{JobId, Timestamp};
-use crate::state::{self, JobState, Phase, Refusal};
+use crate::types::{JobId, Timestamp};
+use crate::state::{self, Phase, Refusal};
+use crate::types::JobState;
 
 /// Failed jobs whose retry is due -> Pending. Returns how many moved.
 pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {

@@ -76,7 +76,8 @@ use self::writer::{Request, Writer};
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result, StorageError};
-use crate::job::{Claimed, Enqueued, Job, JobId, Lease, NewJob, Timestamp};
+use crate::job::{Claimed, Enqueued, Job, Lease, NewJob};
+use crate::types::{JobId, Timestamp};
 use crate::state::Payload;
 
 thread_local! {

@@ -13,8 +13,10 @@ use super::tables::{
     SCHEDULED, SEGMENTS,
 };
 use crate::error::{Error, Result};
-use crate::job::{Job, JobId, Timestamp};
-use crate::state::{JobState, Payload, Phase, Record};
+use crate::job::Job;
+use crate::types::{JobId, Timestamp};
+use crate::state::{Payload, Phase, Record};
+use crate::types::JobState;
 
 fn r(e: impl Into<redb::Error>) -> Error {
     Error::storage("reading jobs", e)

@@ -11,8 +11,10 @@ use super::codec::{
 };
 use super::ctx::{Ctx, w};
 use crate::error::{Error, Result};
-use crate::job::{Claimed, JobId, Lease, duration_ms};
-use crate::state::{self, JobState, Record, Refusal};
+use crate::job::{Claimed, Lease};
+use crate::types::{JobId, duration_ms};
+use crate::state::{self, Record, Refusal};
+use crate::types::JobState;
 
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
