@@ -12,8 +12,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in quern.
 ///
 /// Expected conflicts ([`Error::LeaseLost`], [`Error::NotFound`], [`Error::InvalidState`], ...)
-/// are variants to match on; a storage failure names its cause in its message and keeps it
-/// whole in [`Error::Storage`]'s `source` field.
+/// are variants to match on; a storage failure names what quern was doing and its cause in its
+/// message, and keeps the cause whole in [`Error::Storage`]'s `cause` field.
 /// `Error` is `Clone`, so one failed group commit can be reported to every caller in it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -54,17 +54,18 @@ pub enum Error {
         /// The version this build reads and writes.
         supported: u64,
     },
-    /// A storage operation failed: the message names the database file and the cause (an I/O
-    /// error of a full disk, say). The cause is in the message, so it is not also the error's
+    /// A storage operation failed. The message says what quern was doing, on which file, and
+    /// the cause, once: "claiming jobs in queue.redb: I/O error: No space left on device (os
+    /// error 28)". The cause is in the message, so it is not also the error's
     /// [`std::error::Error::source`] (a report of the chain would print it twice); it stays
-    /// whole in the `source` field. After a failed commit the store refuses writes
-    /// ([`Error::Poisoned`]) until it is reopened.
-    #[error("storage failure{} while {context}: {source}", source.on_file())]
+    /// whole in the `cause` field, and [`StorageError::redb`] gives redb's own error. After a
+    /// failed commit the store refuses writes ([`Error::Poisoned`]) until it is reopened.
+    #[error("{}: {cause}", cause.doing(context))]
     Storage {
-        /// What quern was doing.
+        /// What quern was doing ("claiming jobs", "committing a write transaction", ...).
         context: &'static str,
         /// The cause: redb's error, and through it the I/O error, if any.
-        source: StorageError,
+        cause: StorageError,
     },
     /// A record on disk could not be decoded, an index disagrees with its record, or the
     /// database file is damaged (a page failing redb's integrity check at a writable open, or
@@ -132,6 +133,7 @@ pub enum Error {
         reason: String,
     },
     /// A payload could not be encoded or decoded as JSON.
+    #[cfg(feature = "json")]
     #[error("json payload: {0}")]
     Json(#[source] Arc<serde_json::Error>),
     /// A write was asked of a store opened read-only.
@@ -140,6 +142,20 @@ pub enum Error {
     /// The store's writer has stopped (the store is closing).
     #[error("the store is closed")]
     Closed,
+    /// A task of the executor (its claimer or a worker; not a handler, whose panic is a failed
+    /// attempt) panicked: [`ExecutorHandle::shutdown`](crate::ExecutorHandle::shutdown) reports
+    /// it once every other task has stopped.
+    #[error("a task of the executor of queue {queue:?} panicked")]
+    ExecutorPanicked {
+        /// The queue the executor ran.
+        queue: String,
+    },
+    /// An executor was started outside a tokio runtime.
+    #[error("{operation} must be called within a tokio runtime")]
+    NoRuntime {
+        /// What was called.
+        operation: &'static str,
+    },
 }
 
 impl Error {
@@ -152,20 +168,32 @@ impl Error {
         )
     }
 
+    /// A storage failure met while doing `context`.
     pub(crate) fn storage(context: &'static str, e: impl Into<redb::Error>) -> Error {
         Error::Storage {
             context,
-            source: StorageError::new(e.into()),
+            cause: StorageError::new(e.into()),
         }
+    }
+
+    /// Says what quern was doing in a storage error that does not say it yet: errors are made
+    /// deep inside a transaction, and labelled by the operation they leave.
+    pub(crate) fn doing(mut self, what: &'static str) -> Error {
+        if let Error::Storage { context, .. } = &mut self
+            && context.is_empty()
+        {
+            *context = what;
+        }
+        self
     }
 
     /// Names the database file in a storage error that does not name it yet: errors are
     /// made deep inside a transaction, and located where they leave the store.
     pub(crate) fn in_file(mut self, path: &Path) -> Error {
-        if let Error::Storage { source, .. } = &mut self
-            && source.file.is_none()
+        if let Error::Storage { cause, .. } = &mut self
+            && cause.file.is_none()
         {
-            source.file = Some(path.into());
+            cause.file = Some(path.into());
         }
         self
     }
@@ -178,8 +206,18 @@ impl Error {
     }
 }
 
-/// A failure of the storage engine under quern, kept whole as the [`std::error::Error::source`]
-/// of an [`Error`].
+/// A storage failure met inside a transaction, before the operation it belongs to labels it
+/// ([`Error::doing`]) and the store names its file ([`Error::in_file`]).
+pub(crate) fn redb_failed(e: impl Into<redb::Error>) -> Error {
+    Error::storage("", e)
+}
+
+/// A failure of the storage engine under quern: redb's error, and the database file it
+/// happened on.
+///
+/// Its message is redb's, which already names the I/O error under it, so it has no
+/// [`std::error::Error::source`] of its own (a report of the chain would print the I/O error
+/// twice); [`StorageError::redb`] gives redb's error, and through it the I/O error.
 #[derive(Debug, Clone)]
 pub struct StorageError {
     error: Arc<redb::Error>,
@@ -200,12 +238,31 @@ impl StorageError {
         self.file.as_deref()
     }
 
-    /// " on FILE" when the file is known, for [`Error::Storage`]'s message.
-    fn on_file(&self) -> String {
-        self.file
-            .as_ref()
-            .map(|f| format!(" on {}", f.display()))
-            .unwrap_or_default()
+    /// redb's error: match on it (`redb::Error::Io`, `redb::Error::Corrupted`, ...) or walk its
+    /// sources to the I/O error.
+    pub fn redb(&self) -> &redb::Error {
+        &self.error
+    }
+
+    /// The I/O error under the failure, if it was one.
+    pub fn io(&self) -> Option<&std::io::Error> {
+        match &*self.error {
+            redb::Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// "CONTEXT in FILE", what [`Error::Storage`]'s message starts with.
+    fn doing(&self, context: &str) -> String {
+        let context = if context.is_empty() {
+            "storage failure"
+        } else {
+            context
+        };
+        match &self.file {
+            Some(f) => format!("{context} in {}", f.display()),
+            None => context.to_owned(),
+        }
     }
 }
 
@@ -215,11 +272,7 @@ impl std::fmt::Display for StorageError {
     }
 }
 
-impl std::error::Error for StorageError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
-}
+impl std::error::Error for StorageError {}
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
+#[cfg(feature = "json")]
 use crate::error::{Error, Result};
 use crate::state::Record;
 use crate::types::{JobId, JobState, Timestamp};
@@ -70,11 +69,12 @@ impl NewJob {
         }
     }
 
-    /// A job whose payload is `value` encoded as JSON.
+    /// A job whose payload is `value` encoded as JSON (the `json` feature).
     ///
     /// # Errors
     /// [`Error::Json`] when `value` cannot be serialized.
-    pub fn json<T: Serialize + ?Sized>(queue: impl Into<String>, value: &T) -> Result<Self> {
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::Serialize + ?Sized>(queue: impl Into<String>, value: &T) -> Result<Self> {
         let payload = serde_json::to_vec(value).map_err(|e| Error::Json(e.into()))?;
         Ok(NewJob::new(queue, payload))
     }
@@ -183,10 +183,11 @@ pub struct Job {
 }
 
 impl Job {
-    /// The payload decoded from JSON.
+    /// The payload decoded from JSON (the `json` feature).
     ///
     /// # Errors
     /// [`Error::Json`] when the payload is not JSON of type `T`.
+    #[cfg(feature = "json")]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.payload).map_err(|e| Error::Json(e.into()))
     }
@@ -227,7 +228,6 @@ impl Record {
             manual_retries: self.manual_retries,
         }
     }
-
 }
 
 /// What [`Store::enqueue`](crate::Store::enqueue) did.
@@ -262,6 +262,16 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A copy for an operation that only borrows the lease (a heartbeat, progress): the
+    /// settling calls still take the original by value, so one lease settles once.
+    pub(crate) fn duplicate(&self) -> Lease {
+        Lease {
+            job: self.job,
+            token: self.token,
+            store: self.store,
+        }
+    }
+
     /// The job this lease is for.
     pub fn job(&self) -> JobId {
         self.job

@@ -60,11 +60,11 @@ pub use error::{Error, Result, StorageError};
 pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metrics, Outcome};
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
 pub use periodic::Periodic;
-pub use types::{JobId, JobState, Timestamp};
 pub use store::{
     Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME,
     Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,
 };
+pub use types::{JobId, JobState, Timestamp};
 
 #[doc(hidden)]
 pub use store::decode as __decode;

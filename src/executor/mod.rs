@@ -37,7 +37,7 @@ use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
 use crate::periodic::Periodic;
-use crate::store::{Retention, Room, Store, lease_ref};
+use crate::store::{Retention, Room, Store};
 
 /// What a handler says about the job it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,15 +211,16 @@ impl ExecutorBuilder {
     /// persisted pending work is dispatched before anything else.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] outside a tokio runtime, for a bad queue name, or for a periodic
-    /// schedule whose job the store would refuse; [`Error::ReadOnly`] for a read-only store.
+    /// [`Error::NoRuntime`] outside a tokio runtime; [`Error::InvalidInput`] for a bad queue
+    /// name, or for a periodic schedule whose job the store would refuse; [`Error::ReadOnly`]
+    /// for a read-only store.
     pub fn spawn<F, Fut>(self, handler: F) -> Result<ExecutorHandle>
     where
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Outcome> + Send + 'static,
     {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::invalid("executor", "spawn must be called within a tokio runtime")
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            operation: "ExecutorBuilder::spawn",
         })?;
         crate::store::validate_queue(&self.queue)?;
         // A schedule whose job the store would refuse would fail every claim cycle.
@@ -478,7 +479,8 @@ impl ExecutorHandle {
     /// back). When it returns, no job is in progress under this executor's leases.
     ///
     /// # Errors
-    /// [`Error::Closed`] if a task of the executor panicked.
+    /// [`Error::ExecutorPanicked`] if a task of the executor (the claimer or a worker; a
+    /// handler's panic is a failed attempt) panicked.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future part way leaves the remaining jobs to finish in the
@@ -490,7 +492,7 @@ impl ExecutorHandle {
         if let Some(claimer) = self.claimer.take()
             && claimer.await.is_err()
         {
-            result = Err(Error::Closed);
+            result = Err(self.panicked());
         }
         while let Ok(claimed) = self.rx.try_recv() {
             self.shared.give_back(claimed);
@@ -506,11 +508,19 @@ impl ExecutorHandle {
             }
         };
         if joined.is_err() {
-            result = Err(Error::Closed);
+            result = Err(self.panicked());
         }
         self.shared.settles.drained().await;
         tracing::info!(queue = %self.shared.queue, "executor stopped");
         result
+    }
+}
+
+impl ExecutorHandle {
+    fn panicked(&self) -> Error {
+        Error::ExecutorPanicked {
+            queue: self.shared.queue.to_string(),
+        }
     }
 }
 
@@ -533,7 +543,7 @@ async fn futures_join_all(handles: Vec<JoinHandle<()>>) -> std::result::Result<(
 pub(crate) fn context(store: &Store, claimed: &Claimed) -> JobContext {
     JobContext {
         job: claimed.job.clone(),
-        lease: lease_ref(&claimed.lease),
+        lease: claimed.lease.duplicate(),
         store: store.clone(),
     }
 }

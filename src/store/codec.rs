@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use redb::ReadableTable;
+
+use crate::error::{Error, Result, redb_failed};
 use crate::state::{Payload, Record};
 use crate::types::JobState;
 
@@ -567,6 +569,65 @@ fn bad_key(what: &str) -> Error {
     Error::Corrupt {
         what: format!("{what} index key"),
         detail: "malformed".into(),
+    }
+}
+
+/// The record of job `id` from the segment that holds it, if any, in a write or a read
+/// transaction.
+pub(crate) fn job_in_segments(
+    segments: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<Record>> {
+    let Some(entry) = segments.range(..=id).map_err(redb_failed)?.next_back() else {
+        return Ok(None);
+    };
+    let (key, guard) = entry.map_err(redb_failed)?;
+    for job in segment_jobs(key.value(), guard.value())? {
+        let (at, job) = job?;
+        if at == id {
+            return decode_job(id, job).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The bytes of a payload kept apart, in a write or a read transaction (none if missing, which
+/// `Store::check` reports).
+pub(crate) fn payload_bytes(
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> std::result::Result<Vec<u8>, redb::StorageError> {
+    Ok(payloads
+        .get(id)?
+        .map(|g| g.value().to_vec())
+        .unwrap_or_default())
+}
+
+/// Decoders of on-disk bytes, for the fuzzer and its corpus replay. Not part of the API.
+#[doc(hidden)]
+pub mod decode {
+    use crate::error::Result;
+
+    /// Decodes `bytes` as a stored job (its record, and its payload if inline) and as a
+    /// segment of them.
+    pub fn record(bytes: &[u8]) -> Result<()> {
+        let job = super::decode_job(0, bytes).map(drop);
+        let segment = super::decode_segment(0, bytes).map(drop);
+        job.or(segment)
+    }
+
+    /// Decodes `bytes` as an inbox entry of format 1.
+    pub fn inbox(bytes: &[u8]) -> Result<()> {
+        super::decode_v1_inbox(0, bytes).map(drop)
+    }
+
+    /// Parses `bytes` as each kind of index key and value.
+    pub fn keys(bytes: &[u8]) -> Result<()> {
+        let tail = super::ordered_tail(bytes).map(drop);
+        let timed = super::timed_tail(bytes).map(drop);
+        let count = super::parse_count_key(bytes).map(drop);
+        let value = super::parse_scheduled_value(bytes).map(drop);
+        tail.and(timed).and(count).and(value)
     }
 }
 

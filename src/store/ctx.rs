@@ -8,15 +8,15 @@ use parking_lot::Mutex;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::codec::{Segment, Stored, decode_job, encode_job, segment_jobs, segment_span};
-use super::index;
-use super::tables::{
-    BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN,
-    PAYLOADS, PERIODIC, READY, RETRIES, SCHEDULED, SEGMENTS, SUCCEEDED, UNIQUE,
+use super::codec::{
+    Segment, Stored, decode_job, encode_job, job_in_segments, payload_bytes, segment_jobs,
+    segment_span,
 };
+use super::index;
+use super::tables::{META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN, Tables};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
-use crate::error::{Error, Result};
+use crate::error::{Result, redb_failed};
 use crate::state::{Payload, Phase, Record};
 
 /// What every write needs to know about its store.
@@ -49,105 +49,12 @@ pub(crate) struct Counters {
     indexed_below: Option<u64>,
 }
 
-/// Wraps a redb failure met while writing.
-pub(crate) fn w(e: impl Into<redb::Error>) -> Error {
-    Error::storage("writing jobs", e)
-}
-
-/// Declares [`Tables`]: every quern table of one write transaction, each opened the first time
-/// an operation asks for it. A transaction pays for the tables it touches: opening all fifteen
-/// costs a single enqueue's commit about 7% (measured beside a raw redb commit).
-macro_rules! tables {
-    ($($name:ident: $def:ident => $key:ty, $value:ty;)*) => {
-        pub(crate) struct Tables<'t> {
-            tx: &'t WriteTransaction,
-            $($name: Option<Table<'t, $key, $value>>,)*
-        }
-
-        impl<'t> Tables<'t> {
-            pub(crate) fn new(tx: &'t WriteTransaction) -> Self {
-                Tables { tx, $($name: None,)* }
-            }
-
-            /// Opens every table: a new database gets them all, so readers find them.
-            pub(crate) fn open_all(&mut self) -> Result<()> {
-                $(self.$name()?;)*
-                Ok(())
-            }
-
-            $(
-                #[doc = concat!("The `", stringify!($def), "` table, opened on first use.")]
-                pub(crate) fn $name(&mut self) -> Result<&mut Table<'t, $key, $value>> {
-                    let table = match self.$name.take() {
-                        Some(table) => table,
-                        None => self.tx.open_table($def).map_err(w)?,
-                    };
-                    Ok(self.$name.insert(table))
-                }
-            )*
-        }
-    };
-}
-
-tables! {
-    meta: META => &'static str, u64;
-    jobs: JOBS => u64, &'static [u8];
-    segments: SEGMENTS => u64, &'static [u8];
-    payloads: PAYLOADS => u64, &'static [u8];
-    ready: READY => &'static [u8], &'static [u8];
-    scheduled: SCHEDULED => &'static [u8], &'static [u8];
-    blocked: BLOCKED => &'static [u8], ();
-    busy: BUSY => &'static [u8], u64;
-    unique: UNIQUE => &'static [u8], u64;
-    retries: RETRIES => &'static [u8], ();
-    leases: LEASES => (u64, u64), ();
-    succeeded: SUCCEEDED => (u64, u64), ();
-    dead: DEAD => (u64, u64), ();
-    counts: COUNTS => &'static [u8], u64;
-    periodic: PERIODIC => &'static str, u64;
-}
-
-impl Tables<'_> {
-    fn meta_value(&mut self, key: &str) -> Result<u64> {
-        Ok(self.meta()?.get(key).map_err(w)?.map_or(0, |g| g.value()))
-    }
-}
-
 /// One past the last id of the jobs table, or 0 when it is empty.
 fn after_last(table: &Table<'_, u64, &'static [u8]>) -> Result<u64> {
-    Ok(table.last().map_err(w)?.map_or(0, |(k, _)| k.value() + 1))
-}
-
-/// The record of job `id` from the segment that holds it, if any, in a write or a read
-/// transaction. `storage` wraps a failure of redb.
-pub(crate) fn job_in_segments(
-    segments: &impl ReadableTable<u64, &'static [u8]>,
-    id: u64,
-    storage: impl Fn(redb::StorageError) -> Error,
-) -> Result<Option<Record>> {
-    let Some(entry) = segments.range(..=id).map_err(&storage)?.next_back() else {
-        return Ok(None);
-    };
-    let (key, guard) = entry.map_err(&storage)?;
-    for job in segment_jobs(key.value(), guard.value())? {
-        let (at, job) = job?;
-        if at == id {
-            return decode_job(id, job).map(Some);
-        }
-    }
-    Ok(None)
-}
-
-/// The bytes of a payload kept apart, in a write or a read transaction (none if missing, which
-/// `Store::check` reports).
-pub(crate) fn payload_bytes(
-    payloads: &impl ReadableTable<u64, &'static [u8]>,
-    id: u64,
-) -> std::result::Result<Vec<u8>, redb::StorageError> {
-    Ok(payloads
-        .get(id)?
-        .map(|g| g.value().to_vec())
-        .unwrap_or_default())
+    Ok(table
+        .last()
+        .map_err(redb_failed)?
+        .map_or(0, |(k, _)| k.value() + 1))
 }
 
 /// The most new jobs indexed by one claim, so that a long backlog of enqueues is indexed over
@@ -218,17 +125,26 @@ impl<'t> Ctx<'t> {
         if self.token_moved
             && let Some(token) = c.next_token
         {
-            self.t.meta()?.insert(META_NEXT_TOKEN, token).map_err(w)?;
+            self.t
+                .meta()?
+                .insert(META_NEXT_TOKEN, token)
+                .map_err(redb_failed)?;
         }
         if self.indexed_moved
             && let Some(mark) = c.indexed_below
         {
-            self.t.meta()?.insert(META_INDEXED, mark).map_err(w)?;
+            self.t
+                .meta()?
+                .insert(META_INDEXED, mark)
+                .map_err(redb_failed)?;
         }
         if self.floor_moved
             && let Some(id) = c.next_id
         {
-            self.t.meta()?.insert(META_NEXT_ID, id).map_err(w)?;
+            self.t
+                .meta()?
+                .insert(META_NEXT_ID, id)
+                .map_err(redb_failed)?;
         }
         *self.cfg.counters.lock() = Some(c);
         Ok(self.changed)
@@ -278,12 +194,15 @@ impl<'t> Ctx<'t> {
     /// when too large to store inline.
     pub(crate) fn add_new(&mut self, id: u64, rec: &Record, apart: Option<&[u8]>) -> Result<()> {
         if let Some(payload) = apart {
-            self.t.payloads()?.insert(id, payload).map_err(w)?;
+            self.t
+                .payloads()?
+                .insert(id, payload)
+                .map_err(redb_failed)?;
         }
         self.t
             .jobs()?
             .insert(id, encode_job(rec)?.as_slice())
-            .map_err(w)?;
+            .map_err(redb_failed)?;
         self.unindexed_maybe = true;
         self.changed = true;
         if !self.new_queues.contains(&rec.queue) {
@@ -305,7 +224,10 @@ impl<'t> Ctx<'t> {
         more: usize,
     ) -> Result<()> {
         if let Some(payload) = apart {
-            self.t.payloads()?.insert(id, payload).map_err(w)?;
+            self.t
+                .payloads()?
+                .insert(id, payload)
+                .map_err(redb_failed)?;
         }
         if !segment.takes(id) {
             self.write_segment(segment)?;
@@ -331,13 +253,16 @@ impl<'t> Ctx<'t> {
     fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
         match segment.take() {
             Some(Stored::Single(id, bytes)) => {
-                self.t.jobs()?.insert(id, bytes.as_slice()).map_err(w)?;
+                self.t
+                    .jobs()?
+                    .insert(id, bytes.as_slice())
+                    .map_err(redb_failed)?;
             }
             Some(Stored::Segment(first, bytes)) => {
                 self.t
                     .segments()?
                     .insert(first, bytes.as_slice())
-                    .map_err(w)?;
+                    .map_err(redb_failed)?;
             }
             None => {}
         }
@@ -382,8 +307,14 @@ impl<'t> Ctx<'t> {
     /// expects indexed jobs to be stored, and the segments go.
     fn read_new(&mut self, from: u64, through: u64, limit: usize) -> Result<Vec<(u64, Record)>> {
         let mut singles = Vec::new();
-        for entry in self.t.jobs()?.range(from..=through).map_err(w)?.take(limit) {
-            let (k, v) = entry.map_err(w)?;
+        for entry in self
+            .t
+            .jobs()?
+            .range(from..=through)
+            .map_err(redb_failed)?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(redb_failed)?;
             singles.push((k.value(), decode_job(k.value(), v.value())?));
         }
         // Past the last single read, when more may follow: the bound of this read.
@@ -393,8 +324,13 @@ impl<'t> Ctx<'t> {
         };
         let mut segments = Vec::new();
         let mut in_segments = 0;
-        for entry in self.t.segments()?.range(from..=through).map_err(w)? {
-            let (k, v) = entry.map_err(w)?;
+        for entry in self
+            .t
+            .segments()?
+            .range(from..=through)
+            .map_err(redb_failed)?
+        {
+            let (k, v) = entry.map_err(redb_failed)?;
             if in_segments >= limit || k.value() >= bound {
                 // No single job lies inside a segment, so whole segments end at the bound.
                 bound = bound.min(k.value());
@@ -406,10 +342,10 @@ impl<'t> Ctx<'t> {
         let mut out: Vec<(u64, Record)> =
             singles.into_iter().filter(|(id, _)| *id < bound).collect();
         for (key, bytes) in &segments {
-            self.t.segments()?.remove(key).map_err(w)?;
+            self.t.segments()?.remove(key).map_err(redb_failed)?;
             for job in segment_jobs(*key, bytes)? {
                 let (id, job) = job?;
-                self.t.jobs()?.insert(id, job).map_err(w)?;
+                self.t.jobs()?.insert(id, job).map_err(redb_failed)?;
                 out.push((id, decode_job(id, job)?));
             }
         }
@@ -509,14 +445,14 @@ impl<'t> Ctx<'t> {
     }
 
     pub(crate) fn load(&mut self, id: u64) -> Result<Option<Record>> {
-        let single = match self.t.jobs()?.get(id).map_err(w)? {
+        let single = match self.t.jobs()?.get(id).map_err(redb_failed)? {
             Some(bytes) => Some(decode_job(id, bytes.value())?),
             None => None,
         };
         match single {
             Some(rec) => Ok(Some(rec)),
             // A new job of a batch may still be in its segment.
-            None => job_in_segments(self.t.segments()?, id, w),
+            None => job_in_segments(self.t.segments()?, id),
         }
     }
 
@@ -524,7 +460,7 @@ impl<'t> Ctx<'t> {
     pub(crate) fn payload(&mut self, id: u64, payload: Payload) -> Result<Vec<u8>> {
         match payload {
             Payload::Inline(p) => Ok(p),
-            Payload::Apart => payload_bytes(self.t.payloads()?, id).map_err(w),
+            Payload::Apart => payload_bytes(self.t.payloads()?, id).map_err(redb_failed),
         }
     }
 
@@ -533,7 +469,10 @@ impl<'t> Ctx<'t> {
     pub(crate) fn put(&mut self, id: u64, old: Option<&Record>, new: &Record) -> Result<()> {
         let now = self.now();
         let bytes = encode_job(new)?;
-        self.t.jobs()?.insert(id, bytes.as_slice()).map_err(w)?;
+        self.t
+            .jobs()?
+            .insert(id, bytes.as_slice())
+            .map_err(redb_failed)?;
         match old {
             // A heartbeat moves only the lease entry.
             Some(old) if old.phase() == Phase::InProgress && new.phase() == Phase::InProgress => {
@@ -587,9 +526,9 @@ impl<'t> Ctx<'t> {
         self.next_id()?;
         index::remove(&mut self.t, id, old)?;
         self.count(old, -1);
-        self.t.jobs()?.remove(id).map_err(w)?;
+        self.t.jobs()?.remove(id).map_err(redb_failed)?;
         if old.payload == Payload::Apart {
-            self.t.payloads()?.remove(id).map_err(w)?;
+            self.t.payloads()?.remove(id).map_err(redb_failed)?;
         }
         self.floor_moved = true;
         self.changed = true;

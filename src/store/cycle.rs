@@ -5,13 +5,13 @@
 use redb::ReadableTable;
 
 use super::codec::queue_prefix;
-use super::ctx::{Ctx, w};
+use super::ctx::Ctx;
 use super::read::first_time;
 use super::{enqueue, housekeeping, work};
-use crate::error::Result;
+use crate::error::{Result, redb_failed};
 use crate::job::{Claimed, Enqueued, RunAt};
-use crate::types::Timestamp;
 use crate::periodic::Periodic;
+use crate::types::Timestamp;
 
 /// What a claim cycle did.
 pub(crate) struct Cycle {
@@ -72,7 +72,7 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
         let fired =
             cx.t.periodic()?
                 .get(p.name.as_str())
-                .map_err(w)?
+                .map_err(redb_failed)?
                 .map(|g| g.value());
         if fired.is_none_or(|f| f < slot) {
             let mut job = p.job.clone();
@@ -80,7 +80,9 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
             enqueue::validate(&job)?;
             match enqueue::enqueue(cx, job)? {
                 Enqueued::Created(id) => {
-                    cx.t.periodic()?.insert(p.name.as_str(), slot).map_err(w)?;
+                    cx.t.periodic()?
+                        .insert(p.name.as_str(), slot)
+                        .map_err(redb_failed)?;
                     tracing::debug!(schedule = %p.name, slot, job = %id, "periodic job enqueued");
                 }
                 // The previous slot's job is still live: this slot fires when it finishes (its
@@ -119,7 +121,7 @@ fn next_expiry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
         .t
         .leases()?
         .first()
-        .map_err(w)?
+        .map_err(redb_failed)?
         .map(|(k, _)| Timestamp(k.value().0)))
 }
 
@@ -146,12 +148,20 @@ mod tests {
             .enqueue(NewJob::new("q", "later").delay(Duration::from_secs(60)))
             .unwrap();
         // Indexed as scheduled by a cycle with room; nothing is due yet.
-        let first = store.call(|cx| claim_cycle(cx, "q", 1, &[], None)).unwrap();
+        let first = store
+            .call("running a claim cycle", |cx| {
+                claim_cycle(cx, "q", 1, &[], None)
+            })
+            .unwrap();
         assert!(first.claimed.is_empty());
         assert_eq!(first.next_due, Some(Timestamp(1_010_000)));
         // The first comes due while every worker is busy: no room, so it stays scheduled.
         clock.advance(Duration::from_secs(20));
-        let busy = store.call(|cx| claim_cycle(cx, "q", 0, &[], None)).unwrap();
+        let busy = store
+            .call("running a claim cycle", |cx| {
+                claim_cycle(cx, "q", 0, &[], None)
+            })
+            .unwrap();
         assert!(busy.claimed.is_empty());
         assert_eq!(busy.next_due, Some(Timestamp(1_060_000)));
     }

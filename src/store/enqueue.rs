@@ -3,12 +3,12 @@
 use redb::ReadableTable;
 
 use super::codec::{INLINE_PAYLOAD, Segment, keyed};
-use super::ctx::{Ctx, w};
-use crate::error::{Error, Result};
+use super::ctx::Ctx;
+use crate::error::{Error, Result, redb_failed};
 use crate::job::{Enqueued, NewJob};
-use crate::types::{JobId, duration_ms};
 use crate::state::{Payload, Record};
 use crate::types::JobState;
+use crate::types::{JobId, duration_ms};
 
 /// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
@@ -80,7 +80,7 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
         && let Some(existing) =
             cx.t.unique()?
                 .get(keyed(&job.queue, u).as_slice())
-                .map_err(w)?
+                .map_err(redb_failed)?
     {
         return Ok(Prepared::Duplicate(JobId(existing.value())));
     }
@@ -115,7 +115,7 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
     if let Some(u) = &rec.unique_key {
         cx.t.unique()?
             .insert(keyed(&rec.queue, u).as_slice(), id)
-            .map_err(w)?;
+            .map_err(redb_failed)?;
     }
     Ok(Prepared::New(id, rec, apart))
 }

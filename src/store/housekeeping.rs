@@ -1,15 +1,59 @@
 //! Housekeeping and operator calls: promote due retries, recover expired leases, manual retry,
 //! cancel, prune. Each reads only the index range it acts on.
 
+use std::time::Duration;
+
 use redb::ReadableTable;
 
 use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
-use super::ctx::{Ctx, Loaded, w};
+use super::ctx::{Ctx, Loaded};
 use super::work::jitter_seed;
-use crate::error::{Error, Result};
-use crate::types::{JobId, Timestamp};
+use crate::error::{Error, Result, redb_failed};
 use crate::state::{self, Phase, Refusal};
 use crate::types::JobState;
+use crate::types::{JobId, Timestamp};
+
+/// How long finished jobs are kept; see [`Store::apply_retention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Succeeded jobs are deleted this long after they finished. Default: 24 h.
+    pub succeeded: Duration,
+    /// Jobs that failed for good are deleted this long after they finished. Default: 7 days.
+    pub failed: Duration,
+    /// At most this many failed-for-good jobs are kept (the oldest go first). Default: 100,000.
+    pub max_failed: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            succeeded: Duration::from_secs(24 * 3600),
+            failed: Duration::from_secs(7 * 24 * 3600),
+            max_failed: Some(100_000),
+        }
+    }
+}
+
+/// When [`Store::prune`] cuts: an age, or a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Jobs that finished longer ago than this, by the store's clock.
+    Age(Duration),
+    /// Jobs that finished before this time.
+    Before(Timestamp),
+}
+
+impl From<Duration> for Cutoff {
+    fn from(d: Duration) -> Self {
+        Cutoff::Age(d)
+    }
+}
+
+impl From<Timestamp> for Cutoff {
+    fn from(t: Timestamp) -> Self {
+        Cutoff::Before(t)
+    }
+}
 
 /// Failed jobs whose retry is due -> Pending. Returns how many moved.
 pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
@@ -21,9 +65,9 @@ pub(crate) fn promote_due(cx: &mut Ctx<'_>) -> Result<u64> {
         let due: Vec<u64> =
             cx.t.retries()?
                 .range(prefix.as_slice()..=hi.as_slice())
-                .map_err(w)?
+                .map_err(redb_failed)?
                 .map(|e| {
-                    let (k, _) = e.map_err(w)?;
+                    let (k, _) = e.map_err(redb_failed)?;
                     timed_tail(k.value()).map(|(_, id)| id)
                 })
                 .collect::<Result<_>>()?;
@@ -50,10 +94,10 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
     let expired: Vec<u64> =
         cx.t.leases()?
             .range(..=(now, u64::MAX))
-            .map_err(w)?
+            .map_err(redb_failed)?
             .map(|e| e.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()
-            .map_err(w)?;
+            .map_err(redb_failed)?;
     let backoff = cx.cfg.backoff;
     for &id in &expired {
         let old = cx.load(id)?.ok_or_else(|| dangling("leases", id))?;
@@ -89,7 +133,7 @@ pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
         let holder =
             cx.t.unique()?
                 .get(keyed(&rec.queue, u).as_slice())
-                .map_err(w)?;
+                .map_err(redb_failed)?;
         if let Some(existing) = holder.map(|g| g.value()).filter(|&h| h != id.0) {
             return Err(Error::UniqueConflict {
                 job: id,
@@ -162,9 +206,9 @@ fn finished_before(
 ) -> Result<Vec<u64>> {
     table
         .range(..(cut.0, 0))
-        .map_err(w)?
+        .map_err(redb_failed)?
         .take(limit)
-        .map(|e| e.map(|(k, _)| k.value().1).map_err(w))
+        .map(|e| e.map(|(k, _)| k.value().1).map_err(redb_failed))
         .collect()
 }
 
@@ -175,7 +219,7 @@ fn dead_count(cx: &mut Ctx<'_>) -> Result<u64> {
         total +=
             cx.t.counts()?
                 .get(key.as_slice())
-                .map_err(w)?
+                .map_err(redb_failed)?
                 .map_or(0, |g| g.value());
     }
     Ok(total)

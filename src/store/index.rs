@@ -6,8 +6,8 @@ use redb::ReadableTable;
 use super::codec::{
     blocked_key, count_key, keyed, ordered_tail, ready_key, scheduled_value, timed_key,
 };
-use super::ctx::{Tables, w};
-use crate::error::Result;
+use super::tables::Tables;
+use crate::error::{Result, redb_failed};
 use crate::state::{Phase, Record};
 
 /// Removes every index entry `rec` can have. A pending job sits in exactly one of ready,
@@ -20,21 +20,21 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
             let found = t
                 .ready()?
                 .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
-                .map_err(w)?
+                .map_err(redb_failed)?
                 .is_some()
                 || t.scheduled()?
                     .remove(timed_key(q, rec.run_at, id).as_slice())
-                    .map_err(w)?
+                    .map_err(redb_failed)?
                     .is_some();
             if !found && let Some(k) = &rec.concurrency_key {
                 t.blocked()?
                     .remove(blocked_key(q, k, rec.priority, rec.run_at, id).as_slice())
-                    .map_err(w)?;
+                    .map_err(redb_failed)?;
             }
         }
         Phase::InProgress => {
             if let Some(exp) = rec.lease_expires_at {
-                t.leases()?.remove((exp, id)).map_err(w)?;
+                t.leases()?.remove((exp, id)).map_err(redb_failed)?;
             }
             if let Some(k) = &rec.concurrency_key {
                 remove_if_owned(t.busy()?, &keyed(q, k), id)?;
@@ -44,17 +44,17 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
             if let Some(next) = rec.next_attempt_at {
                 t.retries()?
                     .remove(timed_key(q, next, id).as_slice())
-                    .map_err(w)?;
+                    .map_err(redb_failed)?;
             }
         }
         Phase::Succeeded => {
             if let Some(at) = rec.finished_at {
-                t.succeeded()?.remove((at, id)).map_err(w)?;
+                t.succeeded()?.remove((at, id)).map_err(redb_failed)?;
             }
         }
         Phase::Dead => {
             if let Some(at) = rec.finished_at {
-                t.dead()?.remove((at, id)).map_err(w)?;
+                t.dead()?.remove((at, id)).map_err(redb_failed)?;
             }
         }
     }
@@ -77,7 +77,7 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
                     ready_key(q, rec.priority, rec.run_at, id).as_slice(),
                     ckey.unwrap_or("").as_bytes(),
                 )
-                .map_err(w)?;
+                .map_err(redb_failed)?;
         }
         Phase::Pending => {
             t.scheduled()?
@@ -85,38 +85,42 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
                     timed_key(q, rec.run_at, id).as_slice(),
                     scheduled_value(rec.priority, ckey).as_slice(),
                 )
-                .map_err(w)?;
+                .map_err(redb_failed)?;
         }
         Phase::InProgress => {
             if let Some(exp) = rec.lease_expires_at {
-                t.leases()?.insert((exp, id), ()).map_err(w)?;
+                t.leases()?.insert((exp, id), ()).map_err(redb_failed)?;
             }
             if let Some(k) = ckey {
-                t.busy()?.insert(keyed(q, k).as_slice(), id).map_err(w)?;
+                t.busy()?
+                    .insert(keyed(q, k).as_slice(), id)
+                    .map_err(redb_failed)?;
             }
         }
         Phase::Retrying => {
             if let Some(next) = rec.next_attempt_at {
                 t.retries()?
                     .insert(timed_key(q, next, id).as_slice(), ())
-                    .map_err(w)?;
+                    .map_err(redb_failed)?;
             }
         }
         Phase::Succeeded => {
             if let Some(at) = rec.finished_at {
-                t.succeeded()?.insert((at, id), ()).map_err(w)?;
+                t.succeeded()?.insert((at, id), ()).map_err(redb_failed)?;
             }
         }
         Phase::Dead => {
             if let Some(at) = rec.finished_at {
-                t.dead()?.insert((at, id), ()).map_err(w)?;
+                t.dead()?.insert((at, id), ()).map_err(redb_failed)?;
             }
         }
     }
     if rec.phase().is_live()
         && let Some(u) = &rec.unique_key
     {
-        t.unique()?.insert(keyed(q, u).as_slice(), id).map_err(w)?;
+        t.unique()?
+            .insert(keyed(q, u).as_slice(), id)
+            .map_err(redb_failed)?;
     }
     Ok(())
 }
@@ -125,10 +129,10 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
 pub(crate) fn move_lease(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record) -> Result<()> {
     if old.lease_expires_at != new.lease_expires_at {
         if let Some(exp) = old.lease_expires_at {
-            t.leases()?.remove((exp, id)).map_err(w)?;
+            t.leases()?.remove((exp, id)).map_err(redb_failed)?;
         }
         if let Some(exp) = new.lease_expires_at {
-            t.leases()?.insert((exp, id), ()).map_err(w)?;
+            t.leases()?.insert((exp, id), ()).map_err(redb_failed)?;
         }
     }
     Ok(())
@@ -148,14 +152,18 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     }
     let q = old.queue.as_str();
     let key = keyed(q, k);
-    if t.busy()?.get(key.as_slice()).map_err(w)?.is_some() {
+    if t.busy()?
+        .get(key.as_slice())
+        .map_err(redb_failed)?
+        .is_some()
+    {
         return Ok(());
     }
     let first = {
-        let mut range = t.blocked()?.range(key.as_slice()..).map_err(w)?;
+        let mut range = t.blocked()?.range(key.as_slice()..).map_err(redb_failed)?;
         match range.next() {
             Some(entry) => {
-                let (k, _) = entry.map_err(w)?;
+                let (k, _) = entry.map_err(redb_failed)?;
                 let k = k.value().to_vec();
                 k.starts_with(&key).then_some(k)
             }
@@ -164,10 +172,10 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     };
     if let Some(bk) = first {
         let (priority, run_at, id) = ordered_tail(&bk)?;
-        t.blocked()?.remove(bk.as_slice()).map_err(w)?;
+        t.blocked()?.remove(bk.as_slice()).map_err(redb_failed)?;
         t.ready()?
             .insert(ready_key(q, priority, run_at, id).as_slice(), k.as_bytes())
-            .map_err(w)?;
+            .map_err(redb_failed)?;
     }
     Ok(())
 }
@@ -181,10 +189,12 @@ pub(crate) fn add_count(t: &mut Tables<'_>, queue: &str, code: u8, delta: i64) -
     let current = t
         .counts()?
         .get(key.as_slice())
-        .map_err(w)?
+        .map_err(redb_failed)?
         .map_or(0, |g| g.value());
     let next = current.saturating_add_signed(delta);
-    t.counts()?.insert(key.as_slice(), next).map_err(w)?;
+    t.counts()?
+        .insert(key.as_slice(), next)
+        .map_err(redb_failed)?;
     Ok(())
 }
 
@@ -193,9 +203,12 @@ fn remove_if_owned(
     key: &[u8],
     id: u64,
 ) -> Result<()> {
-    let owned = table.get(key).map_err(w)?.is_some_and(|g| g.value() == id);
+    let owned = table
+        .get(key)
+        .map_err(redb_failed)?
+        .is_some_and(|g| g.value() == id);
     if owned {
-        table.remove(key).map_err(w)?;
+        table.remove(key).map_err(redb_failed)?;
     }
     Ok(())
 }
@@ -203,8 +216,8 @@ fn remove_if_owned(
 /// The queues that have ever held a job, from the counts table.
 pub(crate) fn queues(counts: &impl ReadableTable<&'static [u8], u64>) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
-    for entry in counts.iter().map_err(w)? {
-        let (k, _) = entry.map_err(w)?;
+    for entry in counts.iter().map_err(redb_failed)? {
+        let (k, _) = entry.map_err(redb_failed)?;
         let (queue, _) = super::codec::parse_count_key(k.value())?;
         if out.last() != Some(&queue) {
             out.push(queue);

@@ -4,23 +4,18 @@
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use super::codec::{
-    decode_job, decode_segment, ordered_tail, parse_count_key, queue_prefix, segment_jobs,
-    segment_span, timed_tail,
+    decode_job, decode_segment, job_in_segments, ordered_tail, parse_count_key, payload_bytes,
+    queue_prefix, segment_jobs, segment_span, timed_tail,
 };
-use super::ctx::{job_in_segments, payload_bytes};
 use super::tables::{
     BLOCKED, COUNTS, JOBS, LEASES, META, META_INDEXED, META_NEXT_ID, PAYLOADS, READY, RETRIES,
     SCHEDULED, SEGMENTS,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, redb_failed};
 use crate::job::Job;
-use crate::types::{JobId, Timestamp};
 use crate::state::{Payload, Phase, Record};
 use crate::types::JobState;
-
-fn r(e: impl Into<redb::Error>) -> Error {
-    Error::storage("reading jobs", e)
-}
+use crate::types::{JobId, Timestamp};
 
 /// Which jobs [`Store::list`](crate::Store::list) returns.
 ///
@@ -128,25 +123,25 @@ pub(crate) fn segments(tx: &ReadTransaction) -> Result<Option<ReadOnlyTable<u64,
     match tx.open_table(SEGMENTS) {
         Ok(table) => Ok(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(r(e)),
+        Err(e) => Err(redb_failed(e)),
     }
 }
 
 pub(crate) fn get(tx: &ReadTransaction, id: JobId) -> Result<Option<Job>> {
-    let jobs = tx.open_table(JOBS).map_err(r)?;
-    let single = match jobs.get(id.0).map_err(r)? {
+    let jobs = tx.open_table(JOBS).map_err(redb_failed)?;
+    let single = match jobs.get(id.0).map_err(redb_failed)? {
         Some(bytes) => Some(decode_job(id.0, bytes.value())?),
         None => None,
     };
     let rec = match (single, segments(tx)?) {
         (Some(rec), _) => rec,
-        (None, Some(segments)) => match job_in_segments(&segments, id.0, r)? {
+        (None, Some(segments)) => match job_in_segments(&segments, id.0)? {
             Some(rec) => rec,
             None => return Ok(None),
         },
         (None, None) => return Ok(None),
     };
-    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    let payloads = tx.open_table(PAYLOADS).map_err(redb_failed)?;
     Ok(Some(into_job(&payloads, id.0, rec)?))
 }
 
@@ -158,7 +153,7 @@ fn into_job(
 ) -> Result<Job> {
     let payload = match std::mem::take(&mut rec.payload) {
         Payload::Inline(p) => p,
-        Payload::Apart => payload_bytes(payloads, id).map_err(r)?,
+        Payload::Apart => payload_bytes(payloads, id).map_err(redb_failed)?,
     };
     Ok(rec.into_job(JobId(id), payload))
 }
@@ -169,12 +164,12 @@ pub(crate) fn scan(
     filter: &Filter,
     mut each: impl FnMut(Job) -> bool,
 ) -> Result<()> {
-    let jobs = tx.open_table(JOBS).map_err(r)?;
-    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
+    let jobs = tx.open_table(JOBS).map_err(redb_failed)?;
+    let payloads = tx.open_table(PAYLOADS).map_err(redb_failed)?;
     let segments = segments(tx)?;
     let from = filter.after.map_or(0, |a| a.0.saturating_add(1));
-    let mut singles = jobs.range(from..).map_err(r)?.map(|entry| {
-        let (k, v) = entry.map_err(r)?;
+    let mut singles = jobs.range(from..).map_err(redb_failed)?.map(|entry| {
+        let (k, v) = entry.map_err(redb_failed)?;
         Ok::<_, Error>((k.value(), v.value().to_vec()))
     });
     let mut batched = batched_from(segments.as_ref(), from)?;
@@ -221,9 +216,9 @@ fn batched_from<'t>(
         return Ok(Box::new(std::iter::empty()));
     };
     // A segment that holds job `from` starts before it.
-    let start = match table.range(..from).map_err(r)?.next_back() {
+    let start = match table.range(..from).map_err(redb_failed)?.next_back() {
         Some(entry) => {
-            let (k, v) = entry.map_err(r)?;
+            let (k, v) = entry.map_err(redb_failed)?;
             let key = k.value();
             if key.saturating_add(segment_span(key, v.value())?) > from {
                 key
@@ -233,9 +228,9 @@ fn batched_from<'t>(
         }
         None => from,
     };
-    let range = table.range(start..).map_err(r)?;
+    let range = table.range(start..).map_err(redb_failed)?;
     Ok(Box::new(range.flat_map(move |entry| {
-        let jobs = entry.map_err(r).and_then(|(k, v)| {
+        let jobs = entry.map_err(redb_failed).and_then(|(k, v)| {
             segment_jobs(k.value(), v.value())?
                 .filter(|job| !matches!(job, Ok((id, _)) if *id < from))
                 .map(|job| job.map(|(id, bytes)| (id, bytes.to_vec())))
@@ -249,10 +244,10 @@ fn batched_from<'t>(
 }
 
 pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
-    let counts = tx.open_table(COUNTS).map_err(r)?;
+    let counts = tx.open_table(COUNTS).map_err(redb_failed)?;
     let mut queues: Vec<QueueStats> = Vec::new();
-    for entry in counts.iter().map_err(r)? {
-        let (k, v) = entry.map_err(r)?;
+    for entry in counts.iter().map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
         let (queue, code) = parse_count_key(k.value())?;
         if queues.last().is_none_or(|q| q.queue != queue) {
             queues.push(QueueStats {
@@ -279,10 +274,10 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
         }
     }
     count_new(tx, &mut queues, now)?;
-    let ready = tx.open_table(READY).map_err(r)?;
-    let blocked = tx.open_table(BLOCKED).map_err(r)?;
-    let scheduled = tx.open_table(SCHEDULED).map_err(r)?;
-    let retries = tx.open_table(RETRIES).map_err(r)?;
+    let ready = tx.open_table(READY).map_err(redb_failed)?;
+    let blocked = tx.open_table(BLOCKED).map_err(redb_failed)?;
+    let scheduled = tx.open_table(SCHEDULED).map_err(redb_failed)?;
+    let retries = tx.open_table(RETRIES).map_err(redb_failed)?;
     for q in &mut queues {
         let prefix = queue_prefix(&q.queue);
         // Scheduled jobs come due without a write: they move to ready at the next claim, so
@@ -304,10 +299,10 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
             .min();
         q.next_retry_at = first_time(&retries, &prefix, 0)?.map(Timestamp);
     }
-    let leases = tx.open_table(LEASES).map_err(r)?;
+    let leases = tx.open_table(LEASES).map_err(redb_failed)?;
     let next_lease_expiry = leases
         .first()
-        .map_err(r)?
+        .map_err(redb_failed)?
         .map(|(k, _)| Timestamp(k.value().0));
     Ok(Stats {
         queues,
@@ -318,31 +313,37 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
 
 /// The floor under the next job id ([`META_NEXT_ID`]), 0 if none was written.
 pub(crate) fn next_id_floor(tx: &ReadTransaction) -> Result<u64> {
-    let meta = tx.open_table(META).map_err(r)?;
-    Ok(meta.get(META_NEXT_ID).map_err(r)?.map_or(0, |g| g.value()))
+    let meta = tx.open_table(META).map_err(redb_failed)?;
+    Ok(meta
+        .get(META_NEXT_ID)
+        .map_err(redb_failed)?
+        .map_or(0, |g| g.value()))
 }
 
 /// The first job not yet indexed: the jobs from it on are new and pending.
 pub(crate) fn indexed_below(tx: &ReadTransaction) -> Result<u64> {
-    let meta = tx.open_table(META).map_err(r)?;
-    Ok(meta.get(META_INDEXED).map_err(r)?.map_or(0, |g| g.value()))
+    let meta = tx.open_table(META).map_err(redb_failed)?;
+    Ok(meta
+        .get(META_INDEXED)
+        .map_err(redb_failed)?
+        .map_or(0, |g| g.value()))
 }
 
 /// Adds the new jobs (pending, not yet indexed) to the counts and times. They are the backlog
 /// of enqueues since the last claim, usually few.
 fn count_new(tx: &ReadTransaction, queues: &mut Vec<QueueStats>, now: Timestamp) -> Result<()> {
-    let jobs = tx.open_table(JOBS).map_err(r)?;
+    let jobs = tx.open_table(JOBS).map_err(redb_failed)?;
     let mark = indexed_below(tx)?;
     if let Some(segments) = segments(tx)? {
-        for entry in segments.range(mark..).map_err(r)? {
-            let (k, v) = entry.map_err(r)?;
+        for entry in segments.range(mark..).map_err(redb_failed)? {
+            let (k, v) = entry.map_err(redb_failed)?;
             for (_, rec) in decode_segment(k.value(), v.value())? {
                 count_new_job(queues, &rec, now);
             }
         }
     }
-    for entry in jobs.range(mark..).map_err(r)? {
-        let (k, v) = entry.map_err(r)?;
+    for entry in jobs.range(mark..).map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
         count_new_job(queues, &decode_job(k.value(), v.value())?, now);
     }
     Ok(())
@@ -381,10 +382,10 @@ pub(crate) fn first_time<V: redb::Value + 'static>(
 ) -> Result<Option<u64>> {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&from.to_be_bytes());
-    let mut range = table.range(start.as_slice()..).map_err(r)?;
+    let mut range = table.range(start.as_slice()..).map_err(redb_failed)?;
     match range.next() {
         Some(entry) => {
-            let (k, _) = entry.map_err(r)?;
+            let (k, _) = entry.map_err(redb_failed)?;
             if k.value().starts_with(prefix) {
                 timed_tail(k.value()).map(|(t, _)| Some(t))
             } else {
@@ -407,10 +408,10 @@ fn oldest_ordered<V: redb::Value + 'static>(
     let mut from = prefix.to_vec();
     loop {
         let next = {
-            let mut range = index.range(from.as_slice()..).map_err(r)?;
+            let mut range = index.range(from.as_slice()..).map_err(redb_failed)?;
             match range.next() {
                 Some(entry) => {
-                    let (k, _) = entry.map_err(r)?;
+                    let (k, _) = entry.map_err(redb_failed)?;
                     let k = k.value();
                     k.starts_with(prefix).then(|| k.to_vec())
                 }

@@ -1,7 +1,10 @@
-//! Every table of a quern database, and the format version. `docs/design.md` describes each
-//! table and the invariants that tie the indexes to the job records.
+//! Every table of a quern database, the format version, and [`Tables`], the handles of one
+//! write transaction on them. `docs/design.md` describes each table and the invariants that tie
+//! the indexes to the job records.
 
-use redb::TableDefinition;
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::error::{Result, redb_failed};
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
@@ -75,3 +78,67 @@ pub(crate) const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("q
 pub(crate) const PERIODIC: TableDefinition<&str, u64> = TableDefinition::new("quern_periodic");
 /// (queue, phase) -> number of jobs.
 pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
+
+/// Declares [`Tables`]: every quern table of one write transaction, each opened the first time
+/// an operation asks for it. A transaction pays for the tables it touches: opening all fifteen
+/// costs a single enqueue's commit about 7% (measured beside a raw redb commit).
+macro_rules! tables {
+    ($($name:ident: $def:ident => $key:ty, $value:ty;)*) => {
+        pub(crate) struct Tables<'t> {
+            tx: &'t WriteTransaction,
+            $($name: Option<Table<'t, $key, $value>>,)*
+        }
+
+        impl<'t> Tables<'t> {
+            pub(crate) fn new(tx: &'t WriteTransaction) -> Self {
+                Tables { tx, $($name: None,)* }
+            }
+
+            /// Opens every table: a new database gets them all, so readers find them.
+            pub(crate) fn open_all(&mut self) -> Result<()> {
+                $(self.$name()?;)*
+                Ok(())
+            }
+
+            $(
+                #[doc = concat!("The `", stringify!($def), "` table, opened on first use.")]
+                pub(crate) fn $name(&mut self) -> Result<&mut Table<'t, $key, $value>> {
+                    let table = match self.$name.take() {
+                        Some(table) => table,
+                        None => self.tx.open_table($def).map_err(redb_failed)?,
+                    };
+                    Ok(self.$name.insert(table))
+                }
+            )*
+        }
+    };
+}
+
+tables! {
+    meta: META => &'static str, u64;
+    jobs: JOBS => u64, &'static [u8];
+    segments: SEGMENTS => u64, &'static [u8];
+    payloads: PAYLOADS => u64, &'static [u8];
+    ready: READY => &'static [u8], &'static [u8];
+    scheduled: SCHEDULED => &'static [u8], &'static [u8];
+    blocked: BLOCKED => &'static [u8], ();
+    busy: BUSY => &'static [u8], u64;
+    unique: UNIQUE => &'static [u8], u64;
+    retries: RETRIES => &'static [u8], ();
+    leases: LEASES => (u64, u64), ();
+    succeeded: SUCCEEDED => (u64, u64), ();
+    dead: DEAD => (u64, u64), ();
+    counts: COUNTS => &'static [u8], u64;
+    periodic: PERIODIC => &'static str, u64;
+}
+
+impl Tables<'_> {
+    /// A counter of the meta table; 0 when it was never written.
+    pub(crate) fn meta_value(&mut self, key: &str) -> Result<u64> {
+        Ok(self
+            .meta()?
+            .get(key)
+            .map_err(redb_failed)?
+            .map_or(0, |g| g.value()))
+    }
+}

@@ -15,7 +15,7 @@ use super::tables::{
     BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED,
     UNIQUE,
 };
-use crate::error::{Error, Result};
+use crate::error::{Result, redb_failed};
 use crate::state::{Payload, Phase, Record};
 
 /// One broken invariant found by [`Store::check`].
@@ -33,10 +33,6 @@ impl fmt::Display for Problem {
     }
 }
 
-fn r(e: impl Into<redb::Error>) -> Error {
-    Error::storage("checking the database", e)
-}
-
 type ByteSet = HashSet<Vec<u8>>;
 
 /// Every entry of a byte-keyed table.
@@ -44,10 +40,10 @@ fn byte_keys<V: redb::Value + 'static>(
     tx: &ReadTransaction,
     def: redb::TableDefinition<&'static [u8], V>,
 ) -> Result<ByteSet> {
-    let table = tx.open_table(def).map_err(r)?;
+    let table = tx.open_table(def).map_err(redb_failed)?;
     let mut out = HashSet::new();
-    for e in table.iter().map_err(r)? {
-        let (k, _) = e.map_err(r)?;
+    for e in table.iter().map_err(redb_failed)? {
+        let (k, _) = e.map_err(redb_failed)?;
         out.insert(k.value().to_vec());
     }
     Ok(out)
@@ -57,10 +53,10 @@ fn pair_keys(
     tx: &ReadTransaction,
     def: redb::TableDefinition<(u64, u64), ()>,
 ) -> Result<HashSet<(u64, u64)>> {
-    let table = tx.open_table(def).map_err(r)?;
+    let table = tx.open_table(def).map_err(redb_failed)?;
     let mut out = HashSet::new();
-    for e in table.iter().map_err(r)? {
-        let (k, _) = e.map_err(r)?;
+    for e in table.iter().map_err(redb_failed)? {
+        let (k, _) = e.map_err(redb_failed)?;
         out.insert(k.value());
     }
     Ok(out)
@@ -70,10 +66,10 @@ fn owners(
     tx: &ReadTransaction,
     def: redb::TableDefinition<&'static [u8], u64>,
 ) -> Result<HashMap<Vec<u8>, u64>> {
-    let table = tx.open_table(def).map_err(r)?;
+    let table = tx.open_table(def).map_err(redb_failed)?;
     let mut out = HashMap::new();
-    for e in table.iter().map_err(r)? {
-        let (k, v) = e.map_err(r)?;
+    for e in table.iter().map_err(redb_failed)? {
+        let (k, v) = e.map_err(redb_failed)?;
         out.insert(k.value().to_vec(), v.value());
     }
     Ok(out)
@@ -88,7 +84,7 @@ impl Store {
     /// # Errors
     /// Storage errors that prevent reading the database at all.
     pub fn check(&self) -> Result<Vec<Problem>> {
-        self.read(check_tx)
+        self.read("checking the database", check_tx)
     }
 }
 
@@ -109,10 +105,10 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
 
     let new_from = indexed_below(tx)?;
     let mut apart = 0u64;
-    let jobs = tx.open_table(JOBS).map_err(r)?;
-    let payloads = tx.open_table(PAYLOADS).map_err(r)?;
-    for e in jobs.iter().map_err(r)? {
-        let (k, v) = e.map_err(r)?;
+    let jobs = tx.open_table(JOBS).map_err(redb_failed)?;
+    let payloads = tx.open_table(PAYLOADS).map_err(redb_failed)?;
+    for e in jobs.iter().map_err(redb_failed)? {
+        let (k, v) = e.map_err(redb_failed)?;
         let id = k.value();
         let place = format!("job {id}");
         let rec = match decode_job(id, v.value()) {
@@ -195,11 +191,15 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     }
 
     // Segments: new jobs of batches, each id in one place only, all below the next id.
-    let next_id = next_id_floor(tx)?.max(jobs.last().map_err(r)?.map_or(0, |(k, _)| k.value() + 1));
+    let next_id = next_id_floor(tx)?.max(
+        jobs.last()
+            .map_err(redb_failed)?
+            .map_or(0, |(k, _)| k.value() + 1),
+    );
     if let Some(segments) = segments(tx)? {
         let mut covered_to = 0u64;
-        for e in segments.iter().map_err(r)? {
-            let (k, v) = e.map_err(r)?;
+        for e in segments.iter().map_err(redb_failed)? {
+            let (k, v) = e.map_err(redb_failed)?;
             let key = k.value();
             let place = format!("segment of jobs from {key}");
             if key < new_from {
@@ -224,7 +224,7 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
             }
             for (id, rec) in batch {
                 let place = format!("job {id}");
-                if jobs.get(id).map_err(r)?.is_some() {
+                if jobs.get(id).map_err(redb_failed)?.is_some() {
                     problem(
                         place.clone(),
                         "is stored both alone and in a segment".into(),
@@ -243,7 +243,7 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         }
     }
 
-    let stray = payloads.len().map_err(r)?.saturating_sub(apart);
+    let stray = payloads.len().map_err(redb_failed)?.saturating_sub(apart);
     if stray > 0 {
         problem(
             "payloads table".into(),
@@ -271,9 +271,9 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         }
     }
 
-    let counts = tx.open_table(COUNTS).map_err(r)?;
-    for e in counts.iter().map_err(r)? {
-        let (k, v) = e.map_err(r)?;
+    let counts = tx.open_table(COUNTS).map_err(redb_failed)?;
+    for e in counts.iter().map_err(redb_failed)? {
+        let (k, v) = e.map_err(redb_failed)?;
         let key = parse_count_key(k.value())?;
         let actual = counted.remove(&key).unwrap_or(0);
         if actual != v.value() {
@@ -302,7 +302,7 @@ fn missing_payload(
     payloads: &impl ReadableTable<u64, &'static [u8]>,
     id: u64,
 ) -> Result<Option<String>> {
-    Ok(match payloads.get(id).map_err(r)? {
+    Ok(match payloads.get(id).map_err(redb_failed)? {
         Some(payload) => {
             std::hint::black_box(payload.value());
             None

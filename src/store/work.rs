@@ -9,12 +9,12 @@ use super::codec::{
     blocked_key, keyed, ordered_tail, parse_scheduled_value, prefix_then, queue_prefix, ready_key,
     timed_tail,
 };
-use super::ctx::{Ctx, w};
-use crate::error::{Error, Result};
+use super::ctx::Ctx;
+use crate::error::{Error, Result, redb_failed};
 use crate::job::{Claimed, Lease};
-use crate::types::{JobId, duration_ms};
 use crate::state::{self, Record, Refusal};
 use crate::types::JobState;
+use crate::types::{JobId, duration_ms};
 
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
@@ -94,16 +94,16 @@ pub(crate) fn claim(
                     .t
                     .busy()?
                     .get(keyed(queue, &ckey).as_slice())
-                    .map_err(w)?
+                    .map_err(redb_failed)?
                     .is_some()
                 {
-                    cx.t.ready()?.remove(key.as_slice()).map_err(w)?;
+                    cx.t.ready()?.remove(key.as_slice()).map_err(redb_failed)?;
                     cx.t.blocked()?
                         .insert(
                             blocked_key(queue, &ckey, priority, run_at, id).as_slice(),
                             (),
                         )
-                        .map_err(w)?;
+                        .map_err(redb_failed)?;
                     cx.touch();
                     continue;
                 }
@@ -166,16 +166,20 @@ fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u
     let due: Vec<(Vec<u8>, Vec<u8>)> =
         cx.t.scheduled()?
             .range(prefix..=hi.as_slice())
-            .map_err(w)?
+            .map_err(redb_failed)?
             .map(|e| e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
             .collect::<Result<_, _>>()
-            .map_err(w)?;
+            .map_err(redb_failed)?;
     for (key, value) in due {
         let (run_at, id) = timed_tail(&key)?;
         let (priority, ckey) = parse_scheduled_value(&value)?;
-        cx.t.scheduled()?.remove(key.as_slice()).map_err(w)?;
+        cx.t.scheduled()?
+            .remove(key.as_slice())
+            .map_err(redb_failed)?;
         let ready = ready_key(queue, priority, run_at, id);
-        cx.t.ready()?.insert(ready.as_slice(), ckey).map_err(w)?;
+        cx.t.ready()?
+            .insert(ready.as_slice(), ckey)
+            .map_err(redb_failed)?;
         cx.touch();
     }
     Ok(())
@@ -183,8 +187,8 @@ fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u
 
 fn read_ready(cx: &mut Ctx<'_>, prefix: &[u8], from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-    for entry in cx.t.ready()?.range(from..).map_err(w)? {
-        let (k, v) = entry.map_err(w)?;
+    for entry in cx.t.ready()?.range(from..).map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
         if !k.value().starts_with(prefix) || chunk.len() == SCAN_CHUNK {
             break;
         }

@@ -8,20 +8,17 @@
 //! operation that breaks the transaction (a storage failure, a corrupt record) aborts it: the
 //! operations applied before it get its error, the ones after it run in a fresh transaction.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::Core;
+use super::ctx::Ctx;
+use super::handoff;
+use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, MutexGuard};
-use redb::Database;
-
-use super::ctx::{Config, Ctx};
-use super::handoff::{self, Takers};
-use super::watermark::Watermark;
-use crate::error::{Error, Result};
 
 /// The most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -55,6 +52,8 @@ pub(crate) trait Op: Send {
 /// An operation, its result once applied, and what to do with the result: one allocation per
 /// operation, the box the channel carries.
 pub(crate) struct Request<F, R, T> {
+    /// What the operation does, named in its storage errors ("claiming jobs").
+    doing: &'static str,
     op: Option<F>,
     result: Option<Result<R>>,
     reply: T,
@@ -62,8 +61,9 @@ pub(crate) struct Request<F, R, T> {
 
 impl<F, R, T> Request<F, R, T> {
     /// Runs `op` in a write transaction, then `reply` with its result once committed.
-    pub(crate) fn new(op: F, reply: T) -> Self {
+    pub(crate) fn new(doing: &'static str, op: F, reply: T) -> Self {
         Request {
+            doing,
             op: Some(op),
             result: None,
             reply,
@@ -78,7 +78,7 @@ where
     T: FnOnce(Result<R>) + Send,
 {
     fn apply(&mut self, cx: &mut Ctx<'_>) -> Option<Error> {
-        let result = (self.op.take()?)(cx);
+        let result = (self.op.take()?)(cx).map_err(|e| e.doing(self.doing));
         let abort = match &result {
             Err(e) if e.aborts_batch() => Some(e.clone()),
             _ => None,
@@ -100,13 +100,8 @@ where
 
 /// What the writer thread and direct committers share.
 pub(crate) struct Shared {
-    /// The database file, named in storage errors.
-    pub path: Arc<Path>,
-    pub db: Arc<Database>,
-    pub cfg: Arc<Config>,
-    pub watermark: Arc<Watermark>,
-    pub poisoned: Arc<AtomicBool>,
-    pub takers: Arc<Takers>,
+    /// The open database, shared with the store's handles.
+    core: Arc<Core>,
     /// Held while a batch is applied and committed, by the writer thread or by a caller
     /// committing its own operation directly, and by `Store::write` (see
     /// [`Writer::hold_commits`]).
@@ -127,21 +122,9 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(
-        path: Arc<Path>,
-        db: Arc<Database>,
-        cfg: Arc<Config>,
-        watermark: Arc<Watermark>,
-        poisoned: Arc<AtomicBool>,
-        takers: Arc<Takers>,
-    ) -> std::io::Result<Writer> {
+    pub(crate) fn spawn(core: Arc<Core>) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
-            path,
-            db,
-            cfg,
-            watermark,
-            poisoned,
-            takers,
+            core,
             commit: Mutex::new(()),
             last_batch: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
@@ -266,15 +249,14 @@ fn gather(batch: &mut Vec<Box<dyn Op>>, waited: usize, rx: &Receiver<Queued>, sh
 /// Applies `batch` in one write transaction, claims for the executors waiting on the queues it
 /// wrote new jobs to, and commits. The caller holds the commit lock.
 fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
-    let Shared {
+    let Core {
         path,
-        db,
         cfg,
         watermark,
         poisoned,
         takers,
         ..
-    } = shared;
+    } = &*shared.core;
     // Counted before any caller is answered: what a caller sends once answered is its caller
     // come back (see `gather`).
     let finish = || shared.finished.fetch_add(1, Ordering::AcqRel);
@@ -286,6 +268,14 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         batch.into_iter().for_each(|op| op.answer(Err(&e)));
         return;
     }
+    let Some(db) = shared.core.writable() else {
+        // A writer is spawned for writable stores only.
+        finish();
+        batch
+            .into_iter()
+            .for_each(|op| op.answer(Err(&Error::ReadOnly)));
+        return;
+    };
     let tx = match db.begin_write() {
         Ok(tx) => tx,
         Err(e) => {

@@ -1,14 +1,21 @@
 //! `quern`: inspect and operate a live quern database. See `quern --help`.
+//!
+//! - `args.rs`: the command line, parsed (clap).
+//! - `commands.rs`: runs one command on a database; exit codes.
+//! - `render.rs`: tables, text and JSON for people and tools.
+//! - `time.rs`: times and durations as the utility prints them.
 
-#[path = "../cli/mod.rs"]
-mod cli;
+mod args;
+mod commands;
+mod render;
+mod time;
 
 fn main() {
     // Every failure is one line on stderr. The store turns redb's panics on a damaged file into
     // errors, but the default hook would print each first; a panic of our own is caught below
     // and reported as one line too.
     std::panic::set_hook(Box::new(|_| {}));
-    let code = match std::panic::catch_unwind(cli::main) {
+    let code = match std::panic::catch_unwind(commands::main) {
         Ok(code) => code,
         Err(panic) => {
             let message = panic
@@ -17,7 +24,7 @@ fn main() {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
             eprintln!("quern: internal error: {message}");
-            cli::FAILURE
+            commands::FAILURE
         }
     };
     std::process::exit(code);

@@ -1,13 +1,8 @@
-//! The `quern` utility: parsing in `args.rs`, rendering in `render.rs`, time formats in
-//! `time.rs`; this file runs the commands.
+//! The commands of the `quern` utility: each opens the database and runs one command.
 //!
 //! Read commands open the database read-only, so they work while a worker writes it. Write
 //! commands (retry, cancel, prune) need the database to themselves. Errors print one line and
 //! exit with code 2; `check` exits with 1 when it finds problems.
-
-mod args;
-mod render;
-mod time;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -16,12 +11,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use quern::{Error, Filter, JobId, JobState, Store};
 
-use self::args::{Args, Command, Format};
+use crate::args::{Args, Command, Format};
+use crate::{render, time};
 
 /// Exit codes.
 const OK: i32 = 0;
 const PROBLEMS: i32 = 1;
-pub(crate) const FAILURE: i32 = 2;
+pub const FAILURE: i32 = 2;
 
 pub fn main() -> i32 {
     let args = match Args::try_parse() {

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use quern::{Filter, Job, Stats, Store, Timestamp};
 use serde_json::{Value, json};
 
-use super::args::Format;
-use super::time;
+use crate::args::Format;
+use crate::time;
 
 pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
     if stats.queues.is_empty() {

@@ -1,0 +1,310 @@
+//! Opening a database: the builder's options, creating a new file, reading the header, and
+//! turning what redb reports about a missing, foreign or damaged file into quern's errors.
+
+use std::hash::{BuildHasher, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase};
+
+use super::ctx::Config;
+use super::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, Tables, reads_as_is};
+use super::{Core, Db, Store, upgrade};
+use crate::backoff::Backoff;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result, StorageError};
+
+/// The default most memory redb may use to cache pages: 64 MiB.
+pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+
+/// The default lease of a claim: 30 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// Options for opening a [`Store`]; see [`Store::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct StoreBuilder {
+    lease_ttl: Duration,
+    backoff: Backoff,
+    clock: Arc<dyn Clock>,
+    exclusive: bool,
+    verify_on_open: bool,
+    cache_size: usize,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder {
+            lease_ttl: DEFAULT_LEASE_TTL,
+            backoff: Backoff::default(),
+            clock: Arc::new(SystemClock),
+            exclusive: false,
+            verify_on_open: true,
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+impl StoreBuilder {
+    /// How long a claim holds its job before it can be recovered, unless heartbeats extend it.
+    /// Default: 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// The retry schedule of failed attempts. Default: 30 s doubling to a 10 min cap, equal
+    /// jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The clock every time is read from. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Lock the whole file, so that no other process may even read it while this store is open.
+    /// Default: false: read-only processes (the `quern` utility, [`Store::open_read_only`]) may
+    /// follow the writer's commits live.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// Verify the whole file when opening it for writing: the checksum of every page of every
+    /// table is checked (redb's integrity check), so that a file damaged outside quern (a bad
+    /// disk, a stray write, a partial copy) fails to open with [`Error::Corrupt`] naming it,
+    /// instead of being trusted until a later read or commit trips over the damage; a refused
+    /// open writes nothing. It costs one read of the whole file per open, plus one durable
+    /// commit (redb rebuilds its record of free pages from what it read). Default: true.
+    ///
+    /// With `false`, the open trusts the file: faster for a large database, but a damaged one
+    /// may make redb panic in a later call. Read-only opens are never verified (redb cannot
+    /// verify without writing); their reads report damage they meet as [`Error::Corrupt`].
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.verify_on_open = verify;
+        self
+    }
+
+    /// The most memory redb may use to cache the file's pages, in bytes. quern's hot pages
+    /// (the heads of the ready and lease indexes, the newest jobs) are few, so a cache far
+    /// smaller than the file loses little, and memory stays flat however deep the queue.
+    /// Default: 64 MiB.
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = bytes;
+        self
+    }
+
+    /// Opens the database at `path` for writing, creating it if missing.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] when another process (or another store in this one) writes it;
+    /// [`Error::NotQuern`] for a redb file quern did not write; [`Error::UnsupportedFormat`]
+    /// for a newer format; [`Error::Corrupt`] when the file is damaged (see
+    /// [`StoreBuilder::verify_on_open`]); [`Error::Open`] when the file cannot be read as a
+    /// database.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let mode = if self.exclusive {
+            ConcurrencyMode::ExclusiveWriter
+        } else {
+            ConcurrencyMode::SingleWriter
+        };
+        let db = guarded_open(path, || {
+            redb::Builder::new()
+                .set_concurrency_mode(mode)
+                .set_cache_size(self.cache_size)
+                .set_check_integrity_on_open(self.verify_on_open)
+                .create(path)
+        })?;
+        let (store_id, version) = init_header(&db, path).map_err(|e| e.in_file(path))?;
+        let cfg = self.config(store_id);
+        upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
+        let store =
+            Store::from_core(Core::new(path, Db::Writable(db), cfg)).map_err(|e| Error::Open {
+                path: path.to_path_buf(),
+                source: StorageError::new(redb::StorageError::Io(e).into()),
+            })?;
+        tracing::info!(path = %path.display(), "opened quern store");
+        Ok(store)
+    }
+
+    /// Opens the database at `path` read-only, alongside a live writer process. Each read sees
+    /// the writer's latest commit.
+    ///
+    /// # Errors
+    /// As [`StoreBuilder::open`], and [`Error::AlreadyOpen`] when the writer locked the file
+    /// exclusively.
+    pub fn open_read_only(self, path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let db = guarded_open(path, || {
+            redb::Builder::new()
+                .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+                .set_cache_size(self.cache_size)
+                .open_read_only(path)
+        })?;
+        let (store_id, version) = guarded_read(path, || {
+            let tx = db.begin_read().map_err(|e| open_error(path, e))?;
+            read_header(&tx, path)
+        })?;
+        if !reads_as_is(version) {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let cfg = self.config(store_id);
+        // A read-only store has no writer thread to start: this cannot fail.
+        Store::from_core(Core::new(path, Db::ReadOnly(db), cfg)).map_err(|e| Error::Open {
+            path: path.to_path_buf(),
+            source: StorageError::new(redb::StorageError::Io(e).into()),
+        })
+    }
+
+    /// What every write of the store reads: the options, and the store's id.
+    fn config(self, store_id: u64) -> Config {
+        Config {
+            clock: self.clock,
+            lease_ttl: self.lease_ttl,
+            backoff: self.backoff,
+            store_id,
+            counters: Default::default(),
+        }
+    }
+}
+
+/// Runs a redb open, turning its errors, and a panic on a damaged file, into quern errors.
+fn guarded_open<D>(
+    path: &Path,
+    open: impl FnOnce() -> std::result::Result<D, redb::DatabaseError>,
+) -> Result<D> {
+    match catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(
+            redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch,
+        )) => Err(Error::AlreadyOpen {
+            path: path.to_path_buf(),
+        }),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(_) => Err(unreadable(path)),
+    }
+}
+
+/// An error of opening `path`: [`Error::Corrupt`] naming the file when redb found it damaged
+/// (its header, or a page failing the integrity check), [`Error::Open`] otherwise.
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        redb::Error::Corrupted(detail) => corrupt_file(path, &detail),
+        e => Error::Open {
+            path: path.to_path_buf(),
+            source: StorageError::new(e),
+        },
+    }
+}
+
+/// [`Error::Corrupt`] naming the database file, with redb's account of the damage.
+fn corrupt_file(path: &Path, detail: &str) -> Error {
+    // redb's messages are sentences ("Invalid magic number"); quern's errors are lowercase.
+    let mut chars = detail.trim_end_matches('.').chars();
+    let detail = match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => "damaged".into(),
+    };
+    Error::Corrupt {
+        what: format!("database file {}", path.display()),
+        detail,
+    }
+}
+
+/// Runs a read of a read-only database, turning a panic of redb into [`Error::Corrupt`]
+/// naming the file.
+///
+/// Why only read-only databases: redb verifies a file only when it opens it for writing (its
+/// integrity check rebuilds and commits its allocator state), and trusts it otherwise, so a
+/// read of a damaged page may panic inside redb (an index out of a page's bounds, say). A
+/// writable store verified every page at open (`StoreBuilder::verify_on_open`), so its reads
+/// are not guarded: a panic there would be a bug to see, not damage to report.
+pub(super) fn guarded_read<R>(path: &Path, read: impl FnOnce() -> Result<R>) -> Result<R> {
+    catch_unwind(AssertUnwindSafe(read)).unwrap_or_else(|_| Err(unreadable(path)))
+}
+
+/// [`Error::Corrupt`] for a file redb panicked on: damage it did not check for.
+fn unreadable(path: &Path) -> Error {
+    Error::Corrupt {
+        what: format!("database file {}", path.display()),
+        detail: "the storage engine could not read it".into(),
+    }
+}
+
+/// Checks the header of a writable database, writing it (and every table) into a new one.
+/// Returns the store id and the format version, which is this build's or format 1 (to be
+/// upgraded).
+fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
+    let tx = db.begin_write().map_err(|e| open_error(path, e))?;
+    let fresh = {
+        let mut tables = tx.list_tables().map_err(|e| open_error(path, e))?;
+        tables.next().is_none()
+    };
+    if fresh {
+        {
+            let mut t = Tables::new(&tx);
+            t.open_all()?;
+            let id = random_id();
+            for (k, v) in [(META_FORMAT, FORMAT_VERSION), (META_STORE_ID, id)] {
+                t.meta()?.insert(k, v).map_err(|e| open_error(path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| open_error(path, e))?;
+        tracing::info!(path = %path.display(), "created quern database");
+    } else {
+        drop(tx);
+    }
+    let rtx = db.begin_read().map_err(|e| open_error(path, e))?;
+    read_header(&rtx, path)
+}
+
+/// Returns the store id and the format version: this build's, or format 1 or 2, which a
+/// writable open upgrades.
+fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
+    let not_quern = || Error::NotQuern {
+        path: path.to_path_buf(),
+    };
+    let meta = match tx.open_table(META) {
+        Ok(m) => m,
+        Err(
+            redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. },
+        ) => {
+            return Err(not_quern());
+        }
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let get = |k: &str| -> Result<Option<u64>> {
+        Ok(meta
+            .get(k)
+            .map_err(|e| open_error(path, e))?
+            .map(|g| g.value()))
+    };
+    let version = get(META_FORMAT)?.ok_or_else(not_quern)?;
+    if !reads_as_is(version) && version != 1 {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok((get(META_STORE_ID)?.ok_or_else(not_quern)?, version))
+}
+
+/// A random id from the standard library's randomly seeded hasher.
+fn random_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(SystemClock.now().0);
+    h.write_u32(std::process::id());
+    h.finish()
+}
