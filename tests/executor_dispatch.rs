@@ -13,13 +13,16 @@ use quern::{
 };
 use tokio::sync::{Semaphore, watch};
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A test store whose failed attempts retry only after an hour: an executor test sees a
+/// failure stay failed.
 fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
-    Store::builder()
-        .clock(Arc::new(clock.clone()))
+    common::builder(clock)
         .backoff(Backoff::fixed(Duration::from_secs(3600)))
-        .open(dir.path().join("q.redb"))
+        .open(common::db(dir))
         .unwrap()
 }
 
@@ -287,10 +290,9 @@ async fn restart_after_a_crash_recovers_expired_leases_and_runs_everything() {
         drop(claimed);
     }
     clock.advance(Duration::from_secs(31));
-    let store = Store::builder()
-        .clock(Arc::new(clock.clone()))
+    let store = common::builder(&clock)
         .backoff(Backoff::fixed(Duration::ZERO))
-        .open(dir.path().join("q.redb"))
+        .open(common::db(&dir))
         .unwrap();
     let handle = Executor::builder(store.clone())
         .queue("q")
@@ -490,7 +492,7 @@ async fn heartbeats_keep_a_job_longer_than_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
         .lease_ttl(Duration::from_millis(500))
-        .open(dir.path().join("q.redb"))
+        .open(common::db(&dir))
         .unwrap();
     let id = store.enqueue(NewJob::new("q", "slow")).unwrap().id();
     let handle = Executor::builder(store.clone())
@@ -548,7 +550,7 @@ async fn a_timeout_and_a_lease_too_long_for_the_clock_mean_no_limit() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder()
         .lease_ttl(Duration::MAX)
-        .open(dir.path().join("q.redb"))
+        .open(common::db(&dir))
         .unwrap();
     let id = store
         .enqueue(NewJob::new("q", "x").timeout(Duration::MAX))
@@ -676,11 +678,10 @@ async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
 async fn a_worker_freed_by_a_lost_lease_gets_the_next_job_without_waiting_for_a_poll() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::default();
-    let store = Store::builder()
-        .clock(Arc::new(clock.clone()))
+    let store = common::builder(&clock)
         // Heartbeats every 100 ms of real time: the run learns of the cancel quickly.
         .lease_ttl(Duration::from_millis(300))
-        .open(dir.path().join("q.redb"))
+        .open(common::db(&dir))
         .unwrap();
     let first = store
         .enqueue(NewJob::new("q", "blocks").priority(1))

@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TrySendError};
-
+use super::Shared;
+use super::dispatch::ClaimRoom;
 use super::metrics::Counters;
-use super::{ClaimRoom, JobSender, Shared};
-use crate::job::Claimed;
 use crate::store::TakerId;
 
-pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed>, taker: TakerId) {
+pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
     let store = &shared.store;
     let mut last_retention: Option<Instant> = None;
     let mut errors = 0u32;
@@ -44,8 +42,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         // The room is counted and reserved when the cycle is applied, after any hand-off
         // before it has put its jobs in the channel.
         let room = Arc::new(ClaimRoom {
-            shared: shared.clone(),
-            tx: tx.clone(),
+            dispatch: shared.dispatch.clone(),
             ahead: demand.ahead(&shared),
         });
         let held = Arc::new(AtomicUsize::new(0));
@@ -64,16 +61,12 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 errors = 0;
                 let claimed = cycle.claimed.len();
                 Counters::add(&shared.counters.claimed, claimed as u64);
-                for job in cycle.claimed {
-                    match tx.try_send(job) {
-                        Ok(()) => shared.job_ready.notify_one(),
-                        // It claimed no more than the room it reserved.
-                        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                            shared.give_back(job);
-                        }
-                    }
-                }
-                shared.release_room(held.load(Ordering::SeqCst));
+                // It claimed no more than the room it reserved, and holds that room until its
+                // jobs are in the channel.
+                let held = held.load(Ordering::SeqCst);
+                shared
+                    .dispatch
+                    .hand_over(cycle.claimed, held, |job| shared.give_back(job));
                 tracing::trace!(claimed, want, "claim cycle");
                 // A bounded cycle (one that finished indexing a backlog) saw only the jobs
                 // up to its bound: one more cycle at once sees those enqueued since, which a
@@ -86,7 +79,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
                 wake_at = cycle.next_due;
             }
             Err(e) => {
-                shared.release_room(held.load(Ordering::SeqCst));
+                shared.dispatch.release(held.load(Ordering::SeqCst));
                 errors = errors.saturating_add(1);
                 if errors == 1 {
                     tracing::warn!(queue = %shared.queue, error = %e, "claim failed; retrying");
@@ -104,7 +97,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         tokio::select! {
             () = shared.stop.cancelled() => break,
             _ = store.changed(seen), if errors == 0 => {}
-            () = shared.room.notified() => {}
+            () = shared.dispatch.room_made() => {}
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
         }
@@ -120,7 +113,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: JobSender, rx: Receiver<Claimed
         store.remove_taker(taker);
     }
     // Jobs claimed but not started go back to pending, their attempts given back.
-    while let Ok(job) = rx.try_recv() {
+    while let Some(job) = shared.dispatch.take_waiting() {
         shared.give_back(job);
     }
 }

@@ -3,16 +3,13 @@
 //! as soon as it is durable, without waiting for the claimer's next cycle. Jobs claimed ahead
 //! of the workers stay the claimer's business.
 //!
-//! Room in the channel is counted and reserved when a claim is applied and released after the
-//! hand-over, by the claimer and by this taker alike, so that together they never claim more
-//! than there is room for: a claimed job always has a place to go.
+//! Room in the channel is reserved and released through `dispatch.rs`, by the claimer and by
+//! this taker alike, so that together they never claim more than there is room for.
 
 use std::sync::{Arc, Weak};
 
-use crossbeam_channel::TrySendError;
-
+use super::Shared;
 use super::metrics::Counters;
-use super::{JobSender, Shared};
 use crate::job::Claimed;
 use crate::store::Taker;
 
@@ -20,7 +17,6 @@ pub(crate) struct Handoff {
     /// Weak: the store holds its takers, and the executor holds the store.
     pub shared: Weak<Shared>,
     pub queue: Arc<str>,
-    pub tx: JobSender,
 }
 
 impl Taker for Handoff {
@@ -32,7 +28,7 @@ impl Taker for Handoff {
         // Only for idle workers: jobs claimed ahead of them are the claimer's business.
         self.shared
             .upgrade()
-            .map_or(0, |shared| shared.reserve_for(0, &self.tx))
+            .map_or(0, |shared| shared.dispatch.reserve(0))
     }
 
     fn deliver(&self, reserved: usize, jobs: Vec<Claimed>) {
@@ -41,14 +37,8 @@ impl Taker for Handoff {
             return;
         };
         Counters::add(&shared.counters.claimed, jobs.len() as u64);
-        for job in jobs {
-            match self.tx.try_send(job) {
-                Ok(()) => shared.job_ready.notify_one(),
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                    shared.give_back(job);
-                }
-            }
-        }
-        shared.release_room(reserved);
+        shared
+            .dispatch
+            .hand_over(jobs, reserved, |job| shared.give_back(job));
     }
 }

@@ -7,6 +7,8 @@
 //!     └──enqueue commit──> hand-off ──┘  (jobs for idle workers, claimed in the enqueue's txn)
 //! ```
 //!
+//! - `dispatch.rs`: the channel and the room / busy / reserved counts that keep every claim
+//!   within the room there is, with the argument for their order.
 //! - `claimer.rs`: the claim loop, restart and queue-full recovery, periodic schedules,
 //!   retention.
 //! - `handoff.rs`: jobs claimed for idle workers by the commit that enqueues them.
@@ -15,6 +17,7 @@
 //! - `metrics.rs`: counters a user can read; `failure_log.rs`: logging that does not flood.
 
 mod claimer;
+mod dispatch;
 mod failure_log;
 mod handoff;
 mod metrics;
@@ -25,19 +28,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use metrics::Metrics;
 
+use self::dispatch::Dispatch;
 use self::failure_log::FailureLog;
 use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
 use crate::periodic::Periodic;
-use crate::store::{Retention, Room, Store};
+use crate::store::{Retention, Store};
 
 /// What a handler says about the job it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,29 +238,25 @@ impl ExecutorBuilder {
         let capacity = self
             .channel_capacity
             .unwrap_or(self.concurrency.saturating_mul(8).max(256));
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
         let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             store: self.store,
             queue: self.queue.into(),
             concurrency: self.concurrency,
-            busy: std::sync::atomic::AtomicUsize::new(0),
-            reserved: std::sync::atomic::AtomicUsize::new(0),
-            capacity,
+            dispatch: Arc::new(Dispatch::new(self.concurrency, capacity, stop.clone())),
             timeout: self.timeout,
             poll_interval: self.poll_interval,
             periodic: self.periodic.into(),
             retention: self.retention,
             retention_interval: self.retention_interval,
             handler,
-            stop: CancellationToken::new(),
+            stop,
             kill: CancellationToken::new(),
-            job_ready: Notify::new(),
-            room: Notify::new(),
             wake: Notify::new(),
             counters: Counters::default(),
             failures: FailureLog::default(),
-            settles: Arc::default(),
+            settles: TaskTracker::new(),
         });
         tracing::info!(
             queue = %shared.queue, concurrency = self.concurrency, capacity,
@@ -265,15 +265,13 @@ impl ExecutorBuilder {
         let taker = shared.store.add_taker(Arc::new(handoff::Handoff {
             shared: Arc::downgrade(&shared),
             queue: shared.queue.clone(),
-            tx: tx.clone(),
         }));
-        let claimer = runtime.spawn(claimer::run(shared.clone(), tx, rx.clone(), taker));
+        let claimer = runtime.spawn(claimer::run(shared.clone(), taker));
         let workers = (0..self.concurrency)
-            .map(|_| runtime.spawn(worker::run(shared.clone(), rx.clone())))
+            .map(|_| runtime.spawn(worker::run(shared.clone())))
             .collect();
         Ok(ExecutorHandle {
             shared,
-            rx,
             claimer: Some(claimer),
             workers,
         })
@@ -285,11 +283,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub queue: Arc<str>,
     pub concurrency: usize,
-    /// Workers holding a job, from taking it off the channel until it is settled or dropped.
-    pub busy: std::sync::atomic::AtomicUsize,
-    /// Room in the channel held for jobs being claimed, by the claimer or a hand-off.
-    pub reserved: std::sync::atomic::AtomicUsize,
-    pub capacity: usize,
+    /// The channel to the workers, and the room claims may fill.
+    pub dispatch: Arc<Dispatch>,
     pub timeout: Option<Duration>,
     pub poll_interval: Duration,
     pub periodic: Arc<[Periodic]>,
@@ -300,62 +295,20 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Cancel running handlers (after the grace period).
     pub kill: CancellationToken,
-    /// A job was put in the channel.
-    pub job_ready: Notify,
-    /// A job was taken from the channel, or a worker became idle.
-    pub room: Notify,
     /// Look at the database now.
     pub wake: Notify,
     pub counters: Counters,
     pub failures: FailureLog,
-    /// Settles handed to the store and not yet committed.
-    pub settles: Arc<InFlight>,
+    /// Settles handed to the store and not yet committed: shutdown waits for them.
+    pub settles: TaskTracker,
 }
 
 impl Shared {
-    /// Reserves room for a claim for the idle workers and `ahead` more jobs, beyond the jobs in
-    /// the channel `tx` and the room already reserved; returns for how many. Nothing once
-    /// stopping.
-    ///
-    /// A job on its way is always counted at least once: a sender puts its jobs in the channel
-    /// before it releases their room, and a worker counts as busy before it takes a job; so the
-    /// reserved room is read first, then the channel, then the busy workers, and all three are
-    /// read again if the reservation changed meanwhile.
-    pub(crate) fn reserve_for(&self, ahead: usize, tx: &JobSender) -> usize {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.stop.is_cancelled() {
-            return 0;
-        }
-        loop {
-            let reserved = self.reserved.load(SeqCst);
-            let len = tx.len();
-            let idle = self.concurrency.saturating_sub(self.busy.load(SeqCst));
-            let target = idle.saturating_add(ahead).min(self.capacity);
-            let n = target.saturating_sub(len).saturating_sub(reserved);
-            if n == 0 {
-                return 0;
-            }
-            if self
-                .reserved
-                .compare_exchange(reserved, reserved + n, SeqCst, SeqCst)
-                .is_ok()
-            {
-                return n;
-            }
-        }
-    }
-
-    /// Releases room reserved by [`Shared::reserve_for`], once its jobs are in the channel.
-    pub(crate) fn release_room(&self, n: usize) {
-        self.reserved
-            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
-    }
-
     /// Gives a claimed job that will not run here back to pending, with its attempt given
     /// back. Does not wait for the commit (a committing thread may call it, and must not block
     /// on the store); shutdown waits for it as for a settle.
     pub(crate) fn give_back(self: &Arc<Self>, claimed: Claimed) {
-        let done = self.settles.start();
+        let done = self.settles.token();
         let id = claimed.job.id;
         let shared = self.clone();
         let sent = self.store.settle_then(
@@ -382,73 +335,11 @@ fn gave_back_failed(id: crate::JobId, e: &Error) {
     tracing::warn!(job = %id, error = %e, "could not give a claimed job back; its lease will expire");
 }
 
-/// The room of one claim: for each idle worker, plus `ahead` jobs, at most the channel's
-/// capacity, less the jobs in the channel and the room already reserved. Counted when the claim
-/// is applied, so that claims applied before it (a hand-off, a cycle) are in the channel or
-/// reserved by then.
-pub(crate) struct ClaimRoom {
-    pub shared: Arc<Shared>,
-    pub tx: JobSender,
-    pub ahead: usize,
-}
-
-impl Room for ClaimRoom {
-    fn reserve(&self) -> usize {
-        self.shared.reserve_for(self.ahead, &self.tx)
-    }
-
-    fn release(&self, n: usize) {
-        self.shared.release_room(n);
-    }
-}
-
-/// Counts operations in flight, so that shutdown can wait for the last one.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    pub(crate) fn start(self: &Arc<Self>) -> InFlightOwned {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlightOwned(self.clone())
-    }
-
-    /// Resolves once nothing is in flight.
-    pub(crate) async fn drained(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-/// One operation in flight, owning its counter; dropping it ends it.
-pub(crate) struct InFlightOwned(Arc<InFlight>);
-
-impl Drop for InFlightOwned {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 /// A running executor. Keep it: dropping it stops claiming (without waiting for running jobs);
 /// [`ExecutorHandle::shutdown`] stops gracefully.
 #[must_use = "dropping the handle stops the executor"]
 pub struct ExecutorHandle {
     shared: Arc<Shared>,
-    rx: Receiver<Claimed>,
     claimer: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -471,7 +362,9 @@ impl ExecutorHandle {
 
     /// Counters and gauges of this executor.
     pub fn metrics(&self) -> Metrics {
-        self.shared.counters.snapshot(self.rx.len())
+        self.shared
+            .counters
+            .snapshot(self.shared.dispatch.waiting())
     }
 
     /// Stops claiming, gives back claimed jobs that have not started, lets running jobs finish
@@ -494,7 +387,7 @@ impl ExecutorHandle {
         {
             result = Err(self.panicked());
         }
-        while let Ok(claimed) = self.rx.try_recv() {
+        while let Some(claimed) = self.shared.dispatch.take_waiting() {
             self.shared.give_back(claimed);
         }
         let workers = std::mem::take(&mut self.workers);
@@ -510,7 +403,8 @@ impl ExecutorHandle {
         if joined.is_err() {
             result = Err(self.panicked());
         }
-        self.shared.settles.drained().await;
+        self.shared.settles.close();
+        self.shared.settles.wait().await;
         tracing::info!(queue = %self.shared.queue, "executor stopped");
         result
     }
@@ -547,6 +441,3 @@ pub(crate) fn context(store: &Store, claimed: &Claimed) -> JobContext {
         store: store.clone(),
     }
 }
-
-/// Messages sent between tasks: the claimer's end of the channel.
-pub(crate) type JobSender = Sender<Claimed>;

@@ -1,10 +1,9 @@
 //! A worker: takes claimed jobs from the channel one at a time and runs each to its settlement.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, TryRecvError};
 use tokio::task::JoinError;
 use tracing::Instrument;
 
@@ -14,47 +13,10 @@ use crate::error::Error;
 use crate::job::{Claimed, Job, Lease};
 use crate::store::Settle;
 
-pub(crate) async fn run(shared: Arc<Shared>, rx: Receiver<Claimed>) {
-    loop {
-        if shared.stop.is_cancelled() {
-            return;
-        }
-        let claimed = {
-            // Listening before the channel is looked at, so that a job sent after the look
-            // wakes this worker. Only while idle: a waiter kept through a run would take the
-            // wake-up meant for an idle worker (tokio wakes the oldest waiter), and that worker
-            // would sleep until the run ended. Dropped with a wake-up in it, it passes it on.
-            let ready = shared.job_ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            // Busy before it takes a job, so that no claim counts this worker idle while its
-            // job is neither in the channel nor counted busy.
-            shared.busy.fetch_add(1, Ordering::SeqCst);
-            match rx.try_recv() {
-                Ok(claimed) => claimed,
-                Err(TryRecvError::Disconnected) => {
-                    shared.busy.fetch_sub(1, Ordering::SeqCst);
-                    return;
-                }
-                Err(TryRecvError::Empty) => {
-                    shared.busy.fetch_sub(1, Ordering::SeqCst);
-                    // A claim that looked in the moment it counted busy skipped this worker.
-                    shared.room.notify_one();
-                    tokio::select! {
-                        () = ready => {}
-                        () = shared.stop.cancelled() => return,
-                    }
-                    continue;
-                }
-            }
-        };
-        // Room is made in the channel.
-        shared.room.notify_one();
+pub(crate) async fn run(shared: Arc<Shared>) {
+    while let Some(claimed) = shared.dispatch.next_job().await {
         run_job(&shared, claimed).await;
-        shared.busy.fetch_sub(1, Ordering::SeqCst);
-        // Idle again: the claimer may have held back a job for it. Not every run ends in a
-        // commit that would wake the claimer (a lost lease writes nothing).
-        shared.room.notify_one();
+        shared.dispatch.job_done();
     }
 }
 
@@ -194,7 +156,7 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
             return;
         }
     };
-    let done = shared.settles.start();
+    let done = shared.settles.token();
     let shared2 = shared.clone();
     let span = tracing::Span::current();
     let sent = shared.store.settle_then(lease, how, move |result| {

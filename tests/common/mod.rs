@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quern::{
     Backoff, Claimed, Clock, Enqueued, Error, Filter, Jitter, Job, JobId, JobState, ManualClock,
-    NewJob, Store, Timestamp,
+    NewJob, Store, StoreBuilder, Timestamp,
 };
 
 /// The lease of every claim in these tests.
@@ -55,7 +55,7 @@ impl Env {
     }
 
     pub fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("q.redb")
+        db(&self.dir)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -108,12 +108,21 @@ impl Env {
 }
 
 pub fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
+    builder(clock).open(db(dir)).unwrap()
+}
+
+/// The options of a test store: time from `clock`, the lease [`TTL`], the jitter-free
+/// [`schedule`]. A test changes what it needs before opening [`db`].
+pub fn builder(clock: &ManualClock) -> StoreBuilder {
     Store::builder()
         .clock(Arc::new(clock.clone()))
         .lease_ttl(TTL)
         .backoff(schedule())
-        .open(dir.path().join("q.redb"))
-        .unwrap()
+}
+
+/// The database file of a test, in its temporary directory.
+pub fn db(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("q.redb")
 }
 
 /// Asserts `result` is `Error::LeaseLost` naming `job`.
