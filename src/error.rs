@@ -3,8 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::types::JobId;
-use crate::types::JobState;
+use crate::types::{JobId, JobState};
 
 /// A `Result` whose error is quern's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

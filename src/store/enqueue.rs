@@ -4,11 +4,11 @@ use redb::ReadableTable;
 
 use super::codec::{INLINE_PAYLOAD, Segment, keyed};
 use super::ctx::Ctx;
+use super::index;
 use crate::error::{Error, Result, redb_failed};
 use crate::job::{Enqueued, NewJob};
 use crate::state::{Payload, Record};
-use crate::types::JobState;
-use crate::types::{JobId, duration_ms};
+use crate::types::{JobId, JobState, duration_ms};
 
 /// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
@@ -113,9 +113,7 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
         payload,
     };
     if let Some(u) = &rec.unique_key {
-        cx.t.unique()?
-            .insert(keyed(&rec.queue, u).as_slice(), id)
-            .map_err(redb_failed)?;
+        index::take_unique_key(&mut cx.t, &rec.queue, u, id)?;
     }
     Ok(Prepared::New(id, rec, apart))
 }

@@ -10,8 +10,7 @@ use super::ctx::{Ctx, Loaded};
 use super::work::jitter_seed;
 use crate::error::{Error, Result, redb_failed};
 use crate::state::{self, Phase, Refusal};
-use crate::types::JobState;
-use crate::types::{JobId, Timestamp};
+use crate::types::{JobId, JobState, Timestamp};
 
 /// How long finished jobs are kept; see [`Store::apply_retention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

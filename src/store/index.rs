@@ -1,10 +1,12 @@
-//! Index maintenance. Which index entries a job has is a function of its record (see
-//! `docs/design.md`); these functions add and remove exactly those entries.
+//! Index maintenance, the one place that writes index tables. Which index entries a job has is
+//! a function of its record (see `docs/design.md`); these functions add and remove exactly
+//! those entries, or move one entry where the record says it belongs now.
 
 use redb::ReadableTable;
 
 use super::codec::{
-    blocked_key, count_key, keyed, ordered_tail, ready_key, scheduled_value, timed_key,
+    blocked_key, count_key, keyed, ordered_tail, parse_scheduled_value, ready_key, scheduled_value,
+    timed_key, timed_tail,
 };
 use super::tables::Tables;
 use crate::error::{Result, redb_failed};
@@ -177,6 +179,48 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
             .insert(ready_key(q, priority, run_at, id).as_slice(), k.as_bytes())
             .map_err(redb_failed)?;
     }
+    Ok(())
+}
+
+/// Takes unique key `key` of `queue` for new job `id`, which is not indexed yet: a duplicate
+/// enqueued after it, even in the same batch, finds it.
+pub(crate) fn take_unique_key(t: &mut Tables<'_>, queue: &str, key: &str, id: u64) -> Result<()> {
+    t.unique()?
+        .insert(keyed(queue, key).as_slice(), id)
+        .map_err(redb_failed)?;
+    Ok(())
+}
+
+/// Moves a pending job's entry from ready (under `ready`, its key there) to blocked: a job of
+/// its concurrency key `ckey` is in progress.
+pub(crate) fn block(
+    t: &mut Tables<'_>,
+    ready: &[u8],
+    queue: &str,
+    ckey: &str,
+    priority: i32,
+    run_at: u64,
+    id: u64,
+) -> Result<()> {
+    t.ready()?.remove(ready).map_err(redb_failed)?;
+    t.blocked()?
+        .insert(
+            blocked_key(queue, ckey, priority, run_at, id).as_slice(),
+            (),
+        )
+        .map_err(redb_failed)?;
+    Ok(())
+}
+
+/// Moves a pending job's entry from scheduled (`key` and `value` as stored there) to ready: its
+/// run_at has come.
+pub(crate) fn make_ready(t: &mut Tables<'_>, queue: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    let (run_at, id) = timed_tail(key)?;
+    let (priority, ckey) = parse_scheduled_value(value)?;
+    t.scheduled()?.remove(key).map_err(redb_failed)?;
+    t.ready()?
+        .insert(ready_key(queue, priority, run_at, id).as_slice(), ckey)
+        .map_err(redb_failed)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! - `upgrade.rs`: moving an older format to this build's, at a writable open.
 //! - `write_tx.rs`: [`Store::write`] and [`WriteTx`], the user's own write transaction.
 //! - `for_executor.rs`: what only the executor calls (claim cycles, settles without waiting).
+//! - `core.rs`: what every handle and the writer thread share, built once at open.
 //! - `tables.rs`: every table, the format version, and one transaction's table handles.
 //! - `codec.rs`: record, segment and key encoding, and the readers of segments and payloads.
 //! - `ctx.rs`: one write transaction's view: counters, and the one way a record is written.
@@ -19,6 +20,7 @@
 //!   executor's claim cycle), `read.rs` (get, list, stats), `verify.rs` ([`Store::check`]).
 
 mod codec;
+mod core;
 mod ctx;
 mod cycle;
 mod enqueue;
@@ -40,10 +42,10 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
+use redb::{ReadTransaction, ReadableDatabase};
 
 pub use self::codec::decode;
 pub(crate) use self::cycle::Cycle;
@@ -57,9 +59,8 @@ pub use self::read::{Filter, QueueStats, Stats};
 pub use self::verify::Problem;
 pub use self::write_tx::WriteTx;
 
-use self::ctx::{Config, Ctx};
-use self::handoff::Takers;
-use self::watermark::Watermark;
+use self::core::{Core, Db};
+use self::ctx::Ctx;
 use self::write_tx::outside_write;
 use self::writer::{Request, Writer};
 use crate::error::{Error, Result};
@@ -85,45 +86,6 @@ struct Inner {
     // database) is dropped.
     writer: Option<Writer>,
     core: Arc<Core>,
-}
-
-/// What every part of one open database shares, built once at open: the store's handles and
-/// the writer thread hold it.
-pub(crate) struct Core {
-    /// The database file, named in errors.
-    pub path: Arc<Path>,
-    pub db: Db,
-    pub cfg: Config,
-    pub watermark: Watermark,
-    /// Set when a commit failed: writes are refused until the store is reopened.
-    pub poisoned: AtomicBool,
-    pub takers: Takers,
-}
-
-pub(crate) enum Db {
-    Writable(Database),
-    ReadOnly(ReadOnlyDatabase),
-}
-
-impl Core {
-    fn new(path: &Path, db: Db, cfg: Config) -> Core {
-        Core {
-            path: path.into(),
-            db,
-            cfg,
-            watermark: Watermark::new(),
-            poisoned: AtomicBool::new(false),
-            takers: Takers::default(),
-        }
-    }
-
-    /// The database, when it was opened for writing.
-    pub(crate) fn writable(&self) -> Option<&Database> {
-        match &self.db {
-            Db::Writable(db) => Some(db),
-            Db::ReadOnly(_) => None,
-        }
-    }
 }
 
 impl fmt::Debug for Store {

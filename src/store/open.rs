@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase};
 
+use super::Store;
+use super::core::{Core, Db};
 use super::ctx::Config;
 use super::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, Tables, reads_as_is};
-use super::{Core, Db, Store, upgrade};
+use super::upgrade;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result, StorageError};

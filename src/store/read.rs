@@ -14,8 +14,7 @@ use super::tables::{
 use crate::error::{Error, Result, redb_failed};
 use crate::job::Job;
 use crate::state::{Payload, Phase, Record};
-use crate::types::JobState;
-use crate::types::{JobId, Timestamp};
+use crate::types::{JobId, JobState, Timestamp};
 
 /// Which jobs [`Store::list`](crate::Store::list) returns.
 ///

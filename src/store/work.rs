@@ -5,16 +5,13 @@ use std::time::Duration;
 
 use redb::ReadableTable;
 
-use super::codec::{
-    blocked_key, keyed, ordered_tail, parse_scheduled_value, prefix_then, queue_prefix, ready_key,
-    timed_tail,
-};
+use super::codec::{keyed, ordered_tail, prefix_then, queue_prefix};
 use super::ctx::Ctx;
+use super::index;
 use crate::error::{Error, Result, redb_failed};
 use crate::job::{Claimed, Lease};
 use crate::state::{self, Record, Refusal};
-use crate::types::JobState;
-use crate::types::{JobId, duration_ms};
+use crate::types::{JobId, JobState, duration_ms};
 
 /// How many ready entries claim reads at a time.
 const SCAN_CHUNK: usize = 64;
@@ -97,13 +94,7 @@ pub(crate) fn claim(
                     .map_err(redb_failed)?
                     .is_some()
                 {
-                    cx.t.ready()?.remove(key.as_slice()).map_err(redb_failed)?;
-                    cx.t.blocked()?
-                        .insert(
-                            blocked_key(queue, &ckey, priority, run_at, id).as_slice(),
-                            (),
-                        )
-                        .map_err(redb_failed)?;
+                    index::block(&mut cx.t, &key, queue, &ckey, priority, run_at, id)?;
                     cx.touch();
                     continue;
                 }
@@ -171,15 +162,7 @@ fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u
             .collect::<Result<_, _>>()
             .map_err(redb_failed)?;
     for (key, value) in due {
-        let (run_at, id) = timed_tail(&key)?;
-        let (priority, ckey) = parse_scheduled_value(&value)?;
-        cx.t.scheduled()?
-            .remove(key.as_slice())
-            .map_err(redb_failed)?;
-        let ready = ready_key(queue, priority, run_at, id);
-        cx.t.ready()?
-            .insert(ready.as_slice(), ckey)
-            .map_err(redb_failed)?;
+        index::make_ready(&mut cx.t, queue, &key, &value)?;
         cx.touch();
     }
     Ok(())

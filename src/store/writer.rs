@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::Core;
+use super::core::Core;
 use super::ctx::Ctx;
 use super::handoff;
 use crate::error::{Error, Result};
