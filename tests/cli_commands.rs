@@ -284,6 +284,23 @@ fn bad_input_is_one_line_naming_what_and_where_with_exit_code_2() {
 }
 
 #[test]
+fn a_storage_failure_is_one_line_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database".repeat(500)).unwrap();
+    let out = quern(&["stats", s(&text)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = stderr(&out);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with(&format!("quern: cannot open quern database {}: ", s(&text))),
+        "{line}"
+    );
+    // redb's message names the I/O error under it; the chain adds nothing after it.
+    assert_eq!(line.matches("magic number").count(), 1, "{line}");
+}
+
+#[test]
 fn a_closed_pipe_is_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.redb");

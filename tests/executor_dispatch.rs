@@ -782,3 +782,16 @@ async fn a_handler_that_panics_before_its_future_is_a_failed_attempt_and_its_wor
     assert_eq!(handle.metrics().panicked, 1);
     handle.shutdown(WAIT).await.unwrap();
 }
+
+#[test]
+fn spawning_outside_a_tokio_runtime_is_refused_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, &ManualClock::default());
+    let spawned = Executor::builder(store)
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success });
+    match spawned {
+        Err(Error::NoRuntime { operation }) => assert_eq!(operation, "ExecutorBuilder::spawn"),
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
+}

@@ -266,6 +266,38 @@ fn a_write_whose_enqueue_broke_is_not_committed_even_if_the_closure_goes_on() {
 }
 
 #[test]
+fn a_storage_error_says_what_was_being_done_on_which_file_and_its_cause_once() {
+    const QUERN_JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("quern_jobs");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(path(&dir)).unwrap();
+    let result: Result<(), Error> = store.write(|tx| {
+        let _held = tx.transaction().open_table(QUERN_JOBS)?;
+        tx.enqueue(NewJob::new("uploads", "a.txt"))?;
+        Ok(())
+    });
+    let error = result.unwrap_err();
+    let Error::Storage { context, cause } = &error else {
+        panic!("expected a storage error, got {error:?}");
+    };
+    assert_eq!(*context, "enqueueing a job");
+    assert_eq!(cause.file(), Some(path(&dir).as_path()));
+    // The user reaches redb's own error through the cause.
+    assert!(
+        matches!(cause.redb(), quern::redb::Error::TableAlreadyOpen(name, _) if name == "quern_jobs"),
+        "{:?}",
+        cause.redb()
+    );
+    let message = error.to_string();
+    let start = format!("enqueueing a job in {}: ", path(&dir).display());
+    assert!(message.starts_with(&start), "{message}");
+    assert_eq!(&message[start.len()..], cause.redb().to_string());
+    // The cause is in the message, so it is nobody's source: a report that joins the chain
+    // prints it once.
+    assert!(std::error::Error::source(&error).is_none());
+    assert!(std::error::Error::source(cause).is_none());
+}
+
+#[test]
 fn a_store_call_inside_a_write_is_refused_rather_than_deadlocking() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(path(&dir)).unwrap();
