@@ -38,7 +38,14 @@
 //! # fn upload(_: &[u8]) -> Result<(), NotReady> { Ok(()) }
 //! ```
 //!
-//! The on-disk layout and the invariants between tables are described in `docs/design.md`.
+//! The on-disk layout, the invariants between tables and the map of the code are in
+//! [`design`] (`docs/design.md`).
+//!
+//! # Features
+//!
+//! - `cli` (default): the `quern` utility. A program that embeds quern builds without it, and
+//!   without clap and anyhow: `default-features = false`.
+//! - `json` (default): [`NewJob::json`] and [`Job::json`], through serde_json.
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
@@ -68,6 +75,9 @@ pub use types::{JobId, JobState, Timestamp};
 
 #[doc(hidden)]
 pub use store::decode as __decode;
+
+#[doc = include_str!("../docs/design.md")]
+pub mod design {}
 
 /// The redb this build of quern uses, for [`Store::write`] transactions over your own tables.
 pub use redb;

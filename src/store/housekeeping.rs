@@ -12,7 +12,7 @@ use crate::error::{Error, Result, redb_failed};
 use crate::state::{self, Phase, Refusal};
 use crate::types::{JobId, JobState, Timestamp};
 
-/// How long finished jobs are kept; see [`Store::apply_retention`].
+/// How long finished jobs are kept; see [`Store::apply_retention`](crate::Store::apply_retention).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Succeeded jobs are deleted this long after they finished. Default: 24 h.
@@ -33,7 +33,7 @@ impl Default for Retention {
     }
 }
 
-/// When [`Store::prune`] cuts: an age, or a point in time.
+/// When [`Store::prune`](crate::Store::prune) cuts: an age, or a point in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cutoff {
     /// Jobs that finished longer ago than this, by the store's clock.
