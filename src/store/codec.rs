@@ -30,16 +30,15 @@ pub(crate) const TAG_SEGMENT: u8 = 3;
 /// A segment takes no more jobs once its bytes reach this: about 1,300 jobs with small
 /// payloads. With the job that crosses it (at most about 1 KiB more), a segment stays inside a
 /// 64 KiB page: redb gives a value a power-of-two page, so a segment just over 64 KiB would
-/// take 128 KiB (a 1M-job backlog took a 162 MiB file with 64 KiB segments, 68 MiB as single
-/// jobs).
+/// take 128 KiB and double the file of a batch backlog.
 pub(crate) const SEGMENT_BYTES: usize = 60 * 1024;
 
 /// The tag of a job stored in its short form (format 4), with its payload inline: a
 /// [`ShortRecord`], then the payload to the end of the value. A job is stored so while every
 /// field that the short form leaves out has the value it has at enqueue (see
-/// [`ShortRecord::of`]): a new job's value is about 25 bytes shorter than in the long form, which
-/// a single enqueue's durable commit feels (about 3% here, beside raw commits of 16 and 41
-/// bytes), and a backlog of new jobs takes that much less space.
+/// [`ShortRecord::of`]): a new job's value is about 25 bytes shorter than in the long form, and
+/// a single enqueue's durable commit writes that much less (docs/performance.md has the
+/// figures), as a backlog of new jobs takes that much less space.
 pub(crate) const TAG_SHORT: u8 = 4;
 /// The tag of a job stored in its short form with its payload apart: a [`ShortRecord`] alone.
 pub(crate) const TAG_SHORT_APART: u8 = 5;

@@ -35,8 +35,8 @@ pub(crate) struct Config {
 ///
 /// A transaction takes them at [`Ctx::begin`] and hands them on at the end of a successful
 /// [`Ctx::finish`], while it still holds redb's write lock, so the next transaction starts from
-/// them without reading: this saves a single enqueue's commit the meta table's B-tree, 1 to 3%
-/// of its time in alternating runs. A transaction that aborts hands nothing on, and the next one reads the tables.
+/// them without reading: a single enqueue's commit does not walk the meta table's B-tree. A
+/// transaction that aborts hands nothing on, and the next one reads the tables.
 /// One whose changes are not committed after all (nothing changed) may hand on ids or tokens it
 /// allocated and did not use: they are skipped, never given twice. Only one process writes a
 /// database, so nothing else moves them; within it, every write transaction begins under the

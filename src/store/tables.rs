@@ -80,8 +80,8 @@ pub(crate) const PERIODIC: TableDefinition<&str, u64> = TableDefinition::new("qu
 pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
 
 /// Declares [`Tables`]: every quern table of one write transaction, each opened the first time
-/// an operation asks for it. A transaction pays for the tables it touches: opening all fifteen
-/// costs a single enqueue's commit about 7% (measured beside a raw redb commit).
+/// an operation asks for it, so that a transaction pays only for the tables it touches: an
+/// enqueue opens one, not fifteen.
 macro_rules! tables {
     ($($name:ident: $def:ident => $key:ty, $value:ty;)*) => {
         pub(crate) struct Tables<'t> {

@@ -23,12 +23,10 @@ use parking_lot::{Mutex, MutexGuard};
 /// The most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// The longest a commit waits for the callers of the previous one to come back; far below a
-/// commit's own time (a few hundred microseconds here). Longer waits lose more to callers that
-/// are not coming than they gain: in alternating runs 50 µs beat 150 µs by about 18% for
-/// sixteen enqueueing threads and 14% for a drain at concurrency 16 (measured while the
-/// estimate of active callers counted each returning caller twice, so that every gathering ran
-/// out its window; sixteen threads now rarely wait it out, a drain's settles still do).
+/// The longest a commit waits for the callers of the previous one to come back: far below a
+/// commit's own time (a few hundred microseconds), so that a wait for callers who are not
+/// coming costs little beside the commit it may fill. Longer waits lost more than they gained
+/// (docs/performance.md, "Enqueue from 16 threads").
 const GATHER_WAIT: Duration = Duration::from_micros(50);
 
 /// An operation in the writer's channel, with the number of batches the writer had finished
