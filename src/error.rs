@@ -243,7 +243,8 @@ impl StorageError {
         &self.error
     }
 
-    /// The I/O error under the failure, if it was one.
+    /// The I/O error under the failure, if it was one. After an I/O failure redb reports
+    /// `PreviousIo` for the writes that follow, which carries none.
     pub fn io(&self) -> Option<&std::io::Error> {
         match &*self.error {
             redb::Error::Io(e) => Some(e),

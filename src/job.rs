@@ -251,7 +251,7 @@ impl Enqueued {
 /// The right to settle one claim of one job: a fencing token.
 ///
 /// Each claim gets a fresh token. Calls that take a lease succeed only while the job is still in
-/// progress under that same token; otherwise they fail with [`Error::LeaseLost`] and change
+/// progress under that same token; otherwise they fail with [`Error::LeaseLost`](crate::Error::LeaseLost) and change
 /// nothing. Settling calls take the lease by value, so one lease settles once. A lease dropped
 /// unsettled simply expires.
 #[derive(Debug, PartialEq, Eq)]

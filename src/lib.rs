@@ -45,7 +45,7 @@
 //!
 //! - `cli` (default): the `quern` utility. A program that embeds quern builds without it, and
 //!   without clap and anyhow: `default-features = false`.
-//! - `json` (default): [`NewJob::json`] and [`Job::json`], through serde_json.
+//! - `json` (default): `NewJob::json`, `Job::json` and `Error::Json`, through serde_json.
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]

@@ -373,7 +373,8 @@ impl ExecutorHandle {
     ///
     /// # Errors
     /// [`Error::ExecutorPanicked`] if a task of the executor (the claimer or a worker; a
-    /// handler's panic is a failed attempt) panicked.
+    /// handler's panic is a failed attempt) panicked; [`Error::Closed`] if one was cancelled
+    /// because its runtime is shutting down.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future part way leaves the remaining jobs to finish in the
@@ -383,9 +384,9 @@ impl ExecutorHandle {
         self.shared.stop.cancel();
         let mut result = Ok(());
         if let Some(claimer) = self.claimer.take()
-            && claimer.await.is_err()
+            && let Err(e) = claimer.await
         {
-            result = Err(self.panicked());
+            result = Err(self.task_failed(&e));
         }
         while let Some(claimed) = self.shared.dispatch.take_waiting() {
             self.shared.give_back(claimed);
@@ -400,8 +401,8 @@ impl ExecutorHandle {
                 all.await
             }
         };
-        if joined.is_err() {
-            result = Err(self.panicked());
+        if let Err(e) = joined {
+            result = Err(self.task_failed(&e));
         }
         self.shared.settles.close();
         self.shared.settles.wait().await;
@@ -411,9 +412,15 @@ impl ExecutorHandle {
 }
 
 impl ExecutorHandle {
-    fn panicked(&self) -> Error {
-        Error::ExecutorPanicked {
-            queue: self.shared.queue.to_string(),
+    /// The error of a task of this executor that did not return: it panicked, or it was
+    /// cancelled (its runtime is shutting down).
+    fn task_failed(&self, e: &tokio::task::JoinError) -> Error {
+        if e.is_panic() {
+            Error::ExecutorPanicked {
+                queue: self.shared.queue.to_string(),
+            }
+        } else {
+            Error::Closed
         }
     }
 }
@@ -424,13 +431,19 @@ impl Drop for ExecutorHandle {
     }
 }
 
-/// Awaits every handle; an error if any task panicked.
-async fn futures_join_all(handles: Vec<JoinHandle<()>>) -> std::result::Result<(), ()> {
-    let mut ok = true;
+/// Awaits every handle; the first error of a task that panicked or was cancelled.
+async fn futures_join_all(
+    handles: Vec<JoinHandle<()>>,
+) -> std::result::Result<(), tokio::task::JoinError> {
+    let mut first = Ok(());
     for h in handles {
-        ok &= h.await.is_ok();
+        if let Err(e) = h.await
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
     }
-    if ok { Ok(()) } else { Err(()) }
+    first
 }
 
 /// A copy of the lease for the handler's context; the worker keeps the original to settle.

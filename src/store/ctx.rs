@@ -97,8 +97,8 @@ pub(crate) struct Ctx<'t> {
 }
 
 impl<'t> Ctx<'t> {
-    pub(crate) fn begin(tx: &'t WriteTransaction, cfg: &'t Config) -> Result<Self> {
-        Ok(Ctx {
+    pub(crate) fn begin(tx: &'t WriteTransaction, cfg: &'t Config) -> Self {
+        Ctx {
             t: Tables::new(tx),
             cfg,
             counters: cfg.counters.lock().take().unwrap_or_default(),
@@ -109,7 +109,7 @@ impl<'t> Ctx<'t> {
             unindexed_maybe: true,
             new_queues: Vec::new(),
             count_deltas: Vec::new(),
-        })
+        }
     }
 
     /// Writes back the counters that must persist, and hands them on to the next transaction

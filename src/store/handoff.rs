@@ -131,11 +131,12 @@ pub(crate) fn claim_for_takers<'a>(
         }
         // Behind a backlog too long to index in this commit, nothing is handed off: the
         // executor's claimer works through it.
-        let claimed: Result<Vec<Claimed>> =
-            work::claim(cx, taker.queue(), n, None).map(|step| match step {
+        let claimed: Result<Vec<Claimed>> = work::claim(cx, taker.queue(), n, None)
+            .map(|step| match step {
                 work::ClaimStep::Claimed(jobs) => jobs,
                 work::ClaimStep::Indexing { .. } => Vec::new(),
-            });
+            })
+            .map_err(|e| e.doing("claiming jobs for an idle executor"));
         match claimed {
             Ok(jobs) => pending.claims.push((taker.clone(), n, jobs)),
             Err(e) => {

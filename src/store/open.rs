@@ -256,7 +256,7 @@ fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
     if fresh {
         {
             let mut t = Tables::new(&tx);
-            t.open_all()?;
+            t.open_all().map_err(|e| e.doing("creating a database"))?;
             let id = random_id();
             for (k, v) in [(META_FORMAT, FORMAT_VERSION), (META_STORE_ID, id)] {
                 t.meta()?.insert(k, v).map_err(|e| open_error(path, e))?;

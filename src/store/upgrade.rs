@@ -26,7 +26,7 @@ fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     let fail = |e: redb::Error| Error::storage("upgrading a format 1 database", e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;
     {
-        let mut cx = Ctx::begin(&tx, cfg)?;
+        let mut cx = Ctx::begin(&tx, cfg);
         let mut inbox = tx.open_table(V1_INBOX).map_err(|e| fail(e.into()))?;
         while let Some((k, v)) = inbox.pop_first().map_err(|e| fail(e.into()))? {
             let id = k.value();

@@ -93,7 +93,7 @@ impl Store {
             .map_err(|e| Error::storage("beginning a write transaction", e).in_file(path))?;
         let (value, changed) = {
             let mut wtx = WriteTx {
-                cx: Ctx::begin(&tx, &self.inner.core.cfg).map_err(|e| e.in_file(path))?,
+                cx: Ctx::begin(&tx, &self.inner.core.cfg),
                 tx: &tx,
                 path,
                 broken: None,

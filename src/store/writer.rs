@@ -42,9 +42,12 @@ pub(crate) trait Op: Send {
     /// abort the transaction, if any.
     fn apply(&mut self, cx: &mut Ctx<'_>) -> Option<Error>;
     /// Answers the caller once the fate of its transaction is known: with the kept result if
-    /// the transaction committed (or had nothing to commit), else with the transaction's error.
-    /// An operation never applied is answered with `commit`'s error.
+    /// the transaction committed (or had nothing to commit), else with the transaction's error,
+    /// labelled with what this operation was doing unless the error says already (a failed
+    /// commit). An operation never applied is answered with `commit`'s error.
     fn answer(self: Box<Self>, commit: Result<(), &Error>);
+    /// What the operation does, as its storage errors say ("claiming jobs").
+    fn doing(&self) -> &'static str;
 }
 
 /// An operation, its result once applied, and what to do with the result: one allocation per
@@ -76,7 +79,7 @@ where
     T: FnOnce(Result<R>) + Send,
 {
     fn apply(&mut self, cx: &mut Ctx<'_>) -> Option<Error> {
-        let result = (self.op.take()?)(cx).map_err(|e| e.doing(self.doing));
+        let result = (self.op.take()?)(cx);
         let abort = match &result {
             Err(e) if e.aborts_batch() => Some(e.clone()),
             _ => None,
@@ -86,13 +89,26 @@ where
     }
 
     fn answer(self: Box<Self>, commit: Result<(), &Error>) {
-        let Request { result, reply, .. } = *self;
-        reply(match (commit, result) {
-            (Ok(()), Some(result)) => result,
-            // Not applied, yet its transaction committed: never the case (see `commit_batch`).
-            (Ok(()), None) => Err(Error::Closed),
-            (Err(e), _) => Err(e.clone()),
-        });
+        let Request {
+            doing,
+            result,
+            reply,
+            ..
+        } = *self;
+        reply(
+            match (commit, result) {
+                (Ok(()), Some(result)) => result,
+                // Not applied, yet its transaction committed: never the case (see
+                // `commit_batch`).
+                (Ok(()), None) => Err(Error::Closed),
+                (Err(e), _) => Err(e.clone()),
+            }
+            .map_err(|e| e.doing(doing)),
+        );
+    }
+
+    fn doing(&self) -> &'static str {
+        self.doing
     }
 }
 
@@ -288,33 +304,32 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
     let mut abort = None;
     let mut changed = false;
     let mut handoff = None;
-    match Ctx::begin(&tx, cfg) {
-        Ok(mut cx) => {
-            for mut op in ops.by_ref() {
-                let fatal = op.apply(&mut cx);
+    // What the operation that aborted the transaction was doing, for the log.
+    let mut failed = "";
+    {
+        let mut cx = Ctx::begin(&tx, cfg);
+        for mut op in ops.by_ref() {
+            let fatal = op.apply(&mut cx);
+            if let Some(e) = fatal {
+                // Each caller of the batch is answered with this error, labelled with what
+                // its own operation was doing; the log says which operation it was.
+                failed = op.doing();
+                abort = Some(e);
                 applied.push(op);
-                if fatal.is_some() {
-                    abort = fatal;
-                    break;
-                }
+                break;
             }
-            if abort.is_none() {
-                let (pending, fatal) = handoff::claim_for_takers(takers, &mut cx);
-                handoff = Some(pending);
-                abort = fatal;
-            }
-            if abort.is_none() {
-                match cx.finish() {
-                    Ok(c) => changed = c,
-                    Err(e) => abort = Some(e),
-                }
-            }
+            applied.push(op);
         }
-        Err(e) => {
-            finish();
-            let e = e.in_file(path);
-            ops.for_each(|op| op.answer(Err(&e)));
-            return;
+        if abort.is_none() {
+            let (pending, fatal) = handoff::claim_for_takers(takers, &mut cx);
+            handoff = Some(pending);
+            abort = fatal;
+        }
+        if abort.is_none() {
+            match cx.finish() {
+                Ok(c) => changed = c,
+                Err(e) => abort = Some(e.doing("committing a write transaction")),
+            }
         }
     }
     // Only a commit makes the hand-off's claims real.
@@ -328,7 +343,7 @@ fn commit_batch(batch: Vec<Box<dyn Op>>, shared: &Shared) {
         let e = e.in_file(path);
         drop(tx);
         deliver(false);
-        tracing::error!(error = %e, "write transaction aborted");
+        tracing::error!(error = %e.clone().doing(failed), "write transaction aborted");
         applied.into_iter().for_each(|op| op.answer(Err(&e)));
         let rest: Vec<_> = ops.collect();
         if !rest.is_empty() {
