@@ -21,7 +21,17 @@ const LOCAL: TableDefinition<&str, u64> = TableDefinition::new("demo_local");
 const REMOTE: TableDefinition<&str, u64> = TableDefinition::new("demo_remote");
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sync_worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -30,6 +40,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let path = "sync-demo.redb";
     if std::env::args().any(|a| a == "--fresh") {
+        // Never from under a demo that is running on it.
+        match Store::open(path) {
+            Err(e @ quern::Error::AlreadyOpen { .. }) => {
+                return Err(format!("--fresh: {e}; stop it first").into());
+            }
+            Ok(store) => store.close(),
+            Err(_) => {}
+        }
         let _ = std::fs::remove_file(path);
     }
     let store = Store::builder()
@@ -79,6 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => {
                 println!("interrupted: shutting down gracefully");
                 handle.shutdown(Duration::from_secs(5)).await?;
+                // Closed before the process exits, so the next run finds it closed cleanly.
+                store.close();
                 return Ok(());
             }
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -110,6 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          ({writes} writes: re-runs after a kill -9 rewrite a file, they never lose one)",
         m.succeeded, m.failed
     );
+    store.close();
     Ok(())
 }
 

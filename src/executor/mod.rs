@@ -322,6 +322,10 @@ impl Shared {
                     }
                     Err(e) => gave_back_failed(id, &e),
                 }
+                // The executor (and its store handle) before the token: once shutdown sees
+                // the last token go, this closure, run on the writer thread, holds no handle
+                // whose drop would close the database there, unwaited for.
+                drop(shared);
                 drop(done);
             },
         );

@@ -169,6 +169,8 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
             }
             Err(e) => tracing::error!(error = %e, "could not settle; the lease will expire"),
         }
+        // The executor (and its store handle) before the token: see `Shared::give_back`.
+        drop(shared2);
         drop(done);
     });
     if let Err(e) = sent {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use parking_lot::{Condvar, Mutex};
 use redb::{Database, ReadOnlyDatabase};
 
 use super::ctx::Config;
@@ -22,6 +23,9 @@ pub(crate) struct Core {
     /// Set when a commit failed: writes are refused until the store is reopened.
     pub poisoned: AtomicBool,
     pub takers: Takers,
+    /// Last, so that it drops after the database: tells [`Store::close`](super::Store::close)
+    /// that the file is closed.
+    pub closed: Closed,
 }
 
 /// The database, as it was opened.
@@ -39,6 +43,7 @@ impl Core {
             watermark: Watermark::new(),
             poisoned: AtomicBool::new(false),
             takers: Takers::default(),
+            closed: Closed::default(),
         }
     }
 
@@ -47,6 +52,39 @@ impl Core {
         match &self.db {
             Db::Writable(db) => Some(db),
             Db::ReadOnly(_) => None,
+        }
+    }
+}
+
+/// Set when the core drops, after the database: the core's last field. See [`Store::close`](super::Store::close).
+#[derive(Default)]
+pub(crate) struct Closed(Arc<(Mutex<bool>, Condvar)>);
+
+impl Closed {
+    /// A handle to wait on until the core (and so the database) is dropped.
+    pub(crate) fn waiter(&self) -> CloseWaiter {
+        CloseWaiter(self.0.clone())
+    }
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let (closed, changed) = &*self.0;
+        *closed.lock() = true;
+        changed.notify_all();
+    }
+}
+
+/// Waits for a [`Closed`] to drop.
+pub(crate) struct CloseWaiter(Arc<(Mutex<bool>, Condvar)>);
+
+impl CloseWaiter {
+    /// Blocks until the database is closed.
+    pub(crate) fn wait(self) {
+        let (closed, changed) = &*self.0;
+        let mut closed = closed.lock();
+        while !*closed {
+            changed.wait(&mut closed);
         }
     }
 }

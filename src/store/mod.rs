@@ -3,7 +3,8 @@
 //! `mod.rs` holds the [`Store`] type and its public operations; each operation is one call into
 //! the file of its family, run in a group commit (writes) or a read transaction (reads).
 //!
-//! - `open.rs`: [`StoreBuilder`], creating a file, reading its header, open errors.
+//! - `open.rs`: [`StoreBuilder`], opening a file, reading its header, open errors.
+//! - `create.rs`: creating a database file atomically, and recognising a half-created one.
 //! - `upgrade.rs`: moving an older format to this build's, at a writable open.
 //! - `write_tx.rs`: [`Store::write`] and [`WriteTx`], the user's own write transaction.
 //! - `for_executor.rs`: what only the executor calls (claim cycles, settles without waiting).
@@ -21,6 +22,7 @@
 
 mod codec;
 mod core;
+mod create;
 mod ctx;
 mod cycle;
 mod enqueue;
@@ -131,6 +133,24 @@ impl Store {
     /// See [`StoreBuilder::open_read_only`].
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         StoreBuilder::default().open_read_only(path)
+    }
+
+    /// Closes the database: drops this handle, then waits until the file is closed. That is
+    /// when the last handle is gone (this one, its clones, an executor's, a running handler's)
+    /// and the writer has committed what was queued.
+    ///
+    /// When [`ExecutorHandle::shutdown`](crate::ExecutorHandle::shutdown) has returned, its
+    /// executor holds no handle, so a program that then calls `close` on its last handle may
+    /// exit at once: the next open finds the file closed cleanly, with nothing to repair.
+    /// Dropping the last handle closes the file just the same; `close` says when it is done.
+    ///
+    /// Blocks the calling thread until every other handle is dropped: one kept alive
+    /// elsewhere (a detached task or thread) keeps it waiting. On a current-thread tokio
+    /// runtime, call it once the runtime's tasks that hold handles have ended.
+    pub fn close(self) {
+        let closed = self.inner.core.closed.waiter();
+        drop(self);
+        closed.wait();
     }
 
     /// The database file.

@@ -11,6 +11,7 @@ use redb::{ConcurrencyMode, Database, ReadTransaction, ReadableDatabase};
 
 use super::Store;
 use super::core::{Core, Db};
+use super::create::{self, Found};
 use super::ctx::Config;
 use super::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, Tables, reads_as_is};
 use super::upgrade;
@@ -28,6 +29,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StoreBuilder {
+    create: bool,
+    upgrade: bool,
     lease_ttl: Duration,
     backoff: Backoff,
     clock: Arc<dyn Clock>,
@@ -39,6 +42,8 @@ pub struct StoreBuilder {
 impl Default for StoreBuilder {
     fn default() -> Self {
         StoreBuilder {
+            create: true,
+            upgrade: true,
             lease_ttl: DEFAULT_LEASE_TTL,
             backoff: Backoff::default(),
             clock: Arc::new(SystemClock),
@@ -102,7 +107,27 @@ impl StoreBuilder {
         self
     }
 
-    /// Opens the database at `path` for writing, creating it if missing.
+    /// Whether [`StoreBuilder::open`] creates a missing database, and initialises one that a
+    /// crash left half-created (an empty file, or one of zeros). A database is created
+    /// atomically: under a temporary name beside it, synced, then moved into place, so that a
+    /// crash leaves no file or a whole empty database, never a file that cannot be opened.
+    /// Default: true. With `false`, such a file is an error and is left as it is (the `quern`
+    /// utility opens so).
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
+    /// Whether [`StoreBuilder::open`] upgrades a database of an older format to this build's.
+    /// Default: true. With `false`, an older format is [`Error::UnsupportedFormat`] and the file
+    /// is left as it is (the `quern` utility upgrades only when asked).
+    pub fn upgrade(mut self, upgrade: bool) -> Self {
+        self.upgrade = upgrade;
+        self
+    }
+
+    /// Opens the database at `path` for writing, creating it if missing (see
+    /// [`StoreBuilder::create`]).
     ///
     /// # Errors
     /// [`Error::AlreadyOpen`] when another process (or another store in this one) writes it;
@@ -112,6 +137,30 @@ impl StoreBuilder {
     /// database.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
+        create::remove_stale(path);
+        match create::inspect(path).map_err(|e| io_open_error(path, e))? {
+            found @ (Found::Missing | Found::HalfCreated) if self.create => {
+                if found == Found::HalfCreated {
+                    tracing::warn!(path = %path.display(), "replacing a database file a crash left half-created");
+                }
+                let replace = found == Found::HalfCreated;
+                if create::create(path, replace, |temp| self.create_new(temp))? {
+                    tracing::info!(path = %path.display(), "created quern database");
+                }
+            }
+            Found::Missing => {
+                return Err(io_open_error(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                ));
+            }
+            Found::HalfCreated => {
+                return Err(Error::NotQuern {
+                    path: path.to_path_buf(),
+                });
+            }
+            Found::Other => {}
+        }
         let mode = if self.exclusive {
             ConcurrencyMode::ExclusiveWriter
         } else {
@@ -122,9 +171,17 @@ impl StoreBuilder {
                 .set_concurrency_mode(mode)
                 .set_cache_size(self.cache_size)
                 .set_check_integrity_on_open(self.verify_on_open)
-                .create(path)
+                .open(path)
         })?;
-        let (store_id, version) = init_header(&db, path).map_err(|e| e.in_file(path))?;
+        let (store_id, version) =
+            init_header(&db, path, self.create).map_err(|e| e.in_file(path))?;
+        if version != FORMAT_VERSION && !self.upgrade {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
         let cfg = self.config(store_id);
         upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
         let store =
@@ -144,6 +201,8 @@ impl StoreBuilder {
     /// exclusively.
     pub fn open_read_only(self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
+        // A FIFO or a device would block or mislead the reads: refused before redb opens it.
+        create::inspect(path).map_err(|e| io_open_error(path, e))?;
         let db = guarded_open(path, || {
             redb::Builder::new()
                 .set_concurrency_mode(ConcurrencyMode::SingleWriter)
@@ -169,6 +228,17 @@ impl StoreBuilder {
         })
     }
 
+    /// Writes a new, empty database at `temp`, and closes it.
+    fn create_new(&self, temp: &Path) -> Result<()> {
+        let db = guarded_open(temp, || {
+            redb::Builder::new()
+                .set_cache_size(self.cache_size)
+                .create(temp)
+        })?;
+        init_header(&db, temp, true).map_err(|e| e.in_file(temp))?;
+        Ok(())
+    }
+
     /// What every write of the store reads: the options, and the store's id.
     fn config(self, store_id: u64) -> Config {
         Config {
@@ -178,6 +248,14 @@ impl StoreBuilder {
             store_id,
             counters: Default::default(),
         }
+    }
+}
+
+/// [`Error::Open`] for an I/O error met on `path` before redb opened it.
+fn io_open_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Open {
+        path: path.to_path_buf(),
+        source: StorageError::new(redb::Error::Io(e)),
     }
 }
 
@@ -247,12 +325,17 @@ fn unreadable(path: &Path) -> Error {
 /// Checks the header of a writable database, writing it (and every table) into a new one.
 /// Returns the store id and the format version, which is this build's or format 1 (to be
 /// upgraded).
-fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
+fn init_header(db: &Database, path: &Path, initialise: bool) -> Result<(u64, u64)> {
     let tx = db.begin_write().map_err(|e| open_error(path, e))?;
     let fresh = {
         let mut tables = tx.list_tables().map_err(|e| open_error(path, e))?;
         tables.next().is_none()
     };
+    if fresh && !initialise {
+        return Err(Error::NotQuern {
+            path: path.to_path_buf(),
+        });
+    }
     if fresh {
         {
             let mut t = Tables::new(&tx);
@@ -263,7 +346,6 @@ fn init_header(db: &Database, path: &Path) -> Result<(u64, u64)> {
             }
         }
         tx.commit().map_err(|e| open_error(path, e))?;
-        tracing::info!(path = %path.display(), "created quern database");
     } else {
         drop(tx);
     }
