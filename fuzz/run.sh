@@ -41,8 +41,12 @@ cargo_() {
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
     if ! cargo_ install cargo-fuzz --locked; then
-        echo "cargo-fuzz could not be installed: not fuzzing (the corpora replay in cargo test)"
-        exit 0
+        if [[ -n ${QUERN_FUZZ_OPTIONAL:-} ]]; then
+            echo "cargo-fuzz could not be installed: not fuzzing, as QUERN_FUZZ_OPTIONAL allows (the corpora replay in cargo test)"
+            exit 0
+        fi
+        echo "cargo-fuzz could not be installed: not fuzzing is a failure (set QUERN_FUZZ_OPTIONAL=1 to allow it)"
+        exit 1
     fi
 fi
 

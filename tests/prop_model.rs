@@ -49,10 +49,16 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn cases() -> u32 {
-    std::env::var("QUERN_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    match std::env::var("QUERN_PROPTEST_CASES") {
+        Err(_) => 256,
+        Ok(v) => match v.trim().parse() {
+            // No case run is no proof: refused, not passed.
+            Ok(0) | Err(_) => {
+                panic!("QUERN_PROPTEST_CASES must be a whole number above 0, not {v:?}")
+            }
+            Ok(n) => n,
+        },
+    }
 }
 
 proptest! {
