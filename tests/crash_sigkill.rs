@@ -134,12 +134,21 @@ fn worker_child(db: &Path, log: &Path) {
         .unwrap();
 }
 
-/// The enqueuing child: writes batches tagged with their number until killed.
-fn enqueue_child(db: &Path) {
+/// The enqueuing child: writes batches tagged with its process id and their number until
+/// killed, logging each batch once `enqueue_batch` has returned (acknowledged).
+fn enqueue_child(db: &Path, log: &Path) {
     let store = open(db);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let pid = std::process::id();
     for batch in 0.. {
         store
-            .enqueue_batch((0..BATCH).map(|i| NewJob::new("batches", format!("{batch}:{i}"))))
+            .enqueue_batch((0..BATCH).map(|i| NewJob::new("batches", format!("{pid}:{batch}:{i}"))))
+            .unwrap();
+        log.write_all(format!("{pid}:{batch}\n").as_bytes())
             .unwrap();
     }
 }
@@ -178,7 +187,15 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
         }
         std::thread::sleep(Duration::from_millis(rng.below(400)));
         let pid = child.id();
-        if child.try_wait().unwrap().is_some() {
+        if let Some(status) = child.try_wait().unwrap() {
+            // A child that ended before its kill must have finished the work, not failed.
+            assert!(status.success(), "a worker child failed: {status}");
+            let q = open(&db).stats().unwrap().queue("crash").cloned().unwrap();
+            assert_eq!(
+                q.pending + q.in_progress + q.retrying,
+                0,
+                "a child ended saying the work was done, but it is not: {q:?}"
+            );
             break;
         }
         child.kill().unwrap();
@@ -249,6 +266,7 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
         killed_working >= 3,
         "too few kills landed mid-work: {killed_working}"
     );
+    assert!(cut >= 1, "no kill cut a running job short");
     for job in &jobs {
         let r = runs.get(&job.id.0).map_or(&[][..], Vec::as_slice);
         assert!(
@@ -270,51 +288,91 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
                 job.id
             );
         }
+        // Its success is its last run's: that run reached its end. So every run a kill cut
+        // short, never the last, was run again.
+        let (attempt, pid, ended) = r[r.len() - 1];
+        assert!(
+            ended,
+            "job {} succeeded, but its last run (attempt {attempt}, process {pid}) never reached its end",
+            job.id
+        );
     }
 }
 
 #[test]
 fn a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all() {
-    if let Some((role, db, _)) = child_role() {
+    if let Some((role, db, log)) = child_role() {
         if role == "enqueue" {
-            enqueue_child(&db);
+            enqueue_child(&db, &log);
         }
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("batches.redb");
-    let log = dir.path().join("unused.log");
+    let log = dir.path().join("batches.log");
     drop(open(&db));
     let mut rng = Rng::new();
     let test = "a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all";
     for _ in 0..kills() {
+        let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
         let mut child = spawn_child(test, "enqueue", &db, &log);
-        std::thread::sleep(Duration::from_millis(20 + rng.below(200)));
+        // Killed at a random moment once it has written a batch, so that each kill lands
+        // mid-stream.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) == logged {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "an enqueuing child ended by itself"
+            );
+            assert!(Instant::now() < deadline, "no batch was acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(50)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "an enqueuing child ended by itself"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }
     let store = open(&db);
-    let mut per_batch: BTreeMap<(String, u64), usize> = BTreeMap::new();
-    let mut child_runs = 0;
+    // Jobs per (process, batch).
+    let mut per_batch: BTreeMap<(u32, u64), usize> = BTreeMap::new();
     for job in store.list(&Filter::default()).unwrap() {
         let payload = String::from_utf8(job.payload).unwrap();
-        let batch: u64 = payload.split(':').next().unwrap().parse().unwrap();
-        let i: usize = payload.split(':').nth(1).unwrap().parse().unwrap();
-        if batch == 0 && i == 0 {
-            child_runs += 1;
-        }
-        // Each child run restarts at batch 0; the run is told apart by the id range.
-        *per_batch
-            .entry((format!("run{child_runs}"), batch))
-            .or_default() += 1;
+        let mut parts = payload.split(':').map(|p| p.parse::<u64>().unwrap());
+        let (pid, batch) = (parts.next().unwrap(), parts.next().unwrap());
+        *per_batch.entry((pid as u32, batch)).or_default() += 1;
+    }
+    for ((pid, batch), n) in &per_batch {
+        assert_eq!(
+            *n, BATCH,
+            "process {pid}'s batch {batch} has {n} of {BATCH} jobs"
+        );
+    }
+    let mut acknowledged = 0;
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let Some((pid, batch)) = line.split_once(':') else {
+            continue;
+        };
+        let (Ok(pid), Ok(batch)) = (pid.parse::<u32>(), batch.parse::<u64>()) else {
+            // A line cut by a kill.
+            continue;
+        };
+        acknowledged += 1;
+        assert!(
+            per_batch.contains_key(&(pid, batch)),
+            "process {pid}'s batch {batch} was acknowledged but is not there"
+        );
     }
     eprintln!(
-        "{} complete batches over {child_runs} killed runs",
-        per_batch.len()
+        "{} whole batches, {acknowledged} of them acknowledged, over {} killed runs",
+        per_batch.len(),
+        kills()
     );
-    assert!(!per_batch.is_empty(), "some batches were written");
-    for ((run, batch), n) in &per_batch {
-        assert_eq!(*n, BATCH, "{run} batch {batch} has {n} of {BATCH} jobs");
-    }
+    assert!(
+        acknowledged >= kills() as usize,
+        "each run acknowledged a batch"
+    );
     assert_eq!(store.check().unwrap(), []);
 }
