@@ -6,7 +6,9 @@
 mod common;
 
 use common::{Env, T0, TTL, ms, secs};
-use quern::{DEFAULT_MAX_ATTEMPTS, JobState, NewJob, Timestamp};
+use quern::{
+    Backoff, Clock, DEFAULT_MAX_ATTEMPTS, Jitter, JobState, ManualClock, NewJob, Timestamp,
+};
 
 #[test]
 fn enqueue_writes_a_pending_job_with_no_attempts_and_every_field_as_given() {
@@ -436,4 +438,80 @@ fn stats_follow_a_job_through_each_state() {
     env.store.complete(env.claim_one("q").lease).unwrap();
     assert_eq!(counts(&env), (0, 0, 0, 1, 1));
     assert_eq!(env.store.stats().unwrap().next_lease_expiry, None);
+}
+
+/// Fails `n` fresh jobs of a store with `backoff` once each (and then once more, when `twice`);
+/// returns each one's delay before its retry, in ms.
+fn retry_delays(backoff: Backoff, n: usize, twice: bool) -> Vec<u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = common::builder(&clock)
+        .backoff(backoff)
+        .open(common::db(&dir))
+        .unwrap();
+    store
+        .enqueue_batch((0..n).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let mut delays = Vec::new();
+    for round in 0..if twice { 2 } else { 1 } {
+        if round > 0 {
+            // Every retry is due after the longest delay; promoted, they run again.
+            clock.advance(secs(3_600));
+            assert_eq!(store.promote_due().unwrap(), n as u64);
+        }
+        delays.clear();
+        for claimed in store.claim("q", n).unwrap() {
+            let id = claimed.job.id;
+            store.fail(claimed.lease, "boom").unwrap();
+            let job = store.get(id).unwrap().unwrap();
+            delays.push(job.next_attempt_at.unwrap().0 - clock.now().0);
+        }
+        assert_eq!(delays.len(), n);
+    }
+    delays
+}
+
+/// How many different values `delays` holds.
+fn distinct(delays: &[u64]) -> usize {
+    delays
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[test]
+fn the_default_equal_jitter_spreads_retries_within_the_upper_half_of_the_delay() {
+    let delays = retry_delays(Backoff::default(), 64, false);
+    // The first retry of the default schedule: 30 s, equal jitter: 15 to 30 s.
+    assert!(
+        delays.iter().all(|d| (15_000..=30_000).contains(d)),
+        "{delays:?}"
+    );
+    // Spread across jobs: a jitter drawn from a seed that did not vary would give one value.
+    assert!(distinct(&delays) > 32, "{delays:?}");
+    let second = retry_delays(Backoff::default(), 64, true);
+    assert!(
+        second.iter().all(|d| (30_000..=60_000).contains(d)),
+        "{second:?}"
+    );
+    assert!(distinct(&second) > 32, "{second:?}");
+}
+
+#[test]
+fn decorrelated_jitter_stays_between_the_initial_delay_and_three_times_the_last() {
+    let backoff = Backoff::exponential(secs(10), 2.0, secs(600)).jitter(Jitter::Decorrelated);
+    let first = retry_delays(backoff.clone(), 64, false);
+    // No delay before: between the initial delay and three times it.
+    assert!(
+        first.iter().all(|d| (10_000..=30_000).contains(d)),
+        "{first:?}"
+    );
+    assert!(distinct(&first) > 32, "{first:?}");
+    // After one: between the initial delay and three times the delay before, at most 90 s.
+    let second = retry_delays(backoff, 64, true);
+    assert!(
+        second.iter().all(|d| (10_000..=90_000).contains(d)),
+        "{second:?}"
+    );
+    assert!(distinct(&second) > 32, "{second:?}");
 }

@@ -26,7 +26,7 @@ pub fn ops(data: &[u8]) -> Vec<Op> {
 /// One operation. The weights follow `tests/prop_model.rs`: claims and enqueues often, a
 /// reopen (the slowest step) rarely.
 fn op(input: &mut Input<'_>) -> Op {
-    match input.below(32) {
+    match input.below(38) {
         0..=5 => Op::Enqueue(spec(input)),
         6..=7 => {
             let n = input.below(MAX_BATCH as u8 + 1);
@@ -63,11 +63,40 @@ fn op(input: &mut Input<'_>) -> Op {
         30 => Op::Prune {
             secs: u16::from(input.below(120)),
         },
-        _ => Op::Reopen,
+        31 => Op::Reopen,
+        32 => Op::SetProgress {
+            lease: input.byte(),
+            long: input.below(2) == 1,
+        },
+        33 => Op::ClockBack {
+            secs: u16::from(input.below(60)),
+        },
+        34 => {
+            let (succeeded_secs, failed_secs) = (input.below(120), input.below(120));
+            let max = input.below(6);
+            Op::ApplyRetention {
+                succeeded_secs: u16::from(succeeded_secs),
+                failed_secs: u16::from(failed_secs),
+                max_failed: (max < 4).then_some(max),
+            }
+        }
+        35..=36 => {
+            let commit = input.below(2) == 1;
+            let n = input.below(4);
+            Op::Write {
+                specs: (0..n).map(|_| spec(input)).collect(),
+                commit,
+            }
+        }
+        // A batch past one segment: rare, being slow.
+        _ => Op::BigBatch {
+            queue: input.below(2),
+            n: 1_300 + u16::from(input.byte()),
+        },
     }
 }
 
-/// A job: six bytes, one a field.
+/// A job: nine bytes, one a field.
 fn spec(input: &mut Input<'_>) -> Spec {
     let queue = input.below(2);
     let priority = input.below(5) as i8 - 2;
@@ -77,6 +106,10 @@ fn spec(input: &mut Input<'_>) -> Spec {
     let max_attempts = 1 + input.below(3);
     let unique = input.byte();
     let ckey = input.byte();
+    // Mostly a one-byte payload; 1 in 16 at the inline limit, past it, or the largest.
+    let payload = input.byte();
+    let timeout = input.byte();
+    let run_at = input.byte();
     Spec {
         queue,
         priority,
@@ -84,5 +117,8 @@ fn spec(input: &mut Input<'_>) -> Spec {
         max_attempts,
         unique: (unique >= 160).then_some(unique % 4),
         ckey: (ckey >= 160).then_some(ckey % 3),
+        payload: if payload >= 240 { 1 + payload % 3 } else { 0 },
+        timeout_secs: (timeout >= 224).then_some(1 + timeout % 60),
+        run_at_secs: (run_at >= 224).then(|| i16::from(run_at % 120) - 60),
     }
 }
