@@ -24,7 +24,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Every job with all its fields (payloads as UTF-8 or JSON when they are, hex otherwise).
+    /// Every job with all its fields; a payload as its exact text when it is UTF-8, hex otherwise.
     Dump {
         /// The database file.
         db: PathBuf,

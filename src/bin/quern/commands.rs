@@ -50,13 +50,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn try_main(args: Args) -> Result<i32> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let code = match args.command {
+    // What was written reaches stdout before a failure is reported: `dump` ends its output
+    // properly before it returns an error.
+    let run = run(&mut out, args.command);
+    let flushed = out.flush();
+    let code = run?;
+    flushed?;
+    Ok(code)
+}
+
+fn run(out: &mut impl Write, command: Command) -> Result<i32> {
+    Ok(match command {
         Command::Stats { db, format } => {
             let store = open_read(&db)?;
             let stats = store.stats()?;
             match format {
-                Format::Json | Format::Jsonl => render::stats_json(&mut out, &stats)?,
-                Format::Table => render::stats_table(&mut out, &stats)?,
+                Format::Json | Format::Jsonl => render::stats_json(out, &stats, format)?,
+                Format::Table => render::stats_table(out, &stats)?,
             }
             OK
         }
@@ -78,7 +88,7 @@ fn try_main(args: Args) -> Result<i32> {
             if let Some(n) = limit {
                 filter = filter.limit(n);
             }
-            render::dump(&mut out, &store, &filter, format)?;
+            render::dump(out, &store, &filter, format)?;
             OK
         }
         Command::Show { db, id, format } => {
@@ -87,8 +97,8 @@ fn try_main(args: Args) -> Result<i32> {
                 .get(JobId(id))?
                 .ok_or_else(|| anyhow!("job {id} not found in {}", db.display()))?;
             match format {
-                Format::Json | Format::Jsonl => render::job_json_line(&mut out, &job)?,
-                Format::Table => render::job_text(&mut out, &job, store.now())?,
+                Format::Json | Format::Jsonl => render::job_json_line(out, &job)?,
+                Format::Table => render::job_text(out, &job, store.now())?,
             }
             OK
         }
@@ -128,10 +138,8 @@ fn try_main(args: Args) -> Result<i32> {
             )?;
             OK
         }
-        Command::Check { db } => check(&mut out, &db)?,
-    };
-    out.flush()?;
-    Ok(code)
+        Command::Check { db } => check(out, &db)?,
+    })
 }
 
 /// The jobs a retry names: the ids given, or every job of a queue in a state.
