@@ -27,6 +27,117 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs `args`, which must fail with exit code 2 and one line on stderr containing `needle`;
+/// returns that line.
+fn fails_with(args: &[&str], needle: &str) -> String {
+    let out = quern(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(&out));
+    err
+}
+
+/// Bytes a terminal acts on: C0 controls but the line ends, DEL, C1 controls in UTF-8, and the
+/// bidi override U+202E.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+        .collect()
+}
+
+#[test]
+fn show_dump_stats_and_errors_escape_control_characters_from_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let payload = "\x1b[31mred\r\x08\0\u{202e}txt\u{9b}";
+    let queue = "q\x1b]0;owned\x07";
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .enqueue(
+                NewJob::new(queue, payload)
+                    .max_attempts(1)
+                    .unique_key("u\nk")
+                    .concurrency_key("c\tk"),
+            )
+            .unwrap();
+        let lease = store.claim(queue, 1).unwrap().pop().unwrap().lease;
+        store.set_progress(&lease, "50%\r100%").unwrap();
+        store.fail(lease, "boom\x1b[2J\nsecond line").unwrap();
+    }
+
+    let out = quern(&["show", s(&path), "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(terminal_controls(&text), [], "{text:?}");
+    let shown = format!(
+        "payload (utf8, {} bytes) \\x1b[31mred\\r\\x08\\0\\u{{202e}}txt\\u{{9b}}\n",
+        payload.len()
+    );
+    assert!(text.contains(&shown), "{text}");
+    assert!(
+        text.starts_with("job 1  queue q\\x1b]0;owned\\x07  failed\n"),
+        "{text}"
+    );
+    assert!(text.contains("unique key     u\\nk\n"), "{text}");
+    assert!(text.contains("concurrency    c\\tk\n"), "{text}");
+    assert!(text.contains("progress       50%\\r100%\n"), "{text}");
+    assert!(
+        text.contains("last error     boom\\x1b[2J\\nsecond line\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 15, "one line a field: {text}");
+
+    let out = quern(&["dump", s(&path)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(terminal_controls(&text), [], "{text:?}");
+    let row = text.lines().nth(1).unwrap();
+    assert!(row.contains(" q\\x1b]0;owned\\x07 "), "{row}");
+    assert!(
+        row.ends_with(" \\x1b[31mred\\r\\x08\\0\\u{202e}txt\\u{9b}"),
+        "{row}"
+    );
+    assert_eq!(text.lines().count(), 2, "{text}");
+
+    let out = quern(&["stats", s(&path)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(terminal_controls(&stdout(&out)), [], "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("q\\x1b]0;owned\\x07"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A path is user input too, and so are the values clap echoes.
+    let hostile = dir.path().join("x\x1b[31m\n.redb");
+    let err = fails_with(&["stats", s(&hostile)], "x\\x1b[31m\\n.redb: no such file");
+    assert_eq!(terminal_controls(&err), []);
+    let err = fails_with(&["show", s(&path), "1\x1b[2J"], "invalid value");
+    assert_eq!(terminal_controls(&err), [], "{err:?}");
+}
+
+#[test]
+fn a_long_payload_is_cut_in_the_dump_table_without_splitting_an_escape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .enqueue(NewJob::new(
+                "q",
+                format!("{}\x1b[0m and more", "a".repeat(37)),
+            ))
+            .unwrap();
+    }
+    let out = quern(&["dump", s(&path)]);
+    let row = stdout(&out).lines().nth(1).unwrap().to_owned();
+    // 37 characters and `\x1b` would be 41 of the 40: the escape goes whole.
+    assert!(row.ends_with(&format!(" {}…", "a".repeat(37))), "{row}");
+}
+
 #[test]
 fn json_payloads_are_given_byte_for_byte_never_reparsed() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,6 +209,21 @@ fn stats_jsonl_is_one_object_per_line_and_json_one_document() {
     let out = quern(&["stats", s(&path), "--format", "json"]);
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["queues"][1]["queue"], "b");
+}
+
+#[test]
+fn command_line_mistakes_are_one_line_with_exit_code_2() {
+    fails_with(
+        &["cancel", "q.redb"],
+        "required arguments were not provided: <IDS>",
+    );
+    fails_with(
+        &["stats", "q.redb", "--frobnicate"],
+        "unexpected argument '--frobnicate'",
+    );
+    fails_with(&["bogus"], "unrecognized subcommand 'bogus'");
+    let out = quern(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// A database of a few thousand jobs with its last 4 KiB cut off, as a disk that lost its tail

@@ -12,6 +12,7 @@ use clap::Parser;
 use quern::{Error, Filter, JobId, JobState, Store};
 
 use crate::args::{Args, Command, Format};
+use crate::escape::escape;
 use crate::{render, time};
 
 /// Exit codes.
@@ -22,10 +23,14 @@ pub const FAILURE: i32 = 2;
 pub fn main() -> i32 {
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => {
-            let code = if e.use_stderr() { FAILURE } else { OK };
+        // Help and version go to stdout as clap writes them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return OK;
+        }
+        Err(e) => {
+            eprintln!("quern: {}", one_line(&e.render().to_string()));
+            return FAILURE;
         }
     };
     match try_main(args) {
@@ -33,10 +38,36 @@ pub fn main() -> i32 {
         Err(e) if is_broken_pipe(&e) => OK,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("quern: {}", chain.join(": "));
+            // Paths, ids and queue names come from users: escaped, the error stays one line.
+            eprintln!("quern: {}", escape(&chain.join(": ")));
             FAILURE
         }
     }
+}
+
+/// A command-line error of clap's, which spans several lines ("error: ...", a tip, the usage,
+/// a pointer to --help), as one: what is wrong, its tips, and the pointer to --help.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        match parts.last_mut() {
+            // "...were not provided:" followed by the arguments, one a line.
+            Some(last) if last.ends_with(':') || !line.starts_with("tip:") => {
+                last.push(' ');
+                last.push_str(line);
+            }
+            _ => parts.push(line.to_owned()),
+        }
+    }
+    parts.push("see --help".to_owned());
+    escape(&parts.join("; "))
 }
 
 /// A closed pipe (`quern dump | head`) ends the output; it is not an error.
@@ -204,14 +235,14 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
             writeln!(out, "storage: ok")?;
         }
         Err(e @ redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
-            writeln!(out, "storage: corrupt: {e}")?;
+            writeln!(out, "storage: corrupt: {}", escape(&e.to_string()))?;
             return Ok(PROBLEMS);
         }
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             writeln!(out, "storage: skipped (a writer holds the database)")?;
         }
         Err(e) => {
-            writeln!(out, "storage: cannot open: {e}")?;
+            writeln!(out, "storage: cannot open: {}", escape(&e.to_string()))?;
             return Ok(PROBLEMS);
         }
     }
@@ -223,7 +254,7 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
     }
     writeln!(out, "invariants: {} problem(s)", problems.len())?;
     for p in &problems {
-        writeln!(out, "  {p}")?;
+        writeln!(out, "  {}", escape(&p.to_string()))?;
     }
     Ok(PROBLEMS)
 }

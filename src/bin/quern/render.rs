@@ -6,6 +6,7 @@ use quern::{Filter, Job, Stats, Store, Timestamp};
 use serde_json::{Value, json};
 
 use crate::args::Format;
+use crate::escape::{escape, escape_cut};
 use crate::time;
 
 pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
@@ -34,7 +35,14 @@ pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         writeln!(
             out,
             "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<16} {:<16}",
-            q.queue, q.pending, q.in_progress, q.retrying, q.failed, q.succeeded, oldest, retry
+            escape(&q.queue),
+            q.pending,
+            q.in_progress,
+            q.retrying,
+            q.failed,
+            q.succeeded,
+            oldest,
+            retry
         )?;
     }
     if let Some(t) = stats.next_lease_expiry {
@@ -124,16 +132,23 @@ pub fn job_json_line(out: &mut impl Write, job: &Job) -> io::Result<()> {
     writeln!(out)
 }
 
-/// One job for people.
+/// One job for people. Every text that came from users (payload, error, progress, keys, queue)
+/// is escaped: it cannot move the cursor, recolour or rewrite the terminal.
 pub fn job_text(out: &mut impl Write, job: &Job, now: Timestamp) -> io::Result<()> {
     let when = |t: Option<Timestamp>| {
         t.map_or("-".to_owned(), |t| {
             format!("{} ({})", time::utc(t), time::relative(t, now))
         })
     };
-    let text = |t: &Option<String>| t.as_deref().unwrap_or("-").to_owned();
+    let text = |t: &Option<String>| t.as_deref().map_or("-".to_owned(), escape);
     let (encoding, payload) = payload(&job.payload);
-    writeln!(out, "job {}  queue {}  {}", job.id, job.queue, job.state)?;
+    writeln!(
+        out,
+        "job {}  queue {}  {}",
+        job.id,
+        escape(&job.queue),
+        job.state
+    )?;
     writeln!(
         out,
         "  attempts       {} of {}",
@@ -155,17 +170,8 @@ pub fn job_text(out: &mut impl Write, job: &Job, now: Timestamp) -> io::Result<(
         out,
         "  payload ({encoding}, {} bytes) {}",
         job.payload.len(),
-        payload
+        escape(&payload)
     )
-}
-
-/// At most `max` characters on one line, ending in `…` when cut.
-fn cut(s: &str, max: usize) -> String {
-    let line = s.replace('\n', " ");
-    if line.chars().count() <= max {
-        return line;
-    }
-    line.chars().take(max - 1).collect::<String>() + "…"
 }
 
 /// Streams the jobs the filter admits; nothing is held in memory but the current job.
@@ -205,12 +211,12 @@ pub fn dump(
                     out,
                     "{:>8} {:<14} {:<12} {:>8} {:>4} {:<24} {}",
                     job.id.0,
-                    job.queue,
+                    escape(&job.queue),
                     job.state.as_str(),
                     format!("{}/{}", job.attempts, job.max_attempts),
                     job.priority,
                     time::utc(job.run_at),
-                    cut(&payload, 40)
+                    escape_cut(&payload, 40)
                 )
             }
         };
