@@ -278,7 +278,7 @@ fn bad_input_is_one_line_naming_what_and_where_with_exit_code_2() {
 
     let (path, _writer) = build(&dir);
     fails_with(
-        &["cancel", s(&path), "1"],
+        &["cancel", s(&path), "4"],
         "open for writing by another process",
     );
     fails_with(&["show", s(&path), "42"], "job 42 not found");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use quern::{NewJob, Store};
+use quern::{JobId, JobState, NewJob, Store};
 use serde_json::Value;
 
 fn quern(args: &[&str]) -> Output {
@@ -37,6 +37,250 @@ fn fails_with(args: &[&str], needle: &str) -> String {
     assert!(err.contains(needle), "{args:?}: {err}");
     assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(&out));
     err
+}
+
+/// The jobs of the write-command tests, in a file no process holds.
+struct Jobs {
+    path: PathBuf,
+    pending: JobId,
+    running: JobId,
+    retrying: JobId,
+    dead: JobId,
+    succeeded: JobId,
+}
+
+/// A pending, a running, a retry-scheduled, a failed-for-good and a succeeded job, each alone
+/// in its queue so that each claim takes the one meant.
+fn jobs(dir: &tempfile::TempDir) -> Jobs {
+    let path = dir.path().join("q.redb");
+    let store = Store::open(&path).unwrap();
+    let id = |queue: &str| {
+        store
+            .enqueue(NewJob::new(queue, "x").max_attempts(2))
+            .unwrap()
+            .id()
+    };
+    let (pending, running, retrying, dead, succeeded) =
+        (id("p"), id("r"), id("t"), id("d"), id("s"));
+    let claim = |queue: &str| store.claim(queue, 1).unwrap().pop().unwrap().lease;
+    let _running = claim("r");
+    store.fail(claim("t"), "try again").unwrap();
+    store.discard(claim("d"), "no use").unwrap();
+    store.complete(claim("s")).unwrap();
+    drop(store);
+    Jobs {
+        path,
+        pending,
+        running,
+        retrying,
+        dead,
+        succeeded,
+    }
+}
+
+fn state(path: &Path, id: JobId) -> (JobState, bool) {
+    let job = Store::open_read_only(path)
+        .unwrap()
+        .get(id)
+        .unwrap()
+        .unwrap();
+    (job.state, job.next_attempt_at.is_some())
+}
+
+/// Runs a command that must be refused, naming `needle`, and leave the file's bytes as they
+/// were.
+fn refused_leaving_the_file_as_it_was(path: &Path, args: &[&str], needle: &str) -> String {
+    let before = std::fs::read(path).unwrap();
+    let err = fails_with(args, needle);
+    assert!(
+        std::fs::read(path).unwrap() == before,
+        "{args:?} changed the file"
+    );
+    err
+}
+
+#[test]
+fn cancel_with_one_unknown_id_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    let (p, id) = (s(&j.path), j.pending.0.to_string());
+    let err = refused_leaving_the_file_as_it_was(&j.path, &["cancel", p, &id, "99"], "job 99");
+    assert!(err.contains("job 99 not found"), "{err}");
+    assert!(err.contains("nothing cancelled"), "{err}");
+    assert_eq!(state(&j.path, j.pending), (JobState::Pending, false));
+}
+
+#[test]
+fn cancel_of_a_finished_job_among_live_ones_changes_nothing_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    let ids = [j.pending, j.succeeded, j.running, j.dead].map(|id| id.0.to_string());
+    let mut args = vec!["cancel", s(&j.path)];
+    args.extend(ids.iter().map(String::as_str));
+    let err = refused_leaving_the_file_as_it_was(
+        &j.path,
+        &args,
+        &format!("job {} is succeeded", j.succeeded),
+    );
+    assert!(
+        err.contains(&format!("job {} is failed for good", j.dead)),
+        "every refusal is named: {err}"
+    );
+    assert!(!err.contains(&format!("job {} ", j.pending)), "{err}");
+}
+
+#[test]
+fn retry_with_one_job_that_has_not_failed_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    let ids = [j.dead, j.retrying, j.pending].map(|id| id.0.to_string());
+    let err = refused_leaving_the_file_as_it_was(
+        &j.path,
+        &["retry", s(&j.path), &ids[0], &ids[1], &ids[2]],
+        &format!("job {} is pending", j.pending),
+    );
+    assert!(err.contains("only failed jobs can be retried"), "{err}");
+    refused_leaving_the_file_as_it_was(
+        &j.path,
+        &["retry", s(&j.path), &ids[0], "1000"],
+        "job 1000 not found",
+    );
+    assert_eq!(state(&j.path, j.dead), (JobState::Failed, false));
+}
+
+#[test]
+fn retry_of_a_job_whose_unique_key_another_job_holds_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let store = Store::open(&path).unwrap();
+    let failed_job = |key: &str| {
+        let id = store
+            .enqueue(NewJob::new("q", "x").max_attempts(1).unique_key(key))
+            .unwrap()
+            .id();
+        let lease = store.claim("q", 1).unwrap().pop().unwrap().lease;
+        store.fail(lease, "no").unwrap();
+        id
+    };
+    // Two failures of one key, one after the other: retrying both would make two live jobs.
+    let (first, second) = (failed_job("k"), failed_job("k"));
+    // A failure whose key a live job took since.
+    let taken = failed_job("t");
+    let holder = store
+        .enqueue(NewJob::new("q", "x").unique_key("t"))
+        .unwrap()
+        .id();
+    drop(store);
+
+    let (a, b, c) = (
+        first.0.to_string(),
+        second.0.to_string(),
+        taken.0.to_string(),
+    );
+    let err = refused_leaving_the_file_as_it_was(
+        &path,
+        &["retry", s(&path), &a, &b],
+        &format!("job {second}'s unique key \"k\" is held by job {first}"),
+    );
+    assert!(err.contains("retried by this command"), "{err}");
+    refused_leaving_the_file_as_it_was(
+        &path,
+        &["retry", s(&path), &c],
+        &format!("job {taken}'s unique key \"t\" is held by job {holder}, which is live"),
+    );
+    refused_leaving_the_file_as_it_was(
+        &path,
+        &["retry", s(&path), "--queue", "q", "--state", "failed"],
+        "nothing retried",
+    );
+}
+
+#[test]
+fn cancel_and_retry_of_ids_that_all_apply_change_every_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    let ids = [j.pending, j.running, j.retrying, j.pending].map(|id| id.0.to_string());
+    let mut args = vec!["cancel", s(&j.path)];
+    args.extend(ids.iter().map(String::as_str));
+    let out = quern(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "cancelled 3 job(s)\n", "each id once");
+    for id in [j.pending, j.running, j.retrying] {
+        assert_eq!(state(&j.path, id), (JobState::Failed, false), "job {id}");
+    }
+
+    let ids = [j.pending, j.dead].map(|id| id.0.to_string());
+    let out = quern(&["retry", s(&j.path), &ids[0], &ids[1]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "retried 2 job(s): now pending\n");
+    for id in [j.pending, j.dead] {
+        assert_eq!(state(&j.path, id), (JobState::Pending, false), "job {id}");
+    }
+}
+
+#[test]
+fn a_retry_selecting_no_jobs_leaves_the_file_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    let before = std::fs::read(&j.path).unwrap();
+    let out = quern(&["retry", s(&j.path), "--queue", "p", "--state", "failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "retried 0 job(s): none selected\n");
+    assert!(std::fs::read(&j.path).unwrap() == before);
+}
+
+/// The child role of the crash test below: with `QUERN_CLI_CRASH_DB` set, this test opens that
+/// file for writing, enqueues two jobs, says it is ready and waits to be killed.
+const CRASH_DB: &str = "QUERN_CLI_CRASH_DB";
+
+#[test]
+fn cancel_on_a_file_a_crashed_worker_left_unclean_checks_every_id_then_applies() {
+    if let Some(db) = std::env::var_os(CRASH_DB) {
+        let store = Store::open(&db).unwrap();
+        store
+            .enqueue_batch([NewJob::new("q", "a"), NewJob::new("q", "b")])
+            .unwrap();
+        // On the line libtest began with the test's name.
+        println!("child ready");
+        std::io::Write::flush(&mut std::io::stdout()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "cancel_on_a_file_a_crashed_worker_left_unclean_checks_every_id_then_applies",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DB, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let ready = lines
+        .map(Result::unwrap)
+        .any(|l| l.ends_with("child ready"));
+    assert!(ready, "the child exited before it was ready");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        Store::open_read_only(&path).is_err(),
+        "a crashed writer leaves the file for a writable open to repair"
+    );
+
+    // The read-only check cannot run: the ids are checked under the writable open, which
+    // repairs the file, and a bad one still refuses the whole command.
+    fails_with(&["cancel", s(&path), "1", "3"], "job 3 not found");
+    assert_eq!(state(&path, JobId(1)), (JobState::Pending, false));
+    let out = quern(&["cancel", s(&path), "2", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for id in [JobId(1), JobId(2)] {
+        assert_eq!(state(&path, id), (JobState::Failed, false), "job {id}");
+    }
 }
 
 /// Bytes a terminal acts on: C0 controls but the line ends, DEL, C1 controls in UTF-8, and the
@@ -222,6 +466,10 @@ fn command_line_mistakes_are_one_line_with_exit_code_2() {
         "unexpected argument '--frobnicate'",
     );
     fails_with(&["bogus"], "unrecognized subcommand 'bogus'");
+    fails_with(
+        &["retry", "q.redb"],
+        "required arguments were not provided: <IDS>",
+    );
     let out = quern(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
 }

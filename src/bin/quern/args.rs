@@ -56,6 +56,7 @@ pub enum Command {
         /// The database file.
         db: PathBuf,
         /// Job ids; or select with --queue and --state.
+        #[arg(required_unless_present = "queue")]
         ids: Vec<u64>,
         /// Retry every job of this queue in --state.
         #[arg(long, requires = "state", conflicts_with = "ids")]
