@@ -456,6 +456,83 @@ fn stats_jsonl_is_one_object_per_line_and_json_one_document() {
 }
 
 #[test]
+fn an_age_that_overflows_is_reported_as_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    for age in [
+        "99999999999999999999d",
+        "18446744073709551615d",
+        "300000000000000000h",
+    ] {
+        let err = refused_leaving_the_file_as_it_was(
+            &j.path,
+            &["prune", s(&j.path), "--older-than", age],
+            "is too large",
+        );
+        assert!(!err.contains("whole number"), "{err}");
+    }
+    let err = fails_with(&["prune", s(&j.path), "--older-than=-3d"], "whole number");
+    assert!(!err.contains("too large"), "{err}");
+}
+
+#[test]
+fn retry_state_other_than_failed_is_refused_when_the_command_is_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = jobs(&dir);
+    for state in ["pending", "in_progress", "succeeded"] {
+        refused_leaving_the_file_as_it_was(
+            &j.path,
+            &["retry", s(&j.path), "--queue", "p", "--state", state],
+            &format!("{state} jobs cannot be retried: only failed jobs can"),
+        );
+    }
+    // Parsed before the file is looked at: the same refusal for a file that does not exist.
+    fails_with(
+        &[
+            "retry",
+            "/nonexistent/q.redb",
+            "--queue",
+            "p",
+            "--state",
+            "pending",
+        ],
+        "only failed jobs can",
+    );
+    fails_with(
+        &["retry", s(&j.path), "--queue", "p", "--state", "nonsense"],
+        "unknown state",
+    );
+}
+
+#[test]
+fn a_symlink_loop_is_reported_as_a_loop_not_as_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("loop.redb");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    for args in [
+        vec!["stats", s(&looped)],
+        vec!["dump", s(&looped)],
+        vec!["show", s(&looped), "1"],
+        vec!["cancel", s(&looped), "1"],
+        vec!["retry", s(&looped), "1"],
+        vec!["prune", s(&looped), "--older-than", "1d"],
+        vec!["check", s(&looped)],
+    ] {
+        let err = fails_with(&args, "loop.redb: ");
+        assert!(
+            err.to_lowercase()
+                .contains("too many levels of symbolic links"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("no such file"), "{args:?}: {err}");
+    }
+    assert!(
+        looped.symlink_metadata().unwrap().is_symlink(),
+        "left alone"
+    );
+}
+
+#[test]
 fn command_line_mistakes_are_one_line_with_exit_code_2() {
     fails_with(
         &["cancel", "q.redb"],

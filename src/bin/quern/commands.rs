@@ -250,9 +250,7 @@ fn select(store: &Store, selection: Selection) -> Result<Vec<JobId>> {
 /// file left unclean by a crash cannot be opened read-only; it is checked under the writable
 /// open only, which repairs it as any writer's open would.
 fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection) -> Result<i32> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     let (store, ids) = match Store::open_read_only(db) {
         Ok(reader) => {
             let ids = select(&reader, selection)?;
@@ -401,8 +399,15 @@ fn needs_repair(e: &Error) -> bool {
     matches!(e, Error::Open { source, .. } if matches!(source.redb(), redb::Error::RepairAborted))
 }
 
-fn missing(db: &Path) -> anyhow::Error {
-    anyhow!("{}: no such file", db.display())
+/// Fails unless `db` can be opened: "no such file" when it does not exist, the I/O error
+/// otherwise (a symlink loop, a directory on the way that is not one, no permission). A
+/// writable open would create a missing file.
+fn existing(db: &Path) -> Result<()> {
+    match std::fs::metadata(db) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("{}: no such file", db.display()),
+        Err(e) => bail!("{}: {e}", db.display()),
+    }
 }
 
 fn writer_busy(db: &Path) -> anyhow::Error {
@@ -414,16 +419,12 @@ fn writer_busy(db: &Path) -> anyhow::Error {
 }
 
 fn open_read(db: &Path) -> Result<Store> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     Ok(Store::open_read_only(db)?)
 }
 
 fn open_write(db: &Path) -> Result<Store> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     match Store::open(db) {
         Err(Error::AlreadyOpen { path }) => Err(writer_busy(&path)),
         other => Ok(other?),
@@ -432,9 +433,7 @@ fn open_write(db: &Path) -> Result<Store> {
 
 /// redb's own integrity check when no writer holds the file, then quern's invariants.
 fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     // The check runs inside the open: a plain open trusts the file, and may panic on the
     // damage the check is there to report.
     let integrity = redb::Builder::new()
