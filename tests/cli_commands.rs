@@ -97,11 +97,16 @@ fn stats_and_dump_read_a_database_another_process_is_writing() {
         );
     }
     assert_eq!(
-        jobs[0]["payload"]["file"], "a.jpg",
-        "JSON payloads are JSON"
+        (&jobs[0]["payload"], &jobs[0]["payload_encoding"]),
+        (&Value::from(r#"{"file":"a.jpg"}"#), &Value::from("utf8")),
+        "JSON payloads are their exact text"
     );
     assert_eq!(jobs[1]["payload"], "b.jpg", "text payloads are text");
-    assert_eq!(jobs[2]["payload"], "ff0010", "other payloads are hex");
+    assert_eq!(
+        (&jobs[2]["payload"], &jobs[2]["payload_encoding"]),
+        (&Value::from("ff0010"), &Value::from("hex")),
+        "other payloads are hex"
+    );
     assert_eq!(jobs[2]["progress"], "3/9 parts");
     assert_eq!(jobs[1]["last_error"], "bucket said 403");
 }
@@ -273,7 +278,7 @@ fn bad_input_is_one_line_naming_what_and_where_with_exit_code_2() {
 
     let (path, _writer) = build(&dir);
     fails_with(
-        &["cancel", s(&path), "1"],
+        &["cancel", s(&path), "4"],
         "open for writing by another process",
     );
     fails_with(&["show", s(&path), "42"], "job 42 not found");

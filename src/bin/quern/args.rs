@@ -1,5 +1,6 @@
 //! Command-line parsing.
 
+use std::num::{IntErrorKind, ParseIntError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Every job with all its fields (payloads as UTF-8 or JSON when they are, hex otherwise).
+    /// Every job with all its fields; a payload as its exact text when it is UTF-8, hex otherwise.
     Dump {
         /// The database file.
         db: PathBuf,
@@ -56,12 +57,13 @@ pub enum Command {
         /// The database file.
         db: PathBuf,
         /// Job ids; or select with --queue and --state.
+        #[arg(required_unless_present = "queue")]
         ids: Vec<u64>,
         /// Retry every job of this queue in --state.
         #[arg(long, requires = "state", conflicts_with = "ids")]
         queue: Option<String>,
-        /// With --queue: the state to retry (failed).
-        #[arg(long, requires = "queue", value_parser = parse_state)]
+        /// With --queue: the state to retry; only failed jobs can be retried.
+        #[arg(long, requires = "queue", value_parser = parse_retry_state)]
         state: Option<JobState>,
     },
     /// Cancel pending, running or retrying jobs: they fail for good with "cancelled".
@@ -104,6 +106,16 @@ fn parse_state(s: &str) -> Result<JobState, String> {
     s.parse()
 }
 
+/// `retry --state`: a state whose jobs a retry takes, which is only `failed`.
+fn parse_retry_state(s: &str) -> Result<JobState, String> {
+    match s.parse()? {
+        JobState::Failed => Ok(JobState::Failed),
+        other => Err(format!(
+            "{other} jobs cannot be retried: only failed jobs can (use --state failed)"
+        )),
+    }
+}
+
 /// `7d`, `12h`, `30m`, `45s`, `500ms`.
 pub fn parse_duration(s: &str) -> Result<Age, String> {
     let s = s.trim();
@@ -111,9 +123,9 @@ pub fn parse_duration(s: &str) -> Result<Age, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h or d)"))?;
     let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    if number.is_empty() {
+        return Err(format!("{s:?} does not start with a whole number"));
+    }
     let ms_per = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -126,7 +138,16 @@ pub fn parse_duration(s: &str) -> Result<Age, String> {
             ));
         }
     };
+    // Only digits remain: the one way to fail is a number beyond u64.
+    let n: u64 = number.parse().map_err(|e: ParseIntError| match e.kind() {
+        IntErrorKind::PosOverflow => too_large(s),
+        _ => format!("{s:?} does not start with a whole number"),
+    })?;
     n.checked_mul(ms_per)
         .map(|ms| Age(Duration::from_millis(ms)))
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .ok_or_else(|| too_large(s))
+}
+
+fn too_large(s: &str) -> String {
+    format!("{s:?} is too large: an age must be under 584 million years")
 }

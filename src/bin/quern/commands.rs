@@ -4,14 +4,16 @@
 //! commands (retry, cancel, prune) need the database to themselves. Errors print one line and
 //! exit with code 2; `check` exits with 1 when it finds problems.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use quern::{Error, Filter, JobId, JobState, Store};
+use quern::{Error, Filter, Job, JobId, JobState, Store};
 
 use crate::args::{Args, Command, Format};
+use crate::escape::escape;
 use crate::{render, time};
 
 /// Exit codes.
@@ -22,10 +24,14 @@ pub const FAILURE: i32 = 2;
 pub fn main() -> i32 {
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => {
-            let code = if e.use_stderr() { FAILURE } else { OK };
+        // Help and version go to stdout as clap writes them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return OK;
+        }
+        Err(e) => {
+            eprintln!("quern: {}", one_line(&e.render().to_string()));
+            return FAILURE;
         }
     };
     match try_main(args) {
@@ -33,10 +39,36 @@ pub fn main() -> i32 {
         Err(e) if is_broken_pipe(&e) => OK,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("quern: {}", chain.join(": "));
+            // Paths, ids and queue names come from users: escaped, the error stays one line.
+            eprintln!("quern: {}", escape(&chain.join(": ")));
             FAILURE
         }
     }
+}
+
+/// A command-line error of clap's, which spans several lines ("error: ...", a tip, the usage,
+/// a pointer to --help), as one: what is wrong, its tips, and the pointer to --help.
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        match parts.last_mut() {
+            // "...were not provided:" followed by the arguments, one a line.
+            Some(last) if last.ends_with(':') || !line.starts_with("tip:") => {
+                last.push(' ');
+                last.push_str(line);
+            }
+            _ => parts.push(line.to_owned()),
+        }
+    }
+    parts.push("see --help".to_owned());
+    escape(&parts.join("; "))
 }
 
 /// A closed pipe (`quern dump | head`) ends the output; it is not an error.
@@ -50,13 +82,23 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn try_main(args: Args) -> Result<i32> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let code = match args.command {
+    // What was written reaches stdout before a failure is reported: `dump` ends its output
+    // properly before it returns an error.
+    let run = run(&mut out, args.command);
+    let flushed = out.flush();
+    let code = run?;
+    flushed?;
+    Ok(code)
+}
+
+fn run(out: &mut impl Write, command: Command) -> Result<i32> {
+    Ok(match command {
         Command::Stats { db, format } => {
             let store = open_read(&db)?;
             let stats = store.stats()?;
             match format {
-                Format::Json | Format::Jsonl => render::stats_json(&mut out, &stats)?,
-                Format::Table => render::stats_table(&mut out, &stats)?,
+                Format::Json | Format::Jsonl => render::stats_json(out, &stats, format)?,
+                Format::Table => render::stats_table(out, &stats)?,
             }
             OK
         }
@@ -78,7 +120,7 @@ fn try_main(args: Args) -> Result<i32> {
             if let Some(n) = limit {
                 filter = filter.limit(n);
             }
-            render::dump(&mut out, &store, &filter, format)?;
+            render::dump(out, &store, &filter, format)?;
             OK
         }
         Command::Show { db, id, format } => {
@@ -87,8 +129,8 @@ fn try_main(args: Args) -> Result<i32> {
                 .get(JobId(id))?
                 .ok_or_else(|| anyhow!("job {id} not found in {}", db.display()))?;
             match format {
-                Format::Json | Format::Jsonl => render::job_json_line(&mut out, &job)?,
-                Format::Table => render::job_text(&mut out, &job, store.now())?,
+                Format::Json | Format::Jsonl => render::job_json_line(out, &job)?,
+                Format::Table => render::job_text(out, &job, store.now())?,
             }
             OK
         }
@@ -98,26 +140,13 @@ fn try_main(args: Args) -> Result<i32> {
             queue,
             state,
         } => {
-            let store = open_write(&db)?;
-            let ids = select(&store, ids, queue, state)?;
-            for id in &ids {
-                store
-                    .retry(*id)
-                    .with_context(|| format!("retry of job {id} in {}", db.display()))?;
-            }
-            writeln!(out, "retried {} job(s): now pending", ids.len())?;
-            OK
+            let selection = match (queue, state) {
+                (Some(queue), Some(state)) => Selection::Queue(queue, state),
+                _ => Selection::Ids(ids),
+            };
+            change(out, &db, Change::Retry, selection)?
         }
-        Command::Cancel { db, ids } => {
-            let store = open_write(&db)?;
-            for id in &ids {
-                store
-                    .cancel(JobId(*id))
-                    .with_context(|| format!("cancel of job {id} in {}", db.display()))?;
-            }
-            writeln!(out, "cancelled {} job(s)", ids.len())?;
-            OK
-        }
+        Command::Cancel { db, ids } => change(out, &db, Change::Cancel, Selection::Ids(ids))?,
         Command::Prune { db, older_than } => {
             let store = open_write(&db)?;
             let n = store.prune(older_than.0)?;
@@ -128,62 +157,283 @@ fn try_main(args: Args) -> Result<i32> {
             )?;
             OK
         }
-        Command::Check { db } => check(&mut out, &db)?,
-    };
-    out.flush()?;
-    Ok(code)
+        Command::Check { db } => check(out, &db)?,
+    })
 }
 
-/// The jobs a retry names: the ids given, or every job of a queue in a state.
-fn select(
-    store: &Store,
-    ids: Vec<u64>,
-    queue: Option<String>,
-    state: Option<JobState>,
-) -> Result<Vec<JobId>> {
-    if !ids.is_empty() {
-        return Ok(ids.into_iter().map(JobId).collect());
+/// A change an operator makes to jobs by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Retry,
+    Cancel,
+}
+
+impl Change {
+    fn verb(self) -> &'static str {
+        match self {
+            Change::Retry => "retry",
+            Change::Cancel => "cancel",
+        }
     }
-    let (Some(queue), Some(state)) = (queue, state) else {
-        bail!("name job ids, or both --queue and --state");
-    };
-    Ok(store
-        .list(&Filter::default().queue(queue).state(state))?
-        .into_iter()
-        .map(|j| j.id)
-        .collect())
+
+    fn done(self) -> &'static str {
+        match self {
+            Change::Retry => "retried",
+            Change::Cancel => "cancelled",
+        }
+    }
+
+    /// Why the change does not apply to `job`, if it does not.
+    fn refusal(self, job: &Job) -> Option<String> {
+        let applies = match self {
+            Change::Retry => job.state == JobState::Failed,
+            Change::Cancel => !job.is_finished(),
+        };
+        let only = match self {
+            Change::Retry => "only failed jobs can be retried",
+            Change::Cancel => "only pending, running or retrying jobs can be cancelled",
+        };
+        (!applies).then(|| format!("job {} is {} ({only})", job.id, state_of(job)))
+    }
+
+    fn apply(self, store: &Store, id: JobId) -> quern::Result<()> {
+        match self {
+            Change::Retry => store.retry(id),
+            Change::Cancel => store.cancel(id),
+        }
+    }
 }
 
-fn missing(db: &Path) -> anyhow::Error {
-    anyhow!("{}: no such file", db.display())
+/// A job's state as an operator reads it: failed jobs differ in whether a retry is scheduled.
+fn state_of(job: &Job) -> &'static str {
+    match job.state {
+        JobState::Pending => "pending",
+        JobState::InProgress => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed if job.next_attempt_at.is_some() => "failed with a retry scheduled",
+        JobState::Failed => "failed for good",
+    }
+}
+
+/// The jobs a command names.
+enum Selection {
+    Ids(Vec<u64>),
+    /// Every job of a queue in a state.
+    Queue(String, JobState),
+}
+
+/// The ids a selection names, each once, in the order given.
+fn select(store: &Store, selection: Selection) -> Result<Vec<JobId>> {
+    match selection {
+        Selection::Ids(ids) => {
+            let mut seen = HashSet::new();
+            Ok(ids
+                .into_iter()
+                .filter(|id| seen.insert(*id))
+                .map(JobId)
+                .collect())
+        }
+        Selection::Queue(queue, state) => Ok(store
+            .list(&Filter::default().queue(queue).state(state))?
+            .into_iter()
+            .map(|j| j.id)
+            .collect()),
+    }
+}
+
+/// Retries or cancels every job selected, or none: each job is read and checked first, and a
+/// single job the change does not apply to refuses the whole command, naming every such job.
+///
+/// The check runs on a read-only open, which leaves the file as it is (a writable open and
+/// close rewrites redb's header even when no job changes): a refused command changes no byte.
+/// It runs again under the write lock, since a worker may have run between the two opens. A
+/// file left unclean by a crash cannot be opened read-only; it is checked under the writable
+/// open only, which repairs it as any writer's open would.
+fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection) -> Result<i32> {
+    existing(db)?;
+    let (store, ids) = match Store::open_read_only(db) {
+        Ok(reader) => {
+            let ids = select(&reader, selection)?;
+            refuse_unless_all_apply(&reader, db, change, &ids)?;
+            if ids.is_empty() {
+                writeln!(out, "{} 0 job(s): none selected", change.done())?;
+                return Ok(OK);
+            }
+            drop(reader);
+            let store = open_write(db)?;
+            refuse_unless_all_apply(&store, db, change, &ids)?;
+            (store, ids)
+        }
+        Err(e) if needs_repair(&e) => {
+            let store = open_write(db)?;
+            let ids = select(&store, selection)?;
+            refuse_unless_all_apply(&store, db, change, &ids)?;
+            (store, ids)
+        }
+        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        Err(e) => return Err(e.into()),
+    };
+    for (n, &id) in ids.iter().enumerate() {
+        if let Err(e) = change.apply(&store, id) {
+            // Every job was checked under the write lock: only a storage failure gets here.
+            let (done, left) = (&ids[..n], &ids[n + 1..]);
+            return Err(anyhow::Error::new(e).context(format!(
+                "{} of job {id} in {} failed; {} before it: {}; left as they were: {}",
+                change.verb(),
+                db.display(),
+                change.done(),
+                list(done),
+                list(left),
+            )));
+        }
+    }
+    match change {
+        Change::Retry => writeln!(out, "retried {} job(s): now pending", ids.len())?,
+        Change::Cancel => writeln!(out, "cancelled {} job(s)", ids.len())?,
+    }
+    Ok(OK)
+}
+
+/// `1, 2, 3`, or `none`.
+fn list(ids: &[JobId]) -> String {
+    if ids.is_empty() {
+        return "none".to_owned();
+    }
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The most refusals one error names; the rest are counted.
+const REFUSALS_NAMED: usize = 10;
+
+/// Fails, naming every job (up to [`REFUSALS_NAMED`]) the change does not apply to: a job not
+/// found, in a state the change does not take, or (for a retry) whose unique key another live
+/// job holds.
+fn refuse_unless_all_apply(store: &Store, db: &Path, change: Change, ids: &[JobId]) -> Result<()> {
+    let mut refusals = Vec::new();
+    let mut keyed = Vec::new();
+    for &id in ids {
+        let job = store
+            .get(id)
+            .with_context(|| format!("reading job {id} in {}", db.display()))?;
+        match job {
+            None => refusals.push(format!("job {id} not found")),
+            Some(job) => match change.refusal(&job) {
+                Some(why) => refusals.push(why),
+                None => {
+                    if change == Change::Retry
+                        && let Some(key) = job.unique_key
+                    {
+                        keyed.push((job.queue, key, id));
+                    }
+                }
+            },
+        }
+    }
+    if !keyed.is_empty() {
+        refusals.extend(unique_conflicts(store, db, &keyed)?);
+    }
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let more = refusals.len().saturating_sub(REFUSALS_NAMED);
+    refusals.truncate(REFUSALS_NAMED);
+    let mut why = refusals.join("; ");
+    if more > 0 {
+        why.push_str(&format!("; and {more} more"));
+    }
+    bail!("nothing {} in {}: {why}", change.done(), db.display())
+}
+
+/// The jobs to retry (queue, unique key, id) whose key a live job other than themselves holds,
+/// or another job of the same retry would take first.
+fn unique_conflicts(
+    store: &Store,
+    db: &Path,
+    keyed: &[(String, String, JobId)],
+) -> Result<Vec<String>> {
+    let wanted: HashSet<(&str, &str)> = keyed
+        .iter()
+        .map(|(q, k, _)| (q.as_str(), k.as_str()))
+        .collect();
+    let queues: BTreeSet<&str> = keyed.iter().map(|(q, _, _)| q.as_str()).collect();
+    let mut holders: HashMap<(String, String), JobId> = HashMap::new();
+    for queue in queues {
+        store
+            .for_each(&Filter::default().queue(queue), |job| {
+                if !job.is_finished()
+                    && let Some(key) = &job.unique_key
+                    && wanted.contains(&(queue, key.as_str()))
+                {
+                    holders.insert((queue.to_owned(), key.clone()), job.id);
+                }
+                true
+            })
+            .with_context(|| format!("reading queue {queue:?} in {}", db.display()))?;
+    }
+    let retried: HashSet<JobId> = keyed.iter().map(|(_, _, id)| *id).collect();
+    let mut conflicts = Vec::new();
+    for (queue, key, id) in keyed {
+        match holders.get(&(queue.clone(), key.clone())) {
+            Some(holder) if holder != id => conflicts.push(format!(
+                "job {id}'s unique key {key:?} is held by job {holder}{}",
+                if retried.contains(holder) {
+                    ", retried by this command"
+                } else {
+                    ", which is live"
+                }
+            )),
+            _ => {
+                holders.insert((queue.clone(), key.clone()), *id);
+            }
+        }
+    }
+    Ok(conflicts)
+}
+
+/// Whether opening read-only failed because a crash left the file unclean: redb repairs it
+/// only at a writable open.
+fn needs_repair(e: &Error) -> bool {
+    matches!(e, Error::Open { source, .. } if matches!(source.redb(), redb::Error::RepairAborted))
+}
+
+/// Fails unless `db` can be opened: "no such file" when it does not exist, the I/O error
+/// otherwise (a symlink loop, a directory on the way that is not one, no permission). A
+/// writable open would create a missing file.
+fn existing(db: &Path) -> Result<()> {
+    match std::fs::metadata(db) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("{}: no such file", db.display()),
+        Err(e) => bail!("{}: {e}", db.display()),
+    }
+}
+
+fn writer_busy(db: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} is open for writing by another process: stop it to retry, cancel or prune \
+         (stats, dump, show and check work while it runs)",
+        db.display()
+    )
 }
 
 fn open_read(db: &Path) -> Result<Store> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     Ok(Store::open_read_only(db)?)
 }
 
 fn open_write(db: &Path) -> Result<Store> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     match Store::open(db) {
-        Err(Error::AlreadyOpen { path }) => bail!(
-            "{} is open for writing by another process: stop it to retry, cancel or prune \
-             (stats, dump, show and check work while it runs)",
-            path.display()
-        ),
+        Err(Error::AlreadyOpen { path }) => Err(writer_busy(&path)),
         other => Ok(other?),
     }
 }
 
 /// redb's own integrity check when no writer holds the file, then quern's invariants.
 fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
-    if !db.exists() {
-        return Err(missing(db));
-    }
+    existing(db)?;
     // The check runs inside the open: a plain open trusts the file, and may panic on the
     // damage the check is there to report.
     let integrity = redb::Builder::new()
@@ -196,14 +446,14 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
             writeln!(out, "storage: ok")?;
         }
         Err(e @ redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
-            writeln!(out, "storage: corrupt: {e}")?;
+            writeln!(out, "storage: corrupt: {}", escape(&e.to_string()))?;
             return Ok(PROBLEMS);
         }
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             writeln!(out, "storage: skipped (a writer holds the database)")?;
         }
         Err(e) => {
-            writeln!(out, "storage: cannot open: {e}")?;
+            writeln!(out, "storage: cannot open: {}", escape(&e.to_string()))?;
             return Ok(PROBLEMS);
         }
     }
@@ -215,7 +465,7 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
     }
     writeln!(out, "invariants: {} problem(s)", problems.len())?;
     for p in &problems {
-        writeln!(out, "  {p}")?;
+        writeln!(out, "  {}", escape(&p.to_string()))?;
     }
     Ok(PROBLEMS)
 }

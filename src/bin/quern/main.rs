@@ -3,10 +3,12 @@
 //! - `args.rs`: the command line, parsed (clap).
 //! - `commands.rs`: runs one command on a database; exit codes.
 //! - `render.rs`: tables, text and JSON for people and tools.
+//! - `escape.rs`: text from users made safe for a terminal.
 //! - `time.rs`: times and durations as the utility prints them.
 
 mod args;
 mod commands;
+mod escape;
 mod render;
 mod time;
 
@@ -23,7 +25,7 @@ fn main() {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
-            eprintln!("quern: internal error: {message}");
+            eprintln!("quern: internal error: {}", escape::escape(&message));
             commands::FAILURE
         }
     };

@@ -6,6 +6,7 @@ use quern::{Filter, Job, Stats, Store, Timestamp};
 use serde_json::{Value, json};
 
 use crate::args::Format;
+use crate::escape::{escape, escape_cut};
 use crate::time;
 
 pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
@@ -34,7 +35,14 @@ pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         writeln!(
             out,
             "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<16} {:<16}",
-            q.queue, q.pending, q.in_progress, q.retrying, q.failed, q.succeeded, oldest, retry
+            escape(&q.queue),
+            q.pending,
+            q.in_progress,
+            q.retrying,
+            q.failed,
+            q.succeeded,
+            oldest,
+            retry
         )?;
     }
     if let Some(t) = stats.next_lease_expiry {
@@ -43,7 +51,8 @@ pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
     Ok(())
 }
 
-pub fn stats_json(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+/// One object: indented for `json`, on one line for `jsonl`.
+pub fn stats_json(out: &mut impl Write, stats: &Stats, format: Format) -> io::Result<()> {
     let queues: Vec<Value> = stats
         .queues
         .iter()
@@ -66,20 +75,21 @@ pub fn stats_json(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
         "next_lease_expiry": stats.next_lease_expiry.map(|t| t.0),
         "queues": queues,
     });
-    serde_json::to_writer_pretty(&mut *out, &v)?;
+    if format == Format::Jsonl {
+        serde_json::to_writer(&mut *out, &v)?;
+    } else {
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+    }
     writeln!(out)
 }
 
-/// The payload as people read it: JSON when it parses, UTF-8 text when it is, hex otherwise.
-fn payload(bytes: &[u8]) -> (&'static str, Value) {
-    if let Ok(v) = serde_json::from_slice::<Value>(bytes)
-        && (v.is_object() || v.is_array())
-    {
-        return ("json", v);
-    }
+/// The payload's exact bytes as text: the text itself when it is UTF-8 (`utf8`), hex
+/// otherwise (`hex`). Never parsed: a JSON payload keeps its key order, duplicate keys and
+/// number spelling.
+fn payload(bytes: &[u8]) -> (&'static str, String) {
     match std::str::from_utf8(bytes) {
-        Ok(s) => ("utf8", Value::String(s.to_owned())),
-        Err(_) => ("hex", Value::String(hex(bytes))),
+        Ok(s) => ("utf8", s.to_owned()),
+        Err(_) => ("hex", hex(bytes)),
     }
 }
 
@@ -122,18 +132,23 @@ pub fn job_json_line(out: &mut impl Write, job: &Job) -> io::Result<()> {
     writeln!(out)
 }
 
+/// One job for people. Every text that came from users (payload, error, progress, keys, queue)
+/// is escaped: it cannot move the cursor, recolour or rewrite the terminal.
 pub fn job_text(out: &mut impl Write, job: &Job, now: Timestamp) -> io::Result<()> {
     let when = |t: Option<Timestamp>| {
         t.map_or("-".to_owned(), |t| {
             format!("{} ({})", time::utc(t), time::relative(t, now))
         })
     };
+    let text = |t: &Option<String>| t.as_deref().map_or("-".to_owned(), escape);
     let (encoding, payload) = payload(&job.payload);
-    let payload = match payload {
-        Value::String(s) => s,
-        v => v.to_string(),
-    };
-    writeln!(out, "job {}  queue {}  {}", job.id, job.queue, job.state)?;
+    writeln!(
+        out,
+        "job {}  queue {}  {}",
+        job.id,
+        escape(&job.queue),
+        job.state
+    )?;
     writeln!(
         out,
         "  attempts       {} of {}",
@@ -146,35 +161,24 @@ pub fn job_text(out: &mut impl Write, job: &Job, now: Timestamp) -> io::Result<(
     writeln!(out, "  created        {}", when(Some(job.created_at)))?;
     writeln!(out, "  updated        {}", when(Some(job.updated_at)))?;
     writeln!(out, "  finished       {}", when(job.finished_at))?;
-    writeln!(
-        out,
-        "  unique key     {}",
-        job.unique_key.as_deref().unwrap_or("-")
-    )?;
-    writeln!(
-        out,
-        "  concurrency    {}",
-        job.concurrency_key.as_deref().unwrap_or("-")
-    )?;
+    writeln!(out, "  unique key     {}", text(&job.unique_key))?;
+    writeln!(out, "  concurrency    {}", text(&job.concurrency_key))?;
     writeln!(out, "  manual retries {}", job.manual_retries)?;
+    writeln!(out, "  progress       {}", text(&job.progress))?;
+    writeln!(out, "  last error     {}", text(&job.last_error))?;
     writeln!(
         out,
-        "  progress       {}",
-        job.progress.as_deref().unwrap_or("-")
-    )?;
-    writeln!(
-        out,
-        "  last error     {}",
-        job.last_error.as_deref().unwrap_or("-")
-    )?;
-    writeln!(
-        out,
-        "  payload ({encoding}, {} bytes) {payload}",
-        job.payload.len()
+        "  payload ({encoding}, {} bytes) {}",
+        job.payload.len(),
+        escape(&payload)
     )
 }
 
 /// Streams the jobs the filter admits; nothing is held in memory but the current job.
+///
+/// A JSON array is closed even when reading fails midway, so that stdout always holds complete
+/// JSON; the error is returned after it, and the exit code says the list is incomplete. Table
+/// and JSONL rows are written whole, one at a time.
 pub fn dump(
     out: &mut impl Write,
     store: &Store,
@@ -192,7 +196,7 @@ pub fn dump(
     } else if format == Format::Json {
         write!(out, "[")?;
     }
-    store.for_each(filter, |job| {
+    let scanned = store.for_each(filter, |job| {
         let written = match format {
             Format::Jsonl => job_json_line(out, &job),
             Format::Json => {
@@ -203,23 +207,16 @@ pub fn dump(
             }
             Format::Table => {
                 let (_, payload) = payload(&job.payload);
-                let mut payload = match payload {
-                    Value::String(s) => s,
-                    v => v.to_string(),
-                };
-                if payload.chars().count() > 40 {
-                    payload = payload.chars().take(39).collect::<String>() + "…";
-                }
                 writeln!(
                     out,
                     "{:>8} {:<14} {:<12} {:>8} {:>4} {:<24} {}",
                     job.id.0,
-                    job.queue,
+                    escape(&job.queue),
                     job.state.as_str(),
                     format!("{}/{}", job.attempts, job.max_attempts),
                     job.priority,
                     time::utc(job.run_at),
-                    payload.replace('\n', " ")
+                    escape_cut(&payload, 40)
                 )
             }
         };
@@ -231,12 +228,17 @@ pub fn dump(
                 false
             }
         }
-    })?;
+    });
+    // A failed write (a closed pipe) leaves nothing to close.
+    let closed = if format == Format::Json && failed.is_none() {
+        writeln!(out, "{}]", if first { "" } else { "\n" })
+    } else {
+        Ok(())
+    };
     if let Some(e) = failed {
         return Err(e.into());
     }
-    if format == Format::Json {
-        writeln!(out, "{}]", if first { "" } else { "\n" })?;
-    }
+    scanned?;
+    closed?;
     Ok(())
 }
