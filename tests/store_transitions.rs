@@ -500,7 +500,7 @@ fn the_default_equal_jitter_spreads_retries_within_the_upper_half_of_the_delay()
 #[test]
 fn decorrelated_jitter_stays_between_the_initial_delay_and_three_times_the_last() {
     let backoff = Backoff::exponential(secs(10), 2.0, secs(600)).jitter(Jitter::Decorrelated);
-    let first = retry_delays(backoff.clone(), 64, false);
+    let first = retry_delays(backoff, 64, false);
     // No delay before: between the initial delay and three times it.
     assert!(
         first.iter().all(|d| (10_000..=30_000).contains(d)),
