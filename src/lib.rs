@@ -68,8 +68,8 @@ pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metric
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
 pub use periodic::Periodic;
 pub use store::{
-    Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, Filter, MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME,
-    Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,
+    Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, FORMAT_VERSION, Filter, MAX_KEY, MAX_PAYLOAD,
+    MAX_QUEUE_NAME, Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,
 };
 pub use types::{JobId, JobState, Timestamp};
 

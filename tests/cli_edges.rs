@@ -587,3 +587,123 @@ fn dump_json_of_a_truncated_file_is_complete_json_or_nothing_with_exit_code_2() 
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 }
+
+/// A database of `n` small jobs, closed.
+fn many(dir: &tempfile::TempDir, n: usize) -> PathBuf {
+    let db = dir.path().join("many.redb");
+    let store = Store::open(&db).unwrap();
+    store
+        .enqueue_batch((0..n).map(|i| NewJob::new("q", format!("job {i}"))))
+        .unwrap();
+    assert_eq!(store.claim("q", 50).unwrap().len(), 50);
+    store.close();
+    db
+}
+
+#[test]
+fn no_command_but_upgrade_creates_initialises_or_upgrades_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty file and one of zeros, as a crash during creation leaves them.
+    for (name, bytes) in [("empty.redb", vec![]), ("zeros.redb", vec![0u8; 73_728])] {
+        let db = dir.path().join(name);
+        std::fs::write(&db, &bytes).unwrap();
+        for args in [
+            vec!["prune", s(&db), "--older-than", "1s"],
+            vec!["cancel", s(&db), "1"],
+            vec!["retry", s(&db), "1"],
+            vec!["stats", s(&db)],
+        ] {
+            let out = quern(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert_eq!(
+                std::fs::read(&db).unwrap(),
+                bytes,
+                "{args:?} changed {name}"
+            );
+        }
+    }
+    // A format 1 file: refused by every command but `upgrade`, which names it.
+    let v1 = dir.path().join("v1.redb");
+    std::fs::copy("tests/fixtures/v1.redb", &v1).unwrap();
+    let before = std::fs::read(&v1).unwrap();
+    for args in [
+        vec!["cancel", s(&v1), "99"],
+        vec!["prune", s(&v1), "--older-than", "1s"],
+        vec!["stats", s(&v1)],
+    ] {
+        let err = fails_with(&args, "quern upgrade");
+        assert!(err.contains("format version 1"), "{err}");
+        assert_eq!(
+            std::fs::read(&v1).unwrap(),
+            before,
+            "{args:?} changed the file"
+        );
+    }
+    let check = quern(&["check", s(&v1)]);
+    assert!(
+        stdout(&check).contains("quern upgrade"),
+        "{}",
+        stdout(&check)
+    );
+    let upgraded = quern(&["upgrade", s(&v1)]);
+    assert_eq!(upgraded.status.code(), Some(0), "{}", stderr(&upgraded));
+    assert!(
+        stdout(&upgraded).contains(&format!(
+            "from format version 1 to {}",
+            quern::FORMAT_VERSION
+        )),
+        "{}",
+        stdout(&upgraded)
+    );
+    let again = quern(&["upgrade", s(&v1)]);
+    assert!(
+        stdout(&again).contains("nothing to upgrade"),
+        "{}",
+        stdout(&again)
+    );
+    let stats = quern(&["stats", s(&v1)]);
+    assert_eq!(stats.status.code(), Some(0), "{}", stderr(&stats));
+}
+
+#[test]
+fn a_fifo_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("q.redb");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for args in [
+        vec!["stats", s(&fifo)],
+        vec!["dump", s(&fifo)],
+        vec!["show", s(&fifo), "1"],
+        vec!["cancel", s(&fifo), "1"],
+    ] {
+        fails_with(&args, "not a regular file");
+    }
+}
+
+#[test]
+fn check_under_a_file_size_limit_reports_the_failed_write_never_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = many(&dir, 3_000);
+    assert!(std::fs::metadata(&db).unwrap().len() > 200 * 1024);
+    // The limit (in KiB) is below the file's size: redb's integrity check cannot write its
+    // result.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 20; exec \"$0\" check \"$1\"",
+            env!("CARGO_BIN_EXE_quern"),
+            s(&db),
+        ])
+        .output()
+        .unwrap();
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(2), "{report}{}", stderr(&out));
+    assert!(!report.contains("storage: ok"), "{report}");
+    assert!(report.contains("could not write"), "{report}");
+}

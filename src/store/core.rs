@@ -18,6 +18,8 @@ pub(crate) struct Core {
     /// The database file, named in errors.
     pub path: Arc<Path>,
     pub db: Db,
+    /// The format the file is in: this build's, or an older one read as it is (read-only).
+    pub format: u64,
     pub cfg: Config,
     pub watermark: Watermark,
     /// Set when a commit failed: writes are refused until the store is reopened.
@@ -35,10 +37,11 @@ pub(crate) enum Db {
 }
 
 impl Core {
-    pub(crate) fn new(path: &Path, db: Db, cfg: Config) -> Core {
+    pub(crate) fn new(path: &Path, db: Db, format: u64, cfg: Config) -> Core {
         Core {
             path: path.into(),
             db,
+            format,
             cfg,
             watermark: Watermark::new(),
             poisoned: AtomicBool::new(false),

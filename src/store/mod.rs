@@ -58,6 +58,7 @@ pub(crate) use self::handoff::{Room, Taker, TakerId};
 pub use self::housekeeping::{Cutoff, Retention};
 pub use self::open::{DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, StoreBuilder};
 pub use self::read::{Filter, QueueStats, Stats};
+pub use self::tables::FORMAT_VERSION;
 pub use self::verify::Problem;
 pub use self::write_tx::WriteTx;
 
@@ -156,6 +157,13 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.core.path
+    }
+
+    /// The on-disk format version of the file: [`FORMAT_VERSION`](crate::FORMAT_VERSION) once
+    /// opened for writing (which upgrades an older file), or the older version a read-only
+    /// store reads as it is.
+    pub fn format_version(&self) -> u64 {
+        self.inner.core.format
     }
 
     /// Whether this store was opened read-only.

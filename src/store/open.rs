@@ -184,8 +184,8 @@ impl StoreBuilder {
         }
         let cfg = self.config(store_id);
         upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
-        let store =
-            Store::from_core(Core::new(path, Db::Writable(db), cfg)).map_err(|e| Error::Open {
+        let store = Store::from_core(Core::new(path, Db::Writable(db), FORMAT_VERSION, cfg))
+            .map_err(|e| Error::Open {
                 path: path.to_path_buf(),
                 source: StorageError::new(redb::StorageError::Io(e).into()),
             })?;
@@ -222,7 +222,7 @@ impl StoreBuilder {
         }
         let cfg = self.config(store_id);
         // A read-only store has no writer thread to start: this cannot fail.
-        Store::from_core(Core::new(path, Db::ReadOnly(db), cfg)).map_err(|e| Error::Open {
+        Store::from_core(Core::new(path, Db::ReadOnly(db), version, cfg)).map_err(|e| Error::Open {
             path: path.to_path_buf(),
             source: StorageError::new(redb::StorageError::Io(e).into()),
         })

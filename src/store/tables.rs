@@ -8,7 +8,7 @@ use crate::error::{Result, redb_failed};
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub(crate) const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 4;
 /// Format 3 differs from format 4 only in not knowing the short form of a job's record
 /// (`codec::TAG_SHORT`), which format 4 writes for every job as enqueued: this build reads it
 /// as it is, and a writable open moves its version to 4, so that a build that knows only

@@ -82,10 +82,17 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         older_than: Age,
     },
-    /// Verify the storage and quern's invariants; exit code 1 and a list when anything is wrong.
-    /// When no worker holds the file, redb's integrity check opens it for writing and commits its
-    /// rebuilt allocator state (no job changes); a worker starting meanwhile is refused.
+    /// Verify the storage and quern's invariants: exit code 1 and a list when anything is wrong,
+    /// 2 when a check could not run. When no worker holds the file, redb's integrity check opens
+    /// it for writing and commits its rebuilt allocator state (no job changes); a worker
+    /// starting meanwhile is refused.
     Check {
+        /// The database file.
+        db: PathBuf,
+    },
+    /// Upgrade a database of an older format to this build's. No other command changes a
+    /// file's format; a worker of this build upgrades the file when it opens it.
+    Upgrade {
         /// The database file.
         db: PathBuf,
     },

@@ -158,6 +158,7 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
             OK
         }
         Command::Check { db } => check(out, &db)?,
+        Command::Upgrade { db } => upgrade(out, &db)?,
     })
 }
 
@@ -271,7 +272,7 @@ fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection)
             (store, ids)
         }
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(old_format(db, e)),
     };
     for (n, &id) in ids.iter().enumerate() {
         if let Err(e) = change.apply(&store, id) {
@@ -420,20 +421,83 @@ fn writer_busy(db: &Path) -> anyhow::Error {
 
 fn open_read(db: &Path) -> Result<Store> {
     existing(db)?;
-    Ok(Store::open_read_only(db)?)
+    Store::open_read_only(db).map_err(|e| old_format(db, e))
 }
 
+/// Opens `db` for writing, never creating, initialising or upgrading it: those are a
+/// program's (or `quern upgrade`'s) to do.
 fn open_write(db: &Path) -> Result<Store> {
     existing(db)?;
-    match Store::open(db) {
+    // Read first: a writable open rewrites redb's header even when quern then refuses the
+    // file, so what a write command refuses (an older format, a file that is no quern
+    // database) is refused by a read that changes no byte. A file a crash left unclean cannot
+    // be read so; the writable open repairs it, as a worker's start would.
+    match Store::open_read_only(db) {
+        Ok(reader) => drop(reader),
+        Err(e) if needs_repair(&e) => {}
+        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        Err(e) => return Err(old_format(db, e)),
+    }
+    match Store::builder().create(false).upgrade(false).open(db) {
         Err(Error::AlreadyOpen { path }) => Err(writer_busy(&path)),
-        other => Ok(other?),
+        other => other.map_err(|e| old_format(db, e)),
     }
 }
 
-/// redb's own integrity check when no writer holds the file, then quern's invariants.
+/// An older format named with the command that upgrades it.
+fn old_format(db: &Path, e: Error) -> anyhow::Error {
+    match e {
+        Error::UnsupportedFormat {
+            found, supported, ..
+        } if found < supported => anyhow!(
+            "{} has format version {found}, this build writes version {supported}: run `quern \
+             upgrade {}` first (a worker of this build upgrades it too)",
+            escape(&db.display().to_string()),
+            escape(&db.display().to_string())
+        ),
+        e => e.into(),
+    }
+}
+
+/// `quern upgrade`: the only command that changes a file's format.
+fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
+    existing(db)?;
+    let current = Store::builder().create(false).upgrade(false).open(db);
+    let found = match current {
+        Ok(store) => {
+            store.close();
+            writeln!(
+                out,
+                "{} is at format version {}: nothing to upgrade",
+                escape(&db.display().to_string()),
+                quern::FORMAT_VERSION
+            )?;
+            return Ok(OK);
+        }
+        Err(Error::UnsupportedFormat {
+            found, supported, ..
+        }) if found < supported => found,
+        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        Err(e) => return Err(e.into()),
+    };
+    Store::builder().create(false).open(db)?.close();
+    writeln!(
+        out,
+        "upgraded {} from format version {found} to {}",
+        escape(&db.display().to_string()),
+        quern::FORMAT_VERSION
+    )?;
+    Ok(OK)
+}
+
+/// redb's own integrity check when no writer holds the file, the format, then quern's
+/// invariants: each check that can run runs, and each that cannot says why. Exit code 1 when
+/// a check found problems, 2 when none did but one could not run, 0 when all ran clean.
 fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
     existing(db)?;
+    let mut problems = false;
+    let mut not_run = false;
+    let name = escape(&db.display().to_string());
     // The check runs inside the open: a plain open trusts the file, and may panic on the
     // damage the check is there to report.
     let integrity = redb::Builder::new()
@@ -442,30 +506,94 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
         .open(db);
     match integrity {
         Ok(raw) => {
+            // redb commits its rebuilt allocator state, and marks the file closed as the
+            // handle drops. A write of those that failed (a full disk, a file size limit)
+            // leaves the file needing the repair of a writable open: read-only opens refuse
+            // it, and the check says so rather than "ok".
             drop(raw);
-            writeln!(out, "storage: ok")?;
+            match Store::open_read_only(db) {
+                Err(e) if needs_repair(&e) => {
+                    let cause = std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    writeln!(
+                        out,
+                        "storage: no damage found, but redb could not write the check's result, \
+                         and the file now reads as not closed ({}): {name} needs a writable open \
+                         (a worker's start) before it can be read",
+                        escape(&cause)
+                    )?;
+                    return Ok(FAILURE);
+                }
+                // Read again below, where an older format is named.
+                _ => writeln!(out, "storage: ok")?,
+            }
         }
         Err(e @ redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))) => {
             writeln!(out, "storage: corrupt: {}", escape(&e.to_string()))?;
-            return Ok(PROBLEMS);
+            problems = true;
         }
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            writeln!(out, "storage: skipped (a writer holds the database)")?;
+            writeln!(
+                out,
+                "storage: skipped (a writer holds the database, and verified it when it opened it)"
+            )?;
         }
         Err(e) => {
-            writeln!(out, "storage: cannot open: {}", escape(&e.to_string()))?;
-            return Ok(PROBLEMS);
+            writeln!(
+                out,
+                "storage: not checked: redb verifies a file only by opening it for writing, \
+                 which failed: {}",
+                escape(&e.to_string())
+            )?;
+            not_run = true;
         }
     }
-    let store = open_read(db)?;
-    let problems = store.check()?;
-    if problems.is_empty() {
+    let store = match Store::open_read_only(db) {
+        Ok(store) => store,
+        Err(Error::UnsupportedFormat {
+            found, supported, ..
+        }) if found < supported => {
+            writeln!(
+                out,
+                "format: version {found}, older than this build's {supported}: run `quern \
+                 upgrade {name}` (invariants not checked)"
+            )?;
+            return Ok(if problems { PROBLEMS } else { FAILURE });
+        }
+        Err(e) => {
+            writeln!(out, "invariants: not checked: {}", escape(&e.to_string()))?;
+            return Ok(if problems { PROBLEMS } else { FAILURE });
+        }
+    };
+    if store.format_version() < quern::FORMAT_VERSION {
+        writeln!(
+            out,
+            "format: version {}, older than this build's {}: run `quern upgrade {name}`",
+            store.format_version(),
+            quern::FORMAT_VERSION
+        )?;
+    }
+    let found = match store.check() {
+        Ok(found) => found,
+        Err(e) => {
+            writeln!(out, "invariants: not checked: {}", escape(&e.to_string()))?;
+            return Ok(if problems { PROBLEMS } else { FAILURE });
+        }
+    };
+    if found.is_empty() {
         writeln!(out, "invariants: ok")?;
-        return Ok(OK);
+    } else {
+        writeln!(out, "invariants: {} problem(s)", found.len())?;
+        for p in &found {
+            writeln!(out, "  {}", escape(&p.to_string()))?;
+        }
+        problems = true;
     }
-    writeln!(out, "invariants: {} problem(s)", problems.len())?;
-    for p in &problems {
-        writeln!(out, "  {}", escape(&p.to_string()))?;
-    }
-    Ok(PROBLEMS)
+    Ok(if problems {
+        PROBLEMS
+    } else if not_run {
+        FAILURE
+    } else {
+        OK
+    })
 }
