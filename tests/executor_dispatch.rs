@@ -649,28 +649,66 @@ async fn jobs_sharing_a_concurrency_key_never_run_at_once_under_an_executor() {
     store
         .enqueue_batch((0..12).map(|i| NewJob::new("q", format!("{i}")).concurrency_key("org-7")))
         .unwrap();
+    // Jobs of no key, which finish at once: the workers they free could take a second job of
+    // the key, if the key let them.
+    store
+        .enqueue_batch((0..3).map(|i| NewJob::new("q", format!("free-{i}"))))
+        .unwrap();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let (f, p) = (in_flight.clone(), peak.clone());
+    let gate = Arc::new(Semaphore::new(0));
+    let (f, p, g) = (in_flight.clone(), peak.clone(), gate.clone());
     let handle = Executor::builder(store.clone())
         .queue("q")
         .concurrency(4)
-        .spawn(move |_ctx| {
-            let (f, p) = (f.clone(), p.clone());
+        .spawn(move |ctx| {
+            let (f, p, g) = (f.clone(), p.clone(), g.clone());
+            let keyed = ctx.job().concurrency_key.is_some();
             async move {
-                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                f.fetch_sub(1, Ordering::SeqCst);
+                if keyed {
+                    // Held on the gate: a job of the key runs for as long as the test says.
+                    let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    g.acquire().await.unwrap().forget();
+                    f.fetch_sub(1, Ordering::SeqCst);
+                }
                 Outcome::Success
             }
         })
         .unwrap();
-    until(&store, "all 12 succeeded", || {
-        count(&store, "q", JobState::Succeeded) == 12
-    })
+    // One job of the key is held running; the free jobs finished, their workers are idle.
+    until(
+        &store,
+        "the free jobs succeeded and one keyed job runs",
+        || count(&store, "q", JobState::Succeeded) == 3 && in_flight.load(Ordering::SeqCst) == 1,
+    )
     .await;
-    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    // A claim cycle runs after each commit: one more commit wakes it once the workers are idle.
+    let seen = store.generation();
+    store.enqueue(NewJob::new("other", "wake")).unwrap();
+    tokio::time::timeout(WAIT, store.changed(seen))
+        .await
+        .unwrap();
+    handle.wake();
+    assert_eq!(count(&store, "q", JobState::InProgress), 1);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "two jobs of the key ran at once"
+    );
+    // Released one at a time, each next job of the key starts only after the one before ends.
+    for done in 1..=12 {
+        gate.add_permits(1);
+        until(&store, "the next keyed job settles", || {
+            count(&store, "q", JobState::Succeeded) == 3 + done
+        })
+        .await;
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            1,
+            "two jobs of the key ran at once"
+        );
+    }
     handle.shutdown(WAIT).await.unwrap();
 }
 

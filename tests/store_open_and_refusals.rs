@@ -2,7 +2,7 @@
 //! of bad input: each a typed error, never a panic.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quern::redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use quern::{Enqueued, Error, Filter, JobId, JobState, MAX_PAYLOAD, ManualClock, NewJob, Store};
@@ -390,15 +390,39 @@ fn a_refused_operation_does_not_sink_its_neighbours_in_a_group_commit() {
     store.enqueue(NewJob::new("q", "x")).unwrap();
     let stale = store.claim("q", 1).unwrap().pop().unwrap().lease;
     store.cancel(stale.job()).unwrap();
+    let batches = store.__write_batches();
     std::thread::scope(|s| {
-        let enqueuers: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| (0..50).all(|_| store.enqueue(NewJob::new("q", "y")).is_ok())))
-            .collect();
-        let refused = s.spawn(|| matches!(store.complete(stale), Err(Error::LeaseLost { .. })));
-        assert!(refused.join().unwrap());
-        assert!(enqueuers.into_iter().all(|h| h.join().unwrap()));
+        let (enqueuers, refused) = store
+            .write(|_tx| {
+                // The write holds the writer's commits: the operations sent meanwhile queue,
+                // and go in one batch once it ends.
+                let enqueuers: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| store.enqueue(NewJob::new("q", "y")).is_ok()))
+                    .collect();
+                let refused =
+                    s.spawn(|| matches!(store.complete(stale), Err(Error::LeaseLost { .. })));
+                // Eight wait in the channel; the writer thread holds the ninth, waiting for
+                // the commit lock.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while store.__queued_writes() < 8 {
+                    assert!(Instant::now() < deadline, "the operations did not queue");
+                    std::thread::yield_now();
+                }
+                Ok::<_, Error>((enqueuers, refused))
+            })
+            .unwrap();
+        assert!(refused.join().unwrap(), "the stale lease was refused");
+        assert!(
+            enqueuers.into_iter().all(|h| h.join().unwrap()),
+            "its neighbours all committed"
+        );
     });
-    assert_eq!(store.stats().unwrap().queue("q").unwrap().pending, 400);
+    assert_eq!(
+        store.__write_batches(),
+        batches + 1,
+        "the refused settle and the eight enqueues shared one commit"
+    );
+    assert_eq!(store.stats().unwrap().queue("q").unwrap().pending, 8);
 }
 
 #[test]
@@ -406,11 +430,18 @@ fn the_change_watermark_wakes_a_waiter_when_another_thread_enqueues() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(path(&dir)).unwrap();
     let seen = store.generation();
-    std::thread::scope(|s| {
-        let waiter = s.spawn(|| store.wait_for_change(seen, Duration::from_secs(20)));
-        store.enqueue(NewJob::new("q", "x")).unwrap();
-        assert!(waiter.join().unwrap() > seen);
-    });
+    // No time limit: a missed wake-up leaves the waiter asleep, and the test fails when its
+    // answer does not come (a wait with a limit would return the same generation at the
+    // limit, and pass). The waiter is not joined, so that a missed wake-up fails the test
+    // rather than hangs it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = store.clone();
+    std::thread::spawn(move || done_tx.send(waiter.wait_for_change(seen, Duration::MAX)));
+    store.enqueue(NewJob::new("q", "x")).unwrap();
+    let woke = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the waiter was not woken by the commit");
+    assert!(woke > seen);
 }
 
 #[test]

@@ -91,7 +91,7 @@ fn a_reopened_store_recovers_the_leases_of_the_process_that_died() {
 
 #[test]
 fn a_read_only_handle_sees_each_commit_of_the_writer_as_it_lands() {
-    let env = Env::new();
+    let env = Env::shared();
     let reader = Store::builder()
         .clock(Arc::new(env.clock.clone()))
         .open_read_only(env.path())
@@ -117,7 +117,7 @@ fn a_read_only_handle_sees_each_commit_of_the_writer_as_it_lands() {
 
 #[test]
 fn a_read_only_handle_refuses_every_write() {
-    let env = Env::new();
+    let env = Env::shared();
     let id = env.enqueue(NewJob::new("q", "x"));
     let reader = Store::open_read_only(env.path()).unwrap();
     assert!(reader.is_read_only());

@@ -154,6 +154,19 @@ impl Store {
         closed.wait();
     }
 
+    /// Operations waiting for the writer, not yet in a batch; 0 for a read-only store. For
+    /// tests of group commit; not part of the API.
+    #[doc(hidden)]
+    pub fn __queued_writes(&self) -> usize {
+        self.inner.writer.as_ref().map_or(0, Writer::queued)
+    }
+
+    /// Group-commit batches finished since the store opened. For tests; not part of the API.
+    #[doc(hidden)]
+    pub fn __write_batches(&self) -> u64 {
+        self.inner.writer.as_ref().map_or(0, Writer::batches)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.core.path

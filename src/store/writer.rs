@@ -157,6 +157,16 @@ impl Writer {
         })
     }
 
+    /// How many operations wait in the channel, not yet taken into a batch.
+    pub(crate) fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// How many batches have finished (committed, rolled back or refused).
+    pub(crate) fn batches(&self) -> u64 {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+
     /// Holds off the group commits (the writer thread's and callers' own) until the guard
     /// drops: for a write transaction begun outside them (`Store::write`), so that every write
     /// transaction of the store begins after the last one committed, or poisoned the store.

@@ -45,6 +45,19 @@ impl Env {
         Env { dir, clock, store }
     }
 
+    /// A store in the shared mode whatever [`mode`] says: for tests of read-only handles
+    /// alongside the writer, which the exclusive mode refuses by design.
+    pub fn shared() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let store = builder(&clock)
+            .exclusive(false)
+            .verify_on_open(true)
+            .open(db(&dir))
+            .unwrap();
+        Env { dir, clock, store }
+    }
+
     /// Drops the store (as a crash or a restart would, without settling anything) and opens
     /// the same file again with the same clock.
     pub fn reopen(self) -> Env {
@@ -112,12 +125,25 @@ pub fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
 }
 
 /// The options of a test store: time from `clock`, the lease [`TTL`], the jitter-free
-/// [`schedule`]. A test changes what it needs before opening [`db`].
+/// [`schedule`], in the mode [`mode`] says. A test changes what it needs before opening [`db`].
 pub fn builder(clock: &ManualClock) -> StoreBuilder {
-    Store::builder()
-        .clock(Arc::new(clock.clone()))
-        .lease_ttl(TTL)
-        .backoff(schedule())
+    mode(
+        Store::builder()
+            .clock(Arc::new(clock.clone()))
+            .lease_ttl(TTL)
+            .backoff(schedule()),
+    )
+}
+
+/// The store's mode for this run of the suite: by default a shared lock and a verified open;
+/// with `QUERN_TEST_STORE_MODE=exclusive`, the file locked exclusively and trusted at open
+/// (`exclusive(true)`, `verify_on_open(false)`), as CI runs the store suite a second time.
+pub fn mode(builder: StoreBuilder) -> StoreBuilder {
+    match std::env::var("QUERN_TEST_STORE_MODE").as_deref() {
+        Ok("exclusive") => builder.exclusive(true).verify_on_open(false),
+        Ok("shared") | Err(_) => builder,
+        Ok(other) => panic!("QUERN_TEST_STORE_MODE is shared or exclusive, not {other:?}"),
+    }
 }
 
 /// The database file of a test, in its temporary directory.
