@@ -106,12 +106,31 @@ fn open_damaged_corpus_gives_errors_not_panics() {
     }
 }
 
+/// The crashes the fuzzer found on the format 1 fixture, each replayed on that file.
+#[test]
+fn open_damaged_finds_on_format_1_give_errors_not_panics() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    damage::record_panics();
+    let verbose = std::env::var_os("QUERN_FUZZ_VERBOSE").is_some();
+    for (name, bytes) in files("open_damaged_v1") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.redb");
+        std::fs::write(&path, damage::damage_of(damage::BASE_V1, &bytes)).unwrap();
+        let outcome = damage::exercise(&path);
+        if verbose {
+            println!("{name}: {}", outcome.summary());
+        }
+    }
+}
+
 /// The seed files of each target, by name (without the `seed-` prefix).
 fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     match target {
         "decode" => decode_seeds(),
         "ops_model" => ops_seeds(),
         "open_damaged" => damage_seeds(),
+        // Finds only, no seeds.
+        "open_damaged_v1" => Vec::new(),
         _ => unreachable!("{target}"),
     }
 }

@@ -4,8 +4,9 @@
 //! both including this file (and `input.rs`, as `crate::input`) by path. The database damaged is
 //! the format fixture `tests/fixtures/v4.redb`: a job in each state and two not yet indexed,
 //! in one segment, the same bytes on every machine, so that a corpus file always means the same
-//! damaged file. (Until format 2 it was `v1.redb`, then `v2.redb`: the finds named after a
-//! crash were found on those files, and now damage this one at the same offsets.)
+//! damaged file. Until format 2 it was `v1.redb`: the finds named after a crash were found on
+//! that file, and are kept with it (`fuzz/corpus/open_damaged_v1/`, replayed on `BASE_V1` by
+//! `tests/fuzz_corpus.rs`), where their offsets still reach what they reached.
 //!
 //! The oracle: opening the damaged file gives an error, or a store whose every operation
 //! returns, with a result or an error; never a panic that escapes quern (the fuzzer aborts on
@@ -39,10 +40,20 @@ const IDS: std::ops::RangeInclusive<u64> = 0..=8;
 /// retry is due, its finished jobs are an hour old.
 const NOW: Timestamp = Timestamp(1_700_000_000_000 + 3_600_000);
 
+/// The format 1 fixture, the base of every crash the fuzzer found before format 2
+/// (`fuzz/corpus/open_damaged_v1/`): each find is replayed on the file it was found on, where
+/// its offsets mean what they meant then.
+pub const BASE_V1: &[u8] = include_bytes!("../../tests/fixtures/v1.redb");
+
 /// `BASE` damaged by the edits `data` encodes, five bytes each: a kind, a three-byte offset
 /// (modulo the file's length), a value.
 pub fn damage(data: &[u8]) -> Vec<u8> {
-    let mut file = BASE.to_vec();
+    damage_of(BASE, data)
+}
+
+/// `base` damaged by the edits `data` encodes, as [`damage`] does to `BASE`.
+pub fn damage_of(base: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut file = base.to_vec();
     let mut input = Input::new(data);
     for _ in 0..MAX_EDITS {
         if input.is_empty() || file.is_empty() {
