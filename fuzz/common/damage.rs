@@ -43,6 +43,10 @@ const NOW: Timestamp = Timestamp(1_700_000_000_000 + 3_600_000);
 /// The format 1 fixture, the base of every crash the fuzzer found before format 2
 /// (`fuzz/corpus/open_damaged_v1/`): each find is replayed on the file it was found on, where
 /// its offsets mean what they meant then.
+#[allow(
+    dead_code,
+    reason = "the corpus replay uses it, the fuzz target does not"
+)]
 pub const BASE_V1: &[u8] = include_bytes!("../../tests/fixtures/v1.redb");
 
 /// `BASE` damaged by the edits `data` encodes, five bytes each: a kind, a three-byte offset
