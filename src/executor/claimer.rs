@@ -18,6 +18,7 @@ use crate::store::TakerId;
 pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
     let store = &shared.store;
     let mut last_retention: Option<Instant> = None;
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     let mut errors = 0u32;
     let mut demand = Demand::new(&shared);
     // Set while the claim cycles work through a backlog of new jobs (see `Cycle::indexing`).
@@ -26,16 +27,22 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
         if shared.stop.is_cancelled() {
             break;
         }
+        // Retention runs beside the claim cycles, never in their way: a long history is
+        // deleted in small transactions, and claims and settles commit between them. One at a
+        // time; shutdown waits for the one under way.
         if let Some(retention) = shared.retention
             && last_retention.is_none_or(|t| t.elapsed() >= shared.retention_interval)
+            && pruning.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
         {
             last_retention = Some(Instant::now());
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.apply_retention(&retention)).await {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(jobs = n, "retention pruned finished jobs"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "retention failed"),
-                _ => {}
-            }
+            pruning = Some(shared.settles.spawn_blocking(move || {
+                match store.apply_retention(&retention) {
+                    Ok(n) if n > 0 => tracing::debug!(jobs = n, "retention pruned finished jobs"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention failed"),
+                }
+            }));
         }
         // Read before the target, so that a settle committed meanwhile wakes the next sleep.
         let seen = store.generation();

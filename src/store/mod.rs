@@ -393,7 +393,7 @@ impl Store {
 
     /// Deletes succeeded and terminally failed jobs that finished before the cut: an age
     /// (`Duration`) or a time (`Timestamp`). Returns how many. A long history is deleted in
-    /// transactions of at most 10,000 jobs each, so that memory stays flat and other writes
+    /// transactions of at most 1,000 jobs each, so that memory stays flat and other writes
     /// commit between them.
     ///
     /// # Errors
