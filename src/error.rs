@@ -43,7 +43,7 @@ pub enum Error {
     #[error(
         "quern database {} has format version {found}, this build reads version {supported}{}",
         path.display(),
-        if found < supported { "; opening it for writing upgrades it" } else { "" }
+        if found < supported { "; open it for writing once to upgrade it" } else { "" }
     )]
     UnsupportedFormat {
         /// The file.

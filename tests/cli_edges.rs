@@ -622,6 +622,26 @@ fn no_command_but_upgrade_creates_initialises_or_upgrades_a_file() {
             );
         }
     }
+    // Formats 2 and 3 read as they are, but a write command would upgrade them: refused, the
+    // file unchanged.
+    for fixture in ["v2", "v3"] {
+        let old = dir.path().join(format!("{fixture}.redb"));
+        std::fs::copy(format!("tests/fixtures/{fixture}.redb"), &old).unwrap();
+        let before = std::fs::read(&old).unwrap();
+        for args in [
+            vec!["cancel", s(&old), "1"],
+            vec!["prune", s(&old), "--older-than", "1s"],
+        ] {
+            fails_with(&args, "quern upgrade");
+            assert_eq!(
+                std::fs::read(&old).unwrap(),
+                before,
+                "{args:?} changed {fixture}"
+            );
+        }
+        let stats = quern(&["stats", s(&old)]);
+        assert_eq!(stats.status.code(), Some(0), "{}", stderr(&stats));
+    }
     // A format 1 file: refused by every command but `upgrade`, which names it.
     let v1 = dir.path().join("v1.redb");
     std::fs::copy("tests/fixtures/v1.redb", &v1).unwrap();

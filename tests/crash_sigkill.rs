@@ -62,9 +62,16 @@ fn open(db: &Path) -> Store {
 
 /// Runs this test binary again as the child `role` of `test`.
 fn spawn_child(test: &str, role: &str, db: &Path, log: &Path) -> Child {
+    spawn_run(test, role, db, log, 0)
+}
+
+/// As [`spawn_child`], telling the child its run number (`QUERN_CRASH_RUN`), which names its
+/// work where process ids could repeat over many runs.
+fn spawn_run(test: &str, role: &str, db: &Path, log: &Path, run: u32) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("QUERN_CRASH_CHILD", role)
+        .env("QUERN_CRASH_RUN", run.to_string())
         .env("QUERN_CRASH_DB", db)
         .env("QUERN_CRASH_LOG", log)
         .stdout(std::process::Stdio::null())
@@ -134,7 +141,7 @@ fn worker_child(db: &Path, log: &Path) {
         .unwrap();
 }
 
-/// The enqueuing child: writes batches tagged with its process id and their number until
+/// The enqueuing child: writes batches tagged with its run number and their number until
 /// killed, logging each batch once `enqueue_batch` has returned (acknowledged).
 fn enqueue_child(db: &Path, log: &Path) {
     let store = open(db);
@@ -143,12 +150,12 @@ fn enqueue_child(db: &Path, log: &Path) {
         .append(true)
         .open(log)
         .unwrap();
-    let pid = std::process::id();
+    let run: u32 = std::env::var("QUERN_CRASH_RUN").unwrap().parse().unwrap();
     for batch in 0.. {
         store
-            .enqueue_batch((0..BATCH).map(|i| NewJob::new("batches", format!("{pid}:{batch}:{i}"))))
+            .enqueue_batch((0..BATCH).map(|i| NewJob::new("batches", format!("{run}:{batch}:{i}"))))
             .unwrap();
-        log.write_all(format!("{pid}:{batch}\n").as_bytes())
+        log.write_all(format!("{run}:{batch}\n").as_bytes())
             .unwrap();
     }
 }
@@ -313,9 +320,9 @@ fn a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all() {
     drop(open(&db));
     let mut rng = Rng::new();
     let test = "a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all";
-    for _ in 0..kills() {
+    for run in 0..kills() {
         let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
-        let mut child = spawn_child(test, "enqueue", &db, &log);
+        let mut child = spawn_run(test, "enqueue", &db, &log, run);
         // Killed at a random moment once it has written a batch, so that each kill lands
         // mid-stream.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -336,33 +343,33 @@ fn a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all() {
         child.wait().unwrap();
     }
     let store = open(&db);
-    // Jobs per (process, batch).
+    // Jobs per (run, batch).
     let mut per_batch: BTreeMap<(u32, u64), usize> = BTreeMap::new();
     for job in store.list(&Filter::default()).unwrap() {
         let payload = String::from_utf8(job.payload).unwrap();
         let mut parts = payload.split(':').map(|p| p.parse::<u64>().unwrap());
-        let (pid, batch) = (parts.next().unwrap(), parts.next().unwrap());
-        *per_batch.entry((pid as u32, batch)).or_default() += 1;
+        let (run, batch) = (parts.next().unwrap(), parts.next().unwrap());
+        *per_batch.entry((run as u32, batch)).or_default() += 1;
     }
-    for ((pid, batch), n) in &per_batch {
+    for ((run, batch), n) in &per_batch {
         assert_eq!(
             *n, BATCH,
-            "process {pid}'s batch {batch} has {n} of {BATCH} jobs"
+            "run {run}'s batch {batch} has {n} of {BATCH} jobs"
         );
     }
     let mut acknowledged = 0;
     for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let Some((pid, batch)) = line.split_once(':') else {
+        let Some((run, batch)) = line.split_once(':') else {
             continue;
         };
-        let (Ok(pid), Ok(batch)) = (pid.parse::<u32>(), batch.parse::<u64>()) else {
+        let (Ok(run), Ok(batch)) = (run.parse::<u32>(), batch.parse::<u64>()) else {
             // A line cut by a kill.
             continue;
         };
         acknowledged += 1;
         assert!(
-            per_batch.contains_key(&(pid, batch)),
-            "process {pid}'s batch {batch} was acknowledged but is not there"
+            per_batch.contains_key(&(run, batch)),
+            "run {run}'s batch {batch} was acknowledged but is not there"
         );
     }
     eprintln!(

@@ -82,7 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     (
         proptest::collection::vec(op(), 1..40),
-        proptest::option::weighted(0.05, (0u8..2, 1_300u16..1_500, 0usize..40)),
+        proptest::option::weighted(0.05, (0u8..2, 3_300u16..4_000, 0usize..40)),
     )
         .prop_map(|(mut ops, big)| {
             if let Some((queue, n, at)) = big {

@@ -52,6 +52,8 @@ impl Rng {
 fn a_kill_at_any_moment_of_creation_leaves_no_file_or_a_whole_database() {
     if let Some((role, db)) = child_role() {
         if role == "create" {
+            // Tells the parent it is about to create, so that the kill lands in the creation.
+            println!("creating");
             drop(Store::open(&db).unwrap());
         }
         return;
@@ -62,8 +64,8 @@ fn a_kill_at_any_moment_of_creation_leaves_no_file_or_a_whole_database() {
         .as_nanos() as u64
         | 1;
     let mut rng = Rng(seed);
-    let (mut whole, mut absent) = (0, 0);
-    for round in 0..40 {
+    let (mut whole, mut absent, mut midway) = (0, 0, 0);
+    for round in 0..60 {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("q.redb");
         let mut process = child(
@@ -71,13 +73,27 @@ fn a_kill_at_any_moment_of_creation_leaves_no_file_or_a_whole_database() {
             "create",
             &db,
         )
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-        // The kill lands anywhere from before the child starts to after it is done.
-        std::thread::sleep(Duration::from_micros(rng.below(6_000)));
+        let mut ready = String::new();
+        let mut out = std::io::BufReader::new(process.stdout.take().unwrap());
+        while !ready.contains("creating") {
+            ready.clear();
+            let n = std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+            assert!(n > 0, "round {round}: the child ended before creating");
+        }
+        // The kill lands anywhere from the start of the creation to after it is done.
+        std::thread::sleep(Duration::from_micros(rng.below(12_000)));
         let _ = process.kill();
-        process.wait().unwrap();
+        let status = process.wait().unwrap();
+        // Killed, or done: never failed.
+        assert!(
+            status.success() || std::os::unix::process::ExitStatusExt::signal(&status) == Some(9),
+            "round {round} (seed {seed}): the child failed: {status}"
+        );
         let existed = db.exists();
+        midway += usize::from(files(dir.path()).len() > usize::from(existed));
         // The next open opens the whole database the child left (repairing it if the kill
         // landed while the child held it open), or creates one; and it clears what a killed
         // creation left beside it.
@@ -97,7 +113,13 @@ fn a_kill_at_any_moment_of_creation_leaves_no_file_or_a_whole_database() {
             absent += 1;
         }
     }
-    eprintln!("seed {seed}: {whole} kills left a whole database, {absent} left none");
+    eprintln!(
+        "seed {seed}: {whole} kills left a whole database, {absent} none, {midway} a temporary file"
+    );
+    assert!(
+        midway > 0,
+        "no kill landed while a database was being created (seed {seed})"
+    );
 }
 
 #[test]
@@ -261,4 +283,94 @@ fn a_store_dropped_after_shutdown_is_closed_cleanly_when_the_process_exits_at_on
         "a_store_dropped_after_shutdown_is_closed_cleanly_when_the_process_exits_at_once",
         "drop",
     );
+}
+
+#[test]
+fn creators_racing_for_a_half_created_file_never_replace_each_others_database() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.redb");
+        std::fs::write(&db, vec![0u8; 73_728]).unwrap();
+        let barrier = std::sync::Barrier::new(6);
+        let enqueued: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        match Store::open(&db) {
+                            // Each winner writes a job while it holds the file; a database
+                            // put over its file by another creator would lose it.
+                            Ok(store) => {
+                                store.enqueue(NewJob::new("q", "mine")).unwrap();
+                                store.close();
+                                1
+                            }
+                            Err(Error::AlreadyOpen { .. }) => 0,
+                            Err(e) => panic!("round {round}: {e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert!(enqueued >= 1, "round {round}: nobody opened it");
+        let store = Store::open(&db).unwrap();
+        assert_eq!(
+            store.stats().unwrap().queue("q").map_or(0, |q| q.pending),
+            enqueued as u64,
+            "round {round}: a job acknowledged by one creator was lost"
+        );
+    }
+}
+
+#[test]
+fn a_database_is_created_where_a_symbolic_link_points_and_the_link_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("data");
+    std::fs::create_dir(&real).unwrap();
+    let target = real.join("q.redb");
+    let link = dir.path().join("q.redb");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    // A dangling link: the database is created at its target.
+    drop(Store::open(&link).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(target.is_file());
+    // A link to a half-created file: the file it names is replaced, the link stays.
+    std::fs::write(&target, b"").unwrap();
+    let store = Store::open(&link).unwrap();
+    store.enqueue(NewJob::new("q", "x")).unwrap();
+    store.close();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        Store::open_read_only(&target)
+            .unwrap()
+            .stats()
+            .unwrap()
+            .queue("q")
+            .unwrap()
+            .pending,
+        1
+    );
+}
+
+#[test]
+fn a_half_created_file_made_ready_by_hand_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.redb");
+    std::fs::write(&db, b"").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    drop(Store::open(&db).unwrap());
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
 }

@@ -391,6 +391,7 @@ fn a_refused_operation_does_not_sink_its_neighbours_in_a_group_commit() {
     let stale = store.claim("q", 1).unwrap().pop().unwrap().lease;
     store.cancel(stale.job()).unwrap();
     let batches = store.__write_batches();
+    let sent = store.__writes_sent();
     std::thread::scope(|s| {
         let (enqueuers, refused) = store
             .write(|_tx| {
@@ -401,10 +402,9 @@ fn a_refused_operation_does_not_sink_its_neighbours_in_a_group_commit() {
                     .collect();
                 let refused =
                     s.spawn(|| matches!(store.complete(stale), Err(Error::LeaseLost { .. })));
-                // Eight wait in the channel; the writer thread holds the ninth, waiting for
-                // the commit lock.
+                // All nine are sent to the writer, which waits for the commit lock.
                 let deadline = Instant::now() + Duration::from_secs(20);
-                while store.__queued_writes() < 8 {
+                while store.__writes_sent() < sent + 9 {
                     assert!(Instant::now() < deadline, "the operations did not queue");
                     std::thread::yield_now();
                 }

@@ -13,15 +13,39 @@ pub const MAX_OPS: usize = 64;
 /// The most jobs in one enqueue batch.
 pub const MAX_BATCH: usize = 6;
 
-/// The operations `data` encodes: at most [`MAX_OPS`], one per leading byte and its fields.
+/// The operations `data` encodes: at most [`MAX_OPS`], one per leading byte and its fields;
+/// at most one batch past a segment and [`MAX_LARGEST`] payloads of the largest size, so that
+/// an input stays within the fuzzer's time and memory limits.
 pub fn ops(data: &[u8]) -> Vec<Op> {
     let mut input = Input::new(data);
     let mut ops = Vec::new();
+    let (mut big, mut largest) = (false, 0);
+    let mut cap = |spec: &mut Spec| {
+        if spec.payload % 4 == 3 {
+            largest += 1;
+            if largest > MAX_LARGEST {
+                spec.payload = 0;
+            }
+        }
+    };
     while !input.is_empty() && ops.len() < MAX_OPS {
-        ops.push(op(&mut input));
+        let mut op = op(&mut input);
+        match &mut op {
+            Op::BigBatch { .. } if big => continue,
+            Op::BigBatch { .. } => big = true,
+            Op::Enqueue(spec) => cap(spec),
+            Op::EnqueueBatch(specs) | Op::Write { specs, .. } => {
+                specs.iter_mut().for_each(&mut cap)
+            }
+            _ => {}
+        }
+        ops.push(op);
     }
     ops
 }
+
+/// The most payloads of the largest size (4 MiB) one input enqueues.
+const MAX_LARGEST: usize = 2;
 
 /// One operation. The weights follow `tests/prop_model.rs`: claims and enqueues often, a
 /// reopen (the slowest step) rarely.
@@ -88,10 +112,10 @@ fn op(input: &mut Input<'_>) -> Op {
                 commit,
             }
         }
-        // A batch past one segment: rare, being slow.
+        // A batch past one segment (about 3,200 small jobs each): rare, being slow.
         _ => Op::BigBatch {
             queue: input.below(2),
-            n: 1_300 + u16::from(input.byte()),
+            n: 3_300 + u16::from(input.byte()),
         },
     }
 }

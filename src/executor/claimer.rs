@@ -32,17 +32,22 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
         // time; shutdown waits for the one under way.
         if let Some(retention) = shared.retention
             && last_retention.is_none_or(|t| t.elapsed() >= shared.retention_interval)
-            && pruning.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+            && pruning
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
         {
             last_retention = Some(Instant::now());
             let store = store.clone();
-            pruning = Some(shared.settles.spawn_blocking(move || {
-                match store.apply_retention(&retention) {
-                    Ok(n) if n > 0 => tracing::debug!(jobs = n, "retention pruned finished jobs"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention failed"),
-                }
-            }));
+            pruning =
+                Some(shared.settles.spawn_blocking(
+                    move || match store.apply_retention(&retention) {
+                        Ok(n) if n > 0 => {
+                            tracing::debug!(jobs = n, "retention pruned finished jobs")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention failed"),
+                    },
+                ));
         }
         // Read before the target, so that a settle committed meanwhile wakes the next sleep.
         let seen = store.generation();

@@ -99,21 +99,29 @@ async fn supervise(
             _ = beat.tick() => match shared.store.heartbeat_async(lease).await {
                 Ok(()) => {}
                 Err(Error::LeaseLost { .. }) => {
-                    task.abort();
+                    stop_handler(&mut task).await;
                     return End::LeaseLost;
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             },
             () = sleep_until(deadline) => {
-                task.abort();
+                stop_handler(&mut task).await;
                 return End::TimedOut(timeout.unwrap_or_default());
             }
             () = shared.kill.cancelled() => {
-                task.abort();
+                stop_handler(&mut task).await;
                 return End::Killed;
             }
         }
     }
+}
+
+/// Cancels a handler and waits until its future is dropped (at its next await), so that what
+/// it holds (its context's store handle, say) is released before the worker goes on: once
+/// shutdown returns, no handler of this executor holds anything.
+async fn stop_handler(task: &mut tokio::task::JoinHandle<Outcome>) {
+    task.abort();
+    let _ = task.await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

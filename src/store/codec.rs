@@ -27,7 +27,7 @@ pub(crate) const TAG_INLINE: u8 = 2;
 /// into the jobs table and deletes the segment.
 pub(crate) const TAG_SEGMENT: u8 = 3;
 
-/// A segment takes no more jobs once its bytes reach this: about 1,300 jobs with small
+/// A segment takes no more jobs once its bytes reach this: about 3,000 jobs with small
 /// payloads. With the job that crosses it (at most about 1 KiB more), a segment stays inside a
 /// 64 KiB page: redb gives a value a power-of-two page, so a segment just over 64 KiB would
 /// take 128 KiB and double the file of a batch backlog.

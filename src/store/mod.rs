@@ -154,11 +154,12 @@ impl Store {
         closed.wait();
     }
 
-    /// Operations waiting for the writer, not yet in a batch; 0 for a read-only store. For
-    /// tests of group commit; not part of the API.
+    /// Operations sent to the writer's channel since the store opened (not those a caller
+    /// committed on its own thread); 0 for a read-only store. For tests of group commit; not
+    /// part of the API.
     #[doc(hidden)]
-    pub fn __queued_writes(&self) -> usize {
-        self.inner.writer.as_ref().map_or(0, Writer::queued)
+    pub fn __writes_sent(&self) -> u64 {
+        self.inner.writer.as_ref().map_or(0, Writer::sent)
     }
 
     /// Group-commit batches finished since the store opened. For tests; not part of the API.

@@ -119,8 +119,11 @@ impl StoreBuilder {
     }
 
     /// Whether [`StoreBuilder::open`] upgrades a database of an older format to this build's.
-    /// Default: true. With `false`, an older format is [`Error::UnsupportedFormat`] and the file
-    /// is left as it is (the `quern` utility upgrades only when asked).
+    /// Default: true. With `false`, an older format is [`Error::UnsupportedFormat`] and quern
+    /// changes nothing in it; redb's writable open has already written its own bookkeeping
+    /// (the integrity check's allocator state, the header's open flag) by then. To leave an
+    /// older file byte for byte as it is, look at it read-only first
+    /// ([`Store::format_version`]), as the `quern` utility does.
     pub fn upgrade(mut self, upgrade: bool) -> Self {
         self.upgrade = upgrade;
         self
@@ -137,14 +140,11 @@ impl StoreBuilder {
     /// database.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        create::remove_stale(path);
-        match create::inspect(path).map_err(|e| io_open_error(path, e))? {
-            found @ (Found::Missing | Found::HalfCreated) if self.create => {
-                if found == Found::HalfCreated {
-                    tracing::warn!(path = %path.display(), "replacing a database file a crash left half-created");
-                }
-                let replace = found == Found::HalfCreated;
-                if create::create(path, replace, |temp| self.create_new(temp))? {
+        let target = create::resolve(path).map_err(|e| io_open_error(path, e))?;
+        create::tidy(&target);
+        match create::inspect(&target).map_err(|e| io_open_error(path, e))? {
+            Found::Missing | Found::HalfCreated if self.create => {
+                if create::create(&target, |temp| self.create_new(temp))? {
                     tracing::info!(path = %path.display(), "created quern database");
                 }
             }

@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     last_batch: AtomicUsize,
     /// How many batches have finished: counted before their callers are answered.
     finished: AtomicU64,
+    /// How many operations were sent to the channel (for tests of group commit).
+    sent: AtomicU64,
 }
 
 /// The writer thread and the channel to it. Dropping it lets the thread finish what is queued,
@@ -142,6 +144,7 @@ impl Writer {
             commit: Mutex::new(()),
             last_batch: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let thread_shared = shared.clone();
@@ -157,9 +160,9 @@ impl Writer {
         })
     }
 
-    /// How many operations wait in the channel, not yet taken into a batch.
-    pub(crate) fn queued(&self) -> usize {
-        self.rx.len()
+    /// How many operations were sent to the channel since the store opened.
+    pub(crate) fn sent(&self) -> u64 {
+        self.shared.sent.load(Ordering::Relaxed)
     }
 
     /// How many batches have finished (committed, rolled back or refused).
@@ -176,6 +179,7 @@ impl Writer {
 
     /// Queues `op` for the writer thread's next group commit.
     pub(crate) fn send(&self, op: Box<dyn Op>) -> Result<()> {
+        self.shared.sent.fetch_add(1, Ordering::Relaxed);
         match &self.tx {
             Some(tx) => tx
                 .send(Queued {

@@ -433,6 +433,17 @@ fn open_write(db: &Path) -> Result<Store> {
     // database) is refused by a read that changes no byte. A file a crash left unclean cannot
     // be read so; the writable open repairs it, as a worker's start would.
     match Store::open_read_only(db) {
+        // Formats 2 and 3 read as they are, but a writable open would upgrade them.
+        Ok(reader) if reader.format_version() < quern::FORMAT_VERSION => {
+            return Err(old_format(
+                db,
+                Error::UnsupportedFormat {
+                    path: db.to_path_buf(),
+                    found: reader.format_version(),
+                    supported: quern::FORMAT_VERSION,
+                },
+            ));
+        }
         Ok(reader) => drop(reader),
         Err(e) if needs_repair(&e) => {}
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
@@ -462,10 +473,10 @@ fn old_format(db: &Path, e: Error) -> anyhow::Error {
 /// `quern upgrade`: the only command that changes a file's format.
 fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
     existing(db)?;
-    let current = Store::builder().create(false).upgrade(false).open(db);
-    let found = match current {
-        Ok(store) => {
-            store.close();
+    // Read first, so that a file this command refuses (no quern database, a newer format)
+    // keeps every byte.
+    let found = match Store::open_read_only(db) {
+        Ok(reader) if reader.format_version() == quern::FORMAT_VERSION => {
             writeln!(
                 out,
                 "{} is at format version {}: nothing to upgrade",
@@ -474,13 +485,29 @@ fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
             )?;
             return Ok(OK);
         }
+        Ok(reader) => reader.format_version(),
         Err(Error::UnsupportedFormat {
             found, supported, ..
         }) if found < supported => found,
+        // A file a crash left unclean: the writable open below repairs it.
+        Err(e) if needs_repair(&e) => 0,
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
         Err(e) => return Err(e.into()),
     };
-    Store::builder().create(false).open(db)?.close();
+    let store = match Store::builder().create(false).open(db) {
+        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        other => other?,
+    };
+    store.close();
+    if found == 0 || found == quern::FORMAT_VERSION {
+        writeln!(
+            out,
+            "{} is at format version {}",
+            escape(&db.display().to_string()),
+            quern::FORMAT_VERSION
+        )?;
+        return Ok(OK);
+    }
     writeln!(
         out,
         "upgraded {} from format version {found} to {}",
