@@ -166,7 +166,7 @@ pub(crate) fn cancel(cx: &mut Ctx<'_>, id: JobId) -> Result<bool> {
 /// (claims, settles, enqueues) commit between them, each waiting at most one chunk: a
 /// thousand deletes take a millisecond or two, against ten times that for ten thousand, which
 /// showed as stalls of job starts while a minute's history was pruned.
-pub(crate) const PRUNE_CHUNK: usize = 1_000;
+pub(crate) const PRUNE_CHUNK: usize = 250;
 
 /// Deletes succeeded jobs that finished before `succeeded_before`, terminally failed jobs that
 /// finished before `failed_before`, and then the oldest terminal failures beyond `max_failed`:
