@@ -1,27 +1,15 @@
 //! The `quern` utility, run as a real process against databases built here, also while this
 //! process holds the database open for writing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use quern::redb::TableDefinition;
 use quern::{JobId, JobState, NewJob, Store};
 use serde_json::Value;
+use utility::{quern, s, stderr, stdout};
 
-fn quern(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quern"))
-        .args(args)
-        .output()
-        .expect("run quern")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod utility;
 
 /// A database with a succeeded, a failed-for-good, a running and two pending jobs.
 fn build(dir: &tempfile::TempDir) -> (PathBuf, Store) {
@@ -42,10 +30,6 @@ fn build(dir: &tempfile::TempDir) -> (PathBuf, Store) {
     store.fail(b.lease, "bucket said 403").unwrap();
     store.complete(claimed.pop().unwrap().lease).unwrap();
     (path, store)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -3,29 +3,13 @@
 //! keep payloads byte for byte and stay well-formed, and the messages of bad arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use quern::{JobId, JobState, NewJob, Store};
 use serde_json::Value;
+use utility::{quern, s, stderr, stdout};
 
-fn quern(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quern"))
-        .args(args)
-        .output()
-        .expect("run quern")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod utility;
 
 /// Runs `args`, which must fail with exit code 2 and one line on stderr containing `needle`;
 /// returns that line.

@@ -92,30 +92,25 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn open_damaged_corpus_gives_errors_not_panics() {
-    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    damage::record_panics();
-    let verbose = std::env::var_os("QUERN_FUZZ_VERBOSE").is_some();
-    for (name, bytes) in files("open_damaged") {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("damaged.redb");
-        std::fs::write(&path, damage::damage(&bytes)).unwrap();
-        let outcome = damage::exercise(&path);
-        if verbose {
-            println!("{name}: {}", outcome.summary());
-        }
-    }
+    replay_damaged("open_damaged", damage::BASE);
 }
 
 /// The crashes the fuzzer found on the format 1 fixture, each replayed on that file.
 #[test]
 fn open_damaged_finds_on_format_1_give_errors_not_panics() {
+    replay_damaged("open_damaged_v1", damage::BASE_V1);
+}
+
+/// Damages `base` by each file of the corpus `target` and runs the damaged file through the
+/// fuzz target's oracle.
+fn replay_damaged(target: &str, base: &[u8]) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     damage::record_panics();
     let verbose = std::env::var_os("QUERN_FUZZ_VERBOSE").is_some();
-    for (name, bytes) in files("open_damaged_v1") {
+    for (name, bytes) in files(target) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("damaged.redb");
-        std::fs::write(&path, damage::damage_of(damage::BASE_V1, &bytes)).unwrap();
+        std::fs::write(&path, damage::damage_of(base, &bytes)).unwrap();
         let outcome = damage::exercise(&path);
         if verbose {
             println!("{name}: {}", outcome.summary());

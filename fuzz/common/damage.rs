@@ -49,13 +49,8 @@ const NOW: Timestamp = Timestamp(1_700_000_000_000 + 3_600_000);
 )]
 pub const BASE_V1: &[u8] = include_bytes!("../../tests/fixtures/v1.redb");
 
-/// `BASE` damaged by the edits `data` encodes, five bytes each: a kind, a three-byte offset
-/// (modulo the file's length), a value.
-pub fn damage(data: &[u8]) -> Vec<u8> {
-    damage_of(BASE, data)
-}
-
-/// `base` damaged by the edits `data` encodes, as [`damage`] does to `BASE`.
+/// `base` (`BASE`, or `BASE_V1` for the finds on it) damaged by the edits `data` encodes,
+/// five bytes each: a kind, a three-byte offset (modulo the file's length), a value.
 pub fn damage_of(base: &[u8], data: &[u8]) -> Vec<u8> {
     let mut file = base.to_vec();
     let mut input = Input::new(data);

@@ -18,7 +18,7 @@ fuzz_target!(
         damage::record_panics();
     },
     |data: &[u8]| {
-        let file = damage::damage(data);
+        let file = damage::damage_of(damage::BASE, data);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("damaged.redb");
         std::fs::write(&path, &file).expect("write the damaged file");
