@@ -114,10 +114,13 @@ pub(crate) fn create(path: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Re
         .ok_or_else(|| io_error(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?
         .to_string_lossy()
         .into_owned();
-    // Held until this creation is in place: released when the handle drops.
-    let lock = File::open(&dir).map_err(io_error)?;
-    lock.lock().map_err(io_error)?;
-    remove_temporaries(&dir, &name);
+    // Held until this creation is in place: released when the handle drops. Where a directory
+    // cannot be opened or locked (not on Unix), creators go unserialised: a missing file is
+    // still only ever linked into place, never replaced.
+    let lock = File::open(&dir).and_then(|d| d.lock().map(|()| d)).ok();
+    if lock.is_some() {
+        remove_temporaries(&dir, &name);
+    }
     let found = inspect(path).map_err(io_error)?;
     if found == Found::Other {
         return Ok(false);
@@ -136,16 +139,29 @@ pub(crate) fn create(path: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Re
         return Err(e);
     }
     let placed = match found {
-        // The half-created file is replaced whole.
+        // The half-created file is replaced whole (by one creator only, where they serialise).
+        Found::HalfCreated if lock.is_none() => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a half-created file is replaced only where creators can lock its directory",
+        )),
         Found::HalfCreated => fs::rename(&temp, path),
-        // Linked, which never replaces; where hard links are not supported, renamed, as the
-        // target is still missing (creators hold the directory's lock).
-        _ => fs::hard_link(&temp, path).or_else(|_| fs::rename(&temp, path)),
+        // Linked, which never replaces what another process put there meanwhile.
+        _ => match fs::hard_link(&temp, path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&temp);
+                return Ok(false);
+            }
+            // A file system without hard links: renamed, which is safe while the creators
+            // hold the directory's lock and the target was still missing under it.
+            Err(_) if lock.is_some() => fs::rename(&temp, path),
+            other => other,
+        },
     };
     let _ = fs::remove_file(&temp);
     placed.map_err(io_error)?;
     // Some file systems cannot sync a directory (EINVAL): the file is in place either way.
-    if let Err(e) = lock.sync_all()
+    if let Some(dir) = &lock
+        && let Err(e) = dir.sync_all()
         && e.kind() != io::ErrorKind::InvalidInput
     {
         return Err(io_error(e));
