@@ -34,6 +34,10 @@ pub struct NewJob {
     pub(crate) unique_key: Option<String>,
     pub(crate) concurrency_key: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) strict: bool,
+    pub(crate) latest_wins: bool,
+    pub(crate) debounce: Option<Duration>,
+    pub(crate) ordered: bool,
 }
 
 /// When a new job becomes claimable.
@@ -66,6 +70,10 @@ impl NewJob {
             unique_key: None,
             concurrency_key: None,
             timeout: None,
+            strict: false,
+            latest_wins: false,
+            debounce: None,
+            ordered: false,
         }
     }
 
@@ -107,12 +115,56 @@ impl NewJob {
         self
     }
 
-    /// Coalesce with a live job of the same queue and key: while one is pending, in progress or
-    /// failed with a retry scheduled, enqueueing another returns
-    /// [`Enqueued::Duplicate`]. Default: none.
+    /// Coalesces enqueues of one queue and key, without losing one: every enqueue that
+    /// succeeds is covered by a run of the key's job that starts after it. Default: none.
+    ///
+    /// - While the key's job waits to run (pending, or failed with a retry scheduled), the
+    ///   enqueue is folded into it: [`Enqueued::Coalesced`]. Its payload stays the first one
+    ///   unless this enqueue asks for [`NewJob::latest_wins`]; [`NewJob::debounce`] moves its
+    ///   run out.
+    /// - While the key's job runs, the run may have read the old state: the enqueue becomes a
+    ///   follow-up that waits for the run to end, or is folded into the follow-up that already
+    ///   waits: [`Enqueued::FollowUp`]. The follow-up never runs while the running job does.
+    ///   If the run ends for good, the follow-up runs next; if it goes back to waiting (a retry,
+    ///   a snooze, an expired lease, a give-back at shutdown), it takes the follow-up in, so
+    ///   that one job of the key waits.
+    ///
+    /// So at most one job of the key runs, and at most one waits. For work that must never be
+    /// repeated, [`NewJob::unique_key_strict`] refuses an enqueue while any job of the key
+    /// lives.
     #[must_use]
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
+        self.strict = false;
+        self
+    }
+
+    /// At most one live job of this queue and key, running included: while one is pending, in
+    /// progress or failed with a retry scheduled, the enqueue writes nothing and returns
+    /// [`Enqueued::Duplicate`]. An enqueue while the job runs is lost to it; where that matters,
+    /// use [`NewJob::unique_key`]. Default: none.
+    #[must_use]
+    pub fn unique_key_strict(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self.strict = true;
+        self
+    }
+
+    /// With a [`NewJob::unique_key`]: when this enqueue is folded into the job that waits, its
+    /// payload replaces the waiting job's ("latest wins", for work that syncs the current
+    /// state of something). Default: the first payload is kept.
+    #[must_use]
+    pub fn latest_wins(mut self) -> Self {
+        self.latest_wins = true;
+        self
+    }
+
+    /// With a [`NewJob::unique_key`]: the key's job runs no sooner than `window` after this
+    /// enqueue, whether it is new or this enqueue is folded into it, so that a burst of
+    /// enqueues becomes one run after the burst. Default: none.
+    #[must_use]
+    pub fn debounce(mut self, window: Duration) -> Self {
+        self.debounce = Some(window);
         self
     }
 
@@ -120,6 +172,18 @@ impl NewJob {
     #[must_use]
     pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
         self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// With a [`NewJob::concurrency_key`]: the jobs of the key start in the order they were
+    /// enqueued (id order), whatever their priority or run time. The first job of the key
+    /// holds the line while it waits (for its run time, a retry or a snooze) as well as while
+    /// it runs; the jobs behind it wait in a table of their own, where no claim looks at them.
+    /// A job that fails for good or is cancelled gives the line to the next. Every job of the
+    /// key should be enqueued ordered. Default: not ordered.
+    #[must_use]
+    pub fn ordered(mut self) -> Self {
+        self.ordered = true;
         self
     }
 
@@ -180,6 +244,11 @@ pub struct Job {
     pub finished_at: Option<Timestamp>,
     /// How many times an operator retried it by hand.
     pub manual_retries: u32,
+    /// Whether its concurrency key is ordered ([`NewJob::ordered`]).
+    pub ordered: bool,
+    /// When it is a follow-up ([`Enqueued::FollowUp`]): the running job of its unique key that
+    /// it waits for.
+    pub waits_for: Option<JobId>,
 }
 
 impl Job {
@@ -226,6 +295,8 @@ impl Record {
             updated_at: Timestamp(self.updated_at),
             finished_at: self.finished_at.map(Timestamp),
             manual_retries: self.manual_retries,
+            ordered: self.extra.ordered,
+            waits_for: self.extra.behind.map(JobId),
         }
     }
 }
@@ -235,15 +306,31 @@ impl Record {
 pub enum Enqueued {
     /// A new job was written with this id.
     Created(JobId),
-    /// A live job of the same queue and unique key exists; nothing was written.
+    /// Strict unique key ([`NewJob::unique_key_strict`]): a live job of the same queue and key
+    /// exists; nothing was written.
     Duplicate(JobId),
+    /// Unique key ([`NewJob::unique_key`]): folded into this job of the key, which waits to
+    /// run (pending, or failed with a retry scheduled) and so will see this enqueue.
+    Coalesced(JobId),
+    /// Unique key ([`NewJob::unique_key`]): the key's job `running` is in progress, so this
+    /// enqueue is covered by `job`, the follow-up that waits for that run to end (new, or
+    /// already waiting). If the run goes back to waiting instead of ending, the follow-up is
+    /// folded into `running`, which then covers this enqueue, and `job` no longer exists.
+    FollowUp {
+        /// The follow-up.
+        job: JobId,
+        /// The running job it waits for.
+        running: JobId,
+    },
 }
 
 impl Enqueued {
-    /// The id of the new or the existing job.
+    /// The id of the job that covers this enqueue: the new job, the waiting job it was folded
+    /// into, the follow-up, or (strict) the live job of the key.
     pub fn id(self) -> JobId {
         match self {
-            Enqueued::Created(id) | Enqueued::Duplicate(id) => id,
+            Enqueued::Created(id) | Enqueued::Duplicate(id) | Enqueued::Coalesced(id) => id,
+            Enqueued::FollowUp { job, .. } => job,
         }
     }
 }

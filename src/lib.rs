@@ -20,7 +20,7 @@
 //! let id = store.enqueue(NewJob::new("uploads", "photos/cat.jpg").unique_key("cat.jpg"))?.id();
 //! assert!(matches!(
 //!     store.enqueue(NewJob::new("uploads", "photos/cat.jpg").unique_key("cat.jpg"))?,
-//!     Enqueued::Duplicate(existing) if existing == id
+//!     Enqueued::Coalesced(existing) if existing == id
 //! ));
 //!
 //! // A worker claims, works, and settles with its lease.

@@ -97,6 +97,25 @@ pub(crate) struct Record {
     /// Where the payload is; not encoded with the record.
     #[serde(skip)]
     pub payload: Payload,
+    /// The fields added in format 5; not in the record's own encoding (the codec writes them
+    /// ahead of it, only when one differs from its default).
+    #[serde(skip)]
+    pub extra: Extra,
+}
+
+/// The fields of a record that format 5 added, for the sync semantics: ordered concurrency keys
+/// and follow-ups of change-safe unique keys. All default for a job that uses neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Extra {
+    /// The concurrency key is ordered: the jobs of the key start in id order, and the first
+    /// holds the line (the busy entry) while it waits as well as while it runs.
+    pub ordered: bool,
+    /// A follow-up: pending, but it waits for the end of the run of this job (in progress,
+    /// same queue and unique key), and is in no claim index until then.
+    pub behind: Option<u64>,
+    /// The payload came from an enqueue that asked for the latest payload to win: when this
+    /// follow-up is folded back into the job it waits for, its payload replaces that job's.
+    pub latest_wins: bool,
 }
 
 /// Why a transition was refused. The store turns it into an [`Error`](crate::Error) naming the
@@ -276,8 +295,56 @@ pub(crate) fn cancel(rec: &mut Record, now: u64) -> Result<(), Refusal> {
         return Err(Refusal::InvalidState("cancel"));
     }
     rec.last_error = Some("cancelled".to_owned());
+    // A cancelled follow-up waits for nothing any more.
+    rec.extra.behind = None;
     rec.finish(JobState::Failed, now);
     Ok(())
+}
+
+/// A waiting record (pending or failed with a retry scheduled) takes in another enqueue of its
+/// unique key: with `latest_wins` it marks its payload as the latest (the store writes the
+/// bytes), and with `not_before` its next run moves out to at least that time (debounce).
+pub(crate) fn coalesce(
+    rec: &mut Record,
+    now: u64,
+    latest_wins: bool,
+    not_before: Option<u64>,
+) -> Result<(), Refusal> {
+    let waits = match rec.phase() {
+        Phase::Pending => &mut rec.run_at,
+        Phase::Retrying => match rec.next_attempt_at.as_mut() {
+            Some(next) => next,
+            None => return Err(Refusal::InvalidState("coalesce")),
+        },
+        _ => return Err(Refusal::InvalidState("coalesce")),
+    };
+    if let Some(at) = not_before {
+        *waits = (*waits).max(at);
+    }
+    if latest_wins {
+        rec.extra.latest_wins = true;
+    }
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// A follow-up whose job's run ended for good: it runs as any pending job from now on.
+pub(crate) fn release(rec: &mut Record, now: u64) -> Result<(), Refusal> {
+    if rec.state != JobState::Pending || rec.extra.behind.is_none() {
+        return Err(Refusal::InvalidState("release"));
+    }
+    rec.extra.behind = None;
+    rec.updated_at = now;
+    Ok(())
+}
+
+/// A job whose run went back to waiting takes in its follow-up `follow`, which is then deleted:
+/// it waits at least until the follow-up would have run, and it covers every enqueue the
+/// follow-up did. Returns whether the follow-up's payload replaces the job's (it came from an
+/// enqueue that asked for the latest payload to win).
+pub(crate) fn absorb(rec: &mut Record, follow: &Record, now: u64) -> Result<bool, Refusal> {
+    coalesce(rec, now, false, Some(follow.run_at))?;
+    Ok(follow.extra.latest_wins)
 }
 
 /// `text`, cut to at most [`MAX_TEXT`] bytes at a char boundary.
@@ -320,6 +387,7 @@ mod tests {
             manual_retries: 0,
             last_backoff_ms: None,
             payload: Payload::Apart,
+            extra: Extra::default(),
         }
     }
 
@@ -443,6 +511,43 @@ mod tests {
         let mut d = claimed(1);
         discard(&mut d, 1, 0, "x").unwrap();
         assert!(promote(&mut d, 0).is_err());
+    }
+
+    #[test]
+    fn coalesce_debounces_a_waiting_record_and_refuses_a_running_one() {
+        let mut p = pending();
+        p.run_at = 5_000;
+        coalesce(&mut p, 6_000, false, Some(4_000)).unwrap();
+        assert_eq!(p.run_at, 5_000, "debounce never pulls a run in");
+        coalesce(&mut p, 6_000, true, Some(9_000)).unwrap();
+        assert_eq!((p.run_at, p.extra.latest_wins), (9_000, true));
+        let mut r = claimed(1);
+        fail(&mut r, 1, 2_000, "503", &fixed(), 0).unwrap();
+        coalesce(&mut r, 3_000, false, Some(20_000)).unwrap();
+        assert_eq!(r.next_attempt_at, Some(20_000));
+        let mut c = claimed(2);
+        assert_eq!(
+            coalesce(&mut c, 3_000, false, None),
+            Err(Refusal::InvalidState("coalesce"))
+        );
+    }
+
+    #[test]
+    fn absorb_waits_for_the_later_of_the_two_and_release_only_frees_a_follow_up() {
+        let mut r = claimed(1);
+        snooze(&mut r, 1, 2_000, 3_000).unwrap();
+        let mut f = pending();
+        f.run_at = 8_000;
+        f.extra.behind = Some(1);
+        f.extra.latest_wins = true;
+        assert_eq!(absorb(&mut r, &f, 2_000), Ok(true));
+        assert_eq!(r.run_at, 8_000);
+        assert_eq!(
+            release(&mut r, 2_000),
+            Err(Refusal::InvalidState("release"))
+        );
+        release(&mut f, 2_000).unwrap();
+        assert_eq!(f.extra.behind, None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ fn big() -> Vec<u8> {
 /// a seventh job, not yet indexed either, carries a payload too large to store inline. From
 /// format 3 on, those two are enqueued in one batch: one segment holds both. From format 4 on,
 /// the jobs as enqueued (the two new ones) are stored in the short form, the others in the long.
+/// From format 5 on, queue `v5` holds a running job of a unique key with a follow-up behind
+/// it, and two jobs of an ordered key: the first not yet due, the second waiting behind it.
 fn write_fixture(path: &std::path::Path) {
     let clock = ManualClock::new(T0);
     let store = Store::builder()
@@ -56,6 +58,25 @@ fn write_fixture(path: &std::path::Path) {
     store
         .enqueue_batch([NewJob::new("other", "inbox"), NewJob::new("other", big())])
         .unwrap();
+    store
+        .enqueue(NewJob::new("v5", "runs").unique_key("f"))
+        .unwrap();
+    // A worker that died: its lease is left behind.
+    let runs = store.claim("v5", 1).unwrap();
+    assert_eq!(runs.len(), 1);
+    store
+        .enqueue(NewJob::new("v5", "follows").unique_key("f").latest_wins())
+        .unwrap();
+    store
+        .enqueue_batch([
+            NewJob::new("v5", "first")
+                .concurrency_key("d")
+                .ordered()
+                .delay(Duration::from_secs(3_600)),
+            NewJob::new("v5", "second").concurrency_key("d").ordered(),
+        ])
+        .unwrap();
+    assert!(store.claim("v5", 10).unwrap().is_empty());
 }
 
 /// A copy of fixture `name` in `dir`, or, with `QUERN_WRITE_FIXTURE` set and `name` the
@@ -72,10 +93,10 @@ fn copy_of(name: &str, dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// The fixture of the format this build writes.
-const CURRENT: &str = "v4.redb";
+const CURRENT: &str = "v5.redb";
 
 /// Opens a fixture for writing and checks every job in it, then that the store works on it.
-fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
+fn opens_with_every_job_in_its_state(name: &str, with_big: bool, with_v5: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = copy_of(name, &dir);
     let clock = ManualClock::new(T0.after(Duration::from_secs(1)));
@@ -106,7 +127,24 @@ fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
     if with_big {
         expected.push((7, &big[..], JobState::Pending, 0, false));
     }
+    if with_v5 {
+        expected.extend([
+            (8, &b"runs"[..], JobState::InProgress, 1, false),
+            (9, &b"follows"[..], JobState::Pending, 0, false),
+            (10, &b"first"[..], JobState::Pending, 0, false),
+            (11, &b"second"[..], JobState::Pending, 0, false),
+        ]);
+    }
     assert_eq!(summary, expected);
+    if with_v5 {
+        assert_eq!(
+            store.get(JobId(9)).unwrap().unwrap().waits_for,
+            Some(JobId(8))
+        );
+        assert!(store.get(JobId(11)).unwrap().unwrap().ordered);
+        // Job 8 runs, 9 follows it, 10 is not due and holds the line of 11.
+        assert!(store.claim("v5", 10).unwrap().is_empty());
+    }
     let pending = store.get(JobId(1)).unwrap().unwrap();
     assert_eq!(
         (pending.priority, pending.unique_key.as_deref()),
@@ -121,7 +159,7 @@ fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
         store
             .enqueue(NewJob::new("sync", "again").unique_key("u1"))
             .unwrap(),
-        quern::Enqueued::Duplicate(JobId(1))
+        quern::Enqueued::Coalesced(JobId(1))
     ));
     let claimed = store.claim("sync", 10).unwrap();
     assert_eq!(
@@ -140,22 +178,27 @@ fn opens_with_every_job_in_its_state(name: &str, with_big: bool) {
 
 #[test]
 fn format_v1_fixture_is_upgraded_at_a_writable_open_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v1.redb", false);
+    opens_with_every_job_in_its_state("v1.redb", false, false);
 }
 
 #[test]
 fn format_v2_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v2.redb", true);
+    opens_with_every_job_in_its_state("v2.redb", true, false);
 }
 
 #[test]
 fn format_v3_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v3.redb", true);
+    opens_with_every_job_in_its_state("v3.redb", true, false);
 }
 
 #[test]
 fn format_v4_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state(CURRENT, true);
+    opens_with_every_job_in_its_state("v4.redb", true, false);
+}
+
+#[test]
+fn format_v5_fixture_opens_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state(CURRENT, true, true);
 }
 
 /// The format version in the header of the database at `path`.
@@ -173,8 +216,8 @@ fn format_of(path: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn format_v2_and_v3_files_read_as_they_are_and_a_writable_open_moves_them_to_format_4() {
-    for (name, version) in [("v2.redb", 2), ("v3.redb", 3)] {
+fn format_v2_v3_and_v4_files_read_as_they_are_and_a_writable_open_moves_them_to_format_5() {
+    for (name, version) in [("v2.redb", 2), ("v3.redb", 3), ("v4.redb", 4)] {
         let dir = tempfile::tempdir().unwrap();
         let path = copy_of(name, &dir);
         let before = std::fs::read(&path).unwrap();
@@ -189,9 +232,9 @@ fn format_v2_and_v3_files_read_as_they_are_and_a_writable_open_moves_them_to_for
         );
         assert_eq!(format_of(&path), version);
         drop(Store::open(&path).unwrap());
-        // Format 4 now: a build that knew only the older format would refuse it, and this one
+        // Format 5 now: a build that knew only the older format would refuse it, and this one
         // reads it.
-        assert_eq!(format_of(&path), 4, "{name}");
+        assert_eq!(format_of(&path), 5, "{name}");
         let store = Store::open_read_only(&path).unwrap();
         assert_eq!(store.list(&Filter::default()).unwrap().len(), 7, "{name}");
     }
@@ -207,7 +250,7 @@ fn a_format_v1_file_opened_read_only_is_refused_until_a_writable_open_upgrades_i
             err,
             Error::UnsupportedFormat {
                 found: 1,
-                supported: 4,
+                supported: 5,
                 ..
             }
         ),

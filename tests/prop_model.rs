@@ -21,6 +21,14 @@ fn spec() -> impl Strategy<Value = Spec> {
         proptest::option::weighted(0.1, 1u8..60),
         // An explicit run_at now and then, in the past or ahead.
         proptest::option::weighted(0.1, -60i16..60),
+        // The unique key's mode: mostly change-safe, now and then strict; latest wins or
+        // keep first; a debounce now and then.
+        (
+            proptest::bool::weighted(0.2),
+            any::<bool>(),
+            proptest::option::weighted(0.2, 1u8..40),
+            0u8..4,
+        ),
     )
         .prop_map(
             |(
@@ -33,6 +41,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 payload,
                 timeout_secs,
                 run_at_secs,
+                (strict, latest, debounce_secs, tag),
             )| Spec {
                 queue,
                 priority,
@@ -43,6 +52,10 @@ fn spec() -> impl Strategy<Value = Spec> {
                 payload,
                 timeout_secs,
                 run_at_secs,
+                strict,
+                latest: latest && !strict,
+                debounce_secs: debounce_secs.filter(|_| !strict),
+                tag,
             },
         )
 }
@@ -74,6 +87,8 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => (proptest::collection::vec(spec(), 0..4), any::<bool>())
             .prop_map(|(specs, commit)| Op::Write { specs, commit }),
+        2 => (any::<u8>(), 0u8..3, proptest::option::weighted(0.5, spec()), proptest::bool::weighted(0.8))
+            .prop_map(|(lease, how, spec, commit)| Op::SettleInWrite { lease, how, spec, commit }),
         1 => Just(Op::Reopen),
     ]
 }

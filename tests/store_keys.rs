@@ -1,5 +1,6 @@
-//! Unique keys (coalescing enqueues while a job with the key is live) and concurrency keys (at
-//! most one job per key in progress), both per queue.
+//! Strict unique keys (refusing enqueues while a job with the key is live, running included)
+//! and concurrency keys (at most one job per key in progress), both per queue. The change-safe
+//! unique keys, the default, are in `store_sync.rs`.
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{Env, TTL, secs};
 use quern::{Enqueued, Filter, JobId, JobState, NewJob};
 
 fn keyed(queue: &str, payload: &str, key: &str) -> NewJob {
-    NewJob::new(queue, payload).unique_key(key)
+    NewJob::new(queue, payload).unique_key_strict(key)
 }
 
 /// Asserts that enqueueing another job with `key` is answered with the existing job `id`, and
@@ -29,12 +30,12 @@ fn assert_coalesced(env: &Env, key: &str, id: JobId) {
 fn assert_key_free(env: &Env, key: &str, old: JobId) {
     match env.store.enqueue(keyed("q", "again", key)).unwrap() {
         Enqueued::Created(id) => assert!(id > old),
-        Enqueued::Duplicate(id) => panic!("key {key} still held by {id}"),
+        other => panic!("key {key} still held: {other:?}"),
     }
 }
 
 #[test]
-fn a_unique_key_coalesces_enqueues_while_its_job_is_pending() {
+fn a_strict_unique_key_coalesces_enqueues_while_its_job_is_pending() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     assert_coalesced(&env, "k", id);
@@ -42,14 +43,14 @@ fn a_unique_key_coalesces_enqueues_while_its_job_is_pending() {
 }
 
 #[test]
-fn a_unique_key_coalesces_enqueues_while_its_job_is_not_yet_due() {
+fn a_strict_unique_key_coalesces_enqueues_while_its_job_is_not_yet_due() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k").delay(secs(3_600)));
     assert_coalesced(&env, "k", id);
 }
 
 #[test]
-fn a_unique_key_coalesces_enqueues_while_its_job_is_in_progress() {
+fn a_strict_unique_key_coalesces_enqueues_while_its_job_is_in_progress() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     let _running = env.claim_one("q");
@@ -57,7 +58,7 @@ fn a_unique_key_coalesces_enqueues_while_its_job_is_in_progress() {
 }
 
 #[test]
-fn a_unique_key_coalesces_enqueues_while_its_job_waits_for_a_retry() {
+fn a_strict_unique_key_coalesces_enqueues_while_its_job_waits_for_a_retry() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     env.store.fail(env.claim_one("q").lease, "boom").unwrap();
@@ -69,7 +70,7 @@ fn a_unique_key_coalesces_enqueues_while_its_job_waits_for_a_retry() {
 }
 
 #[test]
-fn a_unique_key_coalesces_enqueues_while_its_job_is_snoozed() {
+fn a_strict_unique_key_coalesces_enqueues_while_its_job_is_snoozed() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     env.store
@@ -79,7 +80,7 @@ fn a_unique_key_coalesces_enqueues_while_its_job_is_snoozed() {
 }
 
 #[test]
-fn a_unique_key_is_free_again_after_its_job_succeeds() {
+fn a_strict_unique_key_is_free_again_after_its_job_succeeds() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     env.store.complete(env.claim_one("q").lease).unwrap();
@@ -87,7 +88,7 @@ fn a_unique_key_is_free_again_after_its_job_succeeds() {
 }
 
 #[test]
-fn a_unique_key_is_free_again_after_its_job_fails_for_good() {
+fn a_strict_unique_key_is_free_again_after_its_job_fails_for_good() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k").max_attempts(1));
     env.store.fail(env.claim_one("q").lease, "boom").unwrap();
@@ -95,7 +96,7 @@ fn a_unique_key_is_free_again_after_its_job_fails_for_good() {
 }
 
 #[test]
-fn a_unique_key_is_free_again_after_its_job_is_discarded() {
+fn a_strict_unique_key_is_free_again_after_its_job_is_discarded() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     env.store.discard(env.claim_one("q").lease, "bad").unwrap();
@@ -103,7 +104,7 @@ fn a_unique_key_is_free_again_after_its_job_is_discarded() {
 }
 
 #[test]
-fn a_unique_key_is_free_again_after_its_job_is_cancelled() {
+fn a_strict_unique_key_is_free_again_after_its_job_is_cancelled() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k"));
     env.store.cancel(id).unwrap();
@@ -111,7 +112,7 @@ fn a_unique_key_is_free_again_after_its_job_is_cancelled() {
 }
 
 #[test]
-fn a_unique_key_is_free_again_after_the_last_attempt_is_recovered() {
+fn a_strict_unique_key_is_free_again_after_the_last_attempt_is_recovered() {
     let env = Env::new();
     let id = env.enqueue(keyed("q", "first", "k").max_attempts(1));
     let _lost = env.claim_one("q");
@@ -277,7 +278,7 @@ fn concurrency_keys_are_per_queue() {
 }
 
 #[test]
-fn a_unique_key_does_not_limit_concurrency_nor_a_concurrency_key_coalesce() {
+fn a_strict_unique_key_does_not_limit_concurrency_nor_a_concurrency_key_coalesce() {
     let env = Env::new();
     let one = env.enqueue(NewJob::new("q", "1").concurrency_key("k"));
     let two = env.enqueue(NewJob::new("q", "2").concurrency_key("k"));

@@ -210,7 +210,7 @@ fn a_unique_key_twice_in_one_batch_is_one_job() {
         quern::Enqueued::Created(id) => id,
         ref other => panic!("{other:?}"),
     };
-    assert_eq!(out[2], quern::Enqueued::Duplicate(first));
+    assert_eq!(out[2], quern::Enqueued::Coalesced(first));
     // The three new jobs have consecutive ids, stored as one segment.
     let ids: Vec<u64> = env
         .store
@@ -233,7 +233,7 @@ fn a_batch_whose_jobs_are_all_duplicates_commits_nothing() {
         .store
         .enqueue_batch([NewJob::new("q", "b").unique_key("k")])
         .unwrap();
-    assert_eq!(out, [quern::Enqueued::Duplicate(first)]);
+    assert_eq!(out, [quern::Enqueued::Coalesced(first)]);
     assert_eq!(env.store.enqueue_batch(Vec::<NewJob>::new()).unwrap(), []);
     assert_eq!(env.store.generation(), before, "no change was committed");
 }

@@ -183,7 +183,7 @@ fn retry_is_refused_while_another_live_job_holds_the_unique_key() {
         env.store
             .enqueue(NewJob::new("q", "third").unique_key("k"))
             .unwrap(),
-        quern::Enqueued::Duplicate(old),
+        quern::Enqueued::Coalesced(old),
         "the retried job holds its key again"
     );
 }

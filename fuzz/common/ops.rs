@@ -37,6 +37,9 @@ pub fn ops(data: &[u8]) -> Vec<Op> {
             Op::EnqueueBatch(specs) | Op::Write { specs, .. } => {
                 specs.iter_mut().for_each(&mut cap)
             }
+            Op::SettleInWrite {
+                spec: Some(spec), ..
+            } => cap(spec),
             _ => {}
         }
         ops.push(op);
@@ -104,11 +107,21 @@ fn op(input: &mut Input<'_>) -> Op {
                 max_failed: (max < 4).then_some(max),
             }
         }
-        35..=36 => {
+        35 => {
             let commit = input.below(2) == 1;
             let n = input.below(4);
             Op::Write {
                 specs: (0..n).map(|_| spec(input)).collect(),
+                commit,
+            }
+        }
+        36 => {
+            let (lease, how, commit) = (input.byte(), input.below(3), input.below(5) > 0);
+            let spec = (input.below(2) == 1).then(|| spec(input));
+            Op::SettleInWrite {
+                lease,
+                how,
+                spec,
                 commit,
             }
         }
@@ -134,11 +147,18 @@ fn spec(input: &mut Input<'_>) -> Spec {
     let payload = input.byte();
     let timeout = input.byte();
     let run_at = input.byte();
+    // The unique key's mode from the same byte's other bits: change-safe keeping the first
+    // payload, latest wins, with a debounce, or strict.
+    let mode = (unique >> 2) % 4;
     Spec {
         queue,
         priority,
         delay_secs,
         max_attempts,
+        strict: mode == 3,
+        latest: mode == 1,
+        debounce_secs: (mode == 2).then_some(1 + ckey % 30),
+        tag: payload % 4,
         unique: (unique >= 160).then_some(unique % 4),
         ckey: (ckey >= 160).then_some(ckey % 3),
         payload: if payload >= 240 { 1 + payload % 3 } else { 0 },

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub lease_lost: u64,
     /// Jobs given back to pending, attempt returned, because the executor stopped.
     pub given_back: u64,
+    /// Jobs their handler settled itself, in a transaction with its own writes
+    /// ([`JobContext::settle_in`](crate::JobContext::settle_in)).
+    pub settled_by_handler: u64,
     /// Handlers running now.
     pub running: u64,
     /// The most handlers that ever ran at once.
@@ -52,6 +55,7 @@ pub(crate) struct Counters {
     pub timed_out: AtomicU64,
     pub lease_lost: AtomicU64,
     pub given_back: AtomicU64,
+    pub settled_by_handler: AtomicU64,
     running: AtomicU64,
     max_running: AtomicU64,
     ended: AtomicU64,
@@ -101,6 +105,7 @@ impl Counters {
             timed_out: self.timed_out.load(Relaxed),
             lease_lost: self.lease_lost.load(Relaxed),
             given_back: self.given_back.load(Relaxed),
+            settled_by_handler: self.settled_by_handler.load(Relaxed),
             running: self.running.load(Relaxed),
             max_running: self.max_running.load(Relaxed),
             channel_len,

@@ -26,6 +26,7 @@ mod worker;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -41,7 +42,7 @@ use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
 use crate::periodic::Periodic;
-use crate::store::{Retention, Store};
+use crate::store::{Retention, Store, WriteTx};
 
 /// What a handler says about the job it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,10 @@ pub enum Outcome {
     Snooze(Duration),
     /// Will never work: fail for good now.
     Discard(String),
+    /// The handler settled the job itself, in a transaction with its own writes
+    /// ([`JobContext::settle_in`]): the executor leaves it as it is. A handler that returns
+    /// this without having settled its job has its attempt failed with an error that says so.
+    Settled,
 }
 
 impl Outcome {
@@ -75,9 +80,16 @@ pub struct JobContext {
     job: Job,
     lease: Lease,
     store: Store,
+    /// Set once the handler settled the job in its own transaction; the worker reads it.
+    settled: Arc<AtomicBool>,
 }
 
 impl JobContext {
+    /// Whether the handler settled the job itself ([`JobContext::settle_in`]).
+    pub(crate) fn settled_flag(&self) -> Arc<AtomicBool> {
+        self.settled.clone()
+    }
+
     /// The job being run (in progress, with this attempt counted).
     pub fn job(&self) -> &Job {
         &self.job
@@ -105,6 +117,74 @@ impl JobContext {
         self.store
             .set_progress_async(&self.lease, progress.into())
             .await
+    }
+
+    /// Runs `f` in one write transaction of the store ([`Store::write`]) with this run's lease,
+    /// to write the user's tables and settle the job together: `f` calls
+    /// [`WriteTx::complete`](crate::WriteTx::complete) (or `fail`, `snooze`, `discard`) with
+    /// the lease, and the job is settled exactly when the writes commit. The handler then
+    /// returns [`Outcome::Settled`].
+    ///
+    /// ```no_run
+    /// use quern::redb::TableDefinition;
+    /// use quern::{JobContext, Outcome};
+    ///
+    /// const LOCAL: TableDefinition<&str, &str> = TableDefinition::new("local");
+    ///
+    /// async fn pull(ctx: JobContext) -> Outcome {
+    ///     let remote = String::from("state read from the remote");
+    ///     let written = ctx
+    ///         .settle_in(move |tx, lease| {
+    ///             tx.open_table(LOCAL)?.insert("item", remote.as_str())?;
+    ///             tx.complete(lease)
+    ///         })
+    ///         .await;
+    ///     match written {
+    ///         Ok(()) => Outcome::Settled,
+    ///         Err(e) => Outcome::retry(e),
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// The transaction is a commit of its own, as every [`Store::write`] is, where the
+    /// executor's own settles share group commits: `docs/performance.md` has the cost.
+    ///
+    /// # Errors
+    /// `f`'s error, or the store's: [`Error::LeaseLost`] when the job was taken from this run
+    /// (the whole transaction is rolled back, the user's writes included).
+    ///
+    /// # Panics
+    /// When `f` panics, the panic goes on in the handler (and fails the attempt).
+    pub async fn settle_in<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut WriteTx<'_>, Lease) -> std::result::Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let store = self.store.clone();
+        let lease = self.lease.duplicate();
+        let job = self.lease.job();
+        let run = tokio::task::spawn_blocking(move || {
+            store.write(|tx| {
+                let value = f(tx, lease)?;
+                Ok::<_, E>((value, tx.has_settled(job)))
+            })
+        })
+        .await;
+        let (value, settled) = match run {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                return Err(Error::NoRuntime {
+                    operation: "settling a job in a transaction",
+                }
+                .into());
+            }
+        };
+        if settled {
+            self.settled.store(true, Ordering::Release);
+        }
+        Ok(value)
     }
 
     /// Extends the lease now. The executor already heartbeats while the handler runs; this is
@@ -456,5 +536,6 @@ pub(crate) fn context(store: &Store, claimed: &Claimed) -> JobContext {
         job: claimed.job.clone(),
         lease: claimed.lease.duplicate(),
         store: store.clone(),
+        settled: Arc::new(AtomicBool::new(false)),
     }
 }

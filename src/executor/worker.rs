@@ -1,7 +1,7 @@
 //! A worker: takes claimed jobs from the channel one at a time and runs each to its settlement.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinError;
@@ -36,6 +36,7 @@ async fn run_job(shared: &Arc<Shared>, claimed: Claimed) {
         attempt = claimed.job.attempts
     );
     let ctx = context(&shared.store, &claimed);
+    let settled_by_handler = ctx.settled_flag();
     let Claimed { job, lease } = claimed;
     async {
         if !still_held(shared, &job, &lease).await {
@@ -49,6 +50,12 @@ async fn run_job(shared: &Arc<Shared>, claimed: Claimed) {
         let task = tokio::spawn(async move { handler(ctx).await }.in_current_span());
         let end = supervise(shared, &job, &lease, task).await;
         shared.counters.end(started.elapsed());
+        if settled_by_handler.load(Ordering::Acquire) {
+            // Settled in the handler's own transaction: nothing is left to do, whatever it
+            // returned.
+            Counters::add(&shared.counters.settled_by_handler, 1);
+            return;
+        }
         settle(shared, &job, lease, end);
     }
     .instrument(span)
@@ -139,6 +146,10 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
         End::Returned(Ok(Outcome::Success)) => (Settle::Complete, |c| &c.succeeded),
         End::Returned(Ok(Outcome::Retry(e))) => (failed(shared, job, e), |c| &c.failed),
         End::Returned(Ok(Outcome::Snooze(d))) => (Settle::Snooze(d), |c| &c.snoozed),
+        End::Returned(Ok(Outcome::Settled)) => {
+            let error = "the handler returned Outcome::Settled without settling its job".into();
+            (failed(shared, job, error), |c| &c.failed)
+        }
         End::Returned(Ok(Outcome::Discard(e))) => {
             shared
                 .failures

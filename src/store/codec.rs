@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use redb::ReadableTable;
 
 use crate::error::{Error, Result, redb_failed};
-use crate::state::{Payload, Record};
+use crate::state::{Extra, Payload, Record};
 use crate::types::JobState;
 
 /// The tag of a stored job whose payload is kept apart (in the payloads table): the record's
@@ -42,6 +42,11 @@ pub(crate) const SEGMENT_BYTES: usize = 60 * 1024;
 pub(crate) const TAG_SHORT: u8 = 4;
 /// The tag of a job stored in its short form with its payload apart: a [`ShortRecord`] alone.
 pub(crate) const TAG_SHORT_APART: u8 = 5;
+/// The tag of a job with format 5's fields (an [`Extra`] that is not all defaults): the
+/// postcard encoding of its `Extra`, then the job as any other tag stores it. Only jobs that
+/// use an ordered key or wait as a follow-up carry it, so every other job is stored as format
+/// 4 stored it.
+pub(crate) const TAG_EXTRA: u8 = 6;
 
 /// The fields of a job that the short form keeps; every other field is as [`Record`] has it at
 /// enqueue. `run_at` is kept as its distance from `created_at`, a single byte for a job due at
@@ -83,6 +88,7 @@ impl<'a> ShortRecord<'a> {
             manual_retries,
             last_backoff_ms,
             payload: _,
+            extra: _,
         } = rec;
         let as_enqueued = *state == JobState::Pending
             && *attempts == 0
@@ -133,6 +139,7 @@ impl<'a> ShortRecord<'a> {
             manual_retries: 0,
             last_backoff_ms: None,
             payload,
+            extra: Extra::default(),
         })
     }
 }
@@ -172,6 +179,10 @@ fn encode_job_onto(rec: &Record, mut out: Vec<u8>) -> Result<Vec<u8>> {
         Payload::Apart => None,
     };
     out.reserve(96 + rec.queue.len() + strings + inline.map_or(0, <[u8]>::len));
+    if rec.extra != Extra::default() {
+        out.push(TAG_EXTRA);
+        out = postcard::to_extend(&rec.extra, out).map_err(writing)?;
+    }
     if let Some(short) = ShortRecord::of(rec) {
         out.push(if inline.is_some() {
             TAG_SHORT
@@ -233,6 +244,11 @@ impl Segment {
     pub(crate) fn takes(&self, id: u64) -> bool {
         self.count == 0
             || (self.first + u64::from(self.count) == id && self.bytes.len() < SEGMENT_BYTES)
+    }
+
+    /// Whether job `id` is in this segment (not yet written).
+    pub(crate) fn holds(&self, id: u64) -> bool {
+        self.count > 0 && id >= self.first && id - self.first < u64::from(self.count)
     }
 
     /// Adds job `id`, which [`Segment::takes`] must have admitted; `more` jobs are likely to
@@ -378,6 +394,16 @@ pub(crate) fn decode_job(id: u64, bytes: &[u8]) -> Result<Record> {
         what: format!("record of job {id}"),
         detail,
     };
+    if let Some((&TAG_EXTRA, body)) = bytes.split_first() {
+        let (extra, rest) =
+            postcard::take_from_bytes::<Extra>(body).map_err(|e| corrupt(e.to_string()))?;
+        if rest.first() == Some(&TAG_EXTRA) || extra == Extra::default() {
+            return Err(corrupt("a malformed format 5 header".into()));
+        }
+        let mut rec = decode_job(id, rest)?;
+        rec.extra = extra;
+        return Ok(rec);
+    }
     let (record, payload) = match bytes.split_first() {
         Some((&(TAG_SHORT | TAG_SHORT_APART), body)) => {
             let (short, rest) = postcard::take_from_bytes::<ShortRecord<'_>>(body)
@@ -542,6 +568,16 @@ pub(crate) fn blocked_key(queue: &str, ckey: &str, priority: i32, run_at: u64, i
     out
 }
 
+/// The blocked key of pending job `id`, of concurrency key `ckey`: in (priority, run_at, id)
+/// order, or for an ordered key in id order alone (ahead of the key's unordered jobs, if any).
+pub(crate) fn blocked_key_of(rec: &Record, ckey: &str, id: u64) -> Vec<u8> {
+    if rec.extra.ordered {
+        blocked_key(&rec.queue, ckey, i32::MAX, 0, id)
+    } else {
+        blocked_key(&rec.queue, ckey, rec.priority, rec.run_at, id)
+    }
+}
+
 pub(crate) fn count_key(queue: &str, phase: u8) -> Vec<u8> {
     let mut out = queue_prefix(queue);
     out.push(phase);
@@ -656,6 +692,7 @@ mod tests {
             manual_retries: 1,
             last_backoff_ms: Some(30_000),
             payload: Payload::Apart,
+            extra: Extra::default(),
         }
     }
 
@@ -671,6 +708,40 @@ mod tests {
         for r in [record(), inline(b""), inline(b"payload")] {
             assert_eq!(decode_job(1, &encode_job(&r).unwrap()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn format_5_fields_round_trip_ahead_of_any_form_and_only_when_set() {
+        let extra = Extra {
+            ordered: true,
+            behind: Some(7),
+            latest_wins: true,
+        };
+        for r in [
+            record(),
+            inline(b"payload"),
+            enqueued(Payload::Apart),
+            enqueued(Payload::Inline(b"x".to_vec())),
+        ] {
+            let plain = encode_job(&r).unwrap();
+            assert_ne!(plain[0], TAG_EXTRA);
+            let r = Record {
+                extra: extra.clone(),
+                ..r
+            };
+            let bytes = encode_job(&r).unwrap();
+            assert_eq!(bytes[0], TAG_EXTRA);
+            assert_eq!(decode_job(1, &bytes).unwrap(), r);
+        }
+        // A header of defaults, or one header behind another, is damage.
+        let mut doubled = vec![TAG_EXTRA];
+        doubled.extend(postcard::to_stdvec(&extra).unwrap());
+        doubled.extend(encode_job(&Record { extra, ..record() }).unwrap());
+        assert!(decode_job(1, &doubled).is_err());
+        let mut empty = vec![TAG_EXTRA];
+        empty.extend(postcard::to_stdvec(&Extra::default()).unwrap());
+        empty.extend(encode_job(&record()).unwrap());
+        assert!(decode_job(1, &empty).is_err());
     }
 
     /// A job as enqueued, with its payload where `payload` says.

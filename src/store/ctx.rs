@@ -12,8 +12,8 @@ use super::codec::{
     Segment, Stored, decode_job, encode_job, job_in_segments, payload_bytes, segment_jobs,
     segment_span,
 };
-use super::index;
 use super::tables::{META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN, Tables};
+use super::{index, unique};
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::error::{Result, redb_failed};
@@ -250,7 +250,8 @@ impl<'t> Ctx<'t> {
         Ok(())
     }
 
-    fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
+    /// Writes `segment` as it is, if it holds a job, and leaves it empty for the jobs after.
+    pub(crate) fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
         match segment.take() {
             Some(Stored::Single(id, bytes)) => {
                 self.t
@@ -418,6 +419,16 @@ impl<'t> Ctx<'t> {
         Ok((kept, false))
     }
 
+    /// Makes sure job `id` is indexed if it exists: indexes every new job up to it, however
+    /// many (a write that must change a job not yet indexed: rare, and then a new job of the
+    /// same key a moment old).
+    pub(crate) fn index_through(&mut self, id: u64) -> Result<()> {
+        if self.unindexed_maybe && id >= self.indexed_below()? {
+            self.drain_through(id, usize::MAX, |_| false)?;
+        }
+        Ok(())
+    }
+
     /// Indexes a new job, as stored at enqueue.
     pub(crate) fn index_new(&mut self, id: u64, rec: &Record) -> Result<()> {
         let now = self.now();
@@ -479,11 +490,35 @@ impl<'t> Ctx<'t> {
                 index::move_lease(&mut self.t, id, old, new)?;
             }
             Some(old) => {
+                // A run that ends may have a follow-up waiting behind it (see `unique`), found
+                // before the new record takes the unique key back.
+                let follower = if old.phase() == Phase::InProgress {
+                    unique::follower(self, id, old)?
+                } else {
+                    None
+                };
                 index::remove(&mut self.t, id, old)?;
                 index::insert(&mut self.t, id, new, now)?;
-                index::pass_concurrency_key(&mut self.t, old, new)?;
+                index::end_line(&mut self.t, id, old, new)?;
                 self.count(old, -1);
                 self.count(new, 1);
+                self.changed = true;
+                // A run that ended for good releases its follow-up before the concurrency key
+                // passes on, so that the follow-up takes its place in an ordered line by its id.
+                let follower = match follower {
+                    Some(follow) if !new.phase().is_live() => {
+                        unique::after_run(self, id, new, follow)?;
+                        None
+                    }
+                    follower => follower,
+                };
+                index::pass_concurrency_key(&mut self.t, old, new, now)?;
+                if let Some(follow) = follower {
+                    unique::after_run(self, id, new, follow)?;
+                }
+                if old.extra.behind.is_some() && !new.phase().is_live() {
+                    unique::hand_back(self, old)?;
+                }
             }
             None => {
                 index::insert(&mut self.t, id, new, now)?;

@@ -77,6 +77,11 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
         if fired.is_none_or(|f| f < slot) {
             let mut job = p.job.clone();
             job.run_at = RunAt::At(p.slot_start(slot));
+            // A slot fires once: while the previous slot's job lives, this one waits (strict
+            // unique key) rather than follow it.
+            job.strict = true;
+            job.latest_wins = false;
+            job.debounce = None;
             enqueue::validate(&job)?;
             match enqueue::enqueue(cx, job)? {
                 Enqueued::Created(id) => {
@@ -87,7 +92,9 @@ fn fire_periodic(cx: &mut Ctx<'_>, schedules: &[Periodic]) -> Result<Option<Time
                 }
                 // The previous slot's job is still live: this slot fires when it finishes (its
                 // settlement wakes the claimer), unless the slot is over by then.
-                Enqueued::Duplicate(id) => {
+                Enqueued::Duplicate(id)
+                | Enqueued::Coalesced(id)
+                | Enqueued::FollowUp { job: id, .. } => {
                     tracing::trace!(schedule = %p.name, slot, live = %id, "periodic slot waits");
                 }
             }

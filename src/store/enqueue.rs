@@ -4,10 +4,10 @@ use redb::ReadableTable;
 
 use super::codec::{INLINE_PAYLOAD, Segment, keyed};
 use super::ctx::Ctx;
-use super::index;
+use super::{index, unique};
 use crate::error::{Error, Result, redb_failed};
 use crate::job::{Enqueued, NewJob};
-use crate::state::{Payload, Record};
+use crate::state::{Extra, Payload, Record};
 use crate::types::{JobId, JobState, duration_ms};
 
 /// The largest payload a job may carry: 4 MiB. Larger data belongs in a file the job names.
@@ -59,17 +59,36 @@ pub(crate) fn validate(job: &NewJob) -> Result<()> {
     }
     validate_key("unique key", job.unique_key.as_deref())?;
     validate_key("concurrency key", job.concurrency_key.as_deref())?;
+    if job.ordered && job.concurrency_key.is_none() {
+        return Err(Error::invalid(
+            "ordered",
+            "it orders the jobs of a concurrency key, and the job has none",
+        ));
+    }
+    let coalescing = job.unique_key.is_some() && !job.strict;
+    if job.latest_wins && !coalescing {
+        return Err(Error::invalid(
+            "latest_wins",
+            "it applies to a (not strict) unique key, and the job has none",
+        ));
+    }
+    if job.debounce.is_some() && !coalescing {
+        return Err(Error::invalid(
+            "debounce",
+            "it applies to a (not strict) unique key, and the job has none",
+        ));
+    }
     Ok(())
 }
 
 /// A validated job to write, or the live job that holds its unique key.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a return value, moved once; boxing would allocate per job"
-)]
 enum Prepared {
     New(u64, Record, Option<Vec<u8>>),
+    /// Strict unique key: the live job holding it.
     Duplicate(JobId),
+    /// Change-safe unique key held by this job: the enqueue is folded into it or written
+    /// behind it ([`fold`]).
+    Held(u64, NewJob),
 }
 
 /// Allocates the id and builds the record of one validated job, and takes its unique key (so
@@ -82,21 +101,45 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
                 .get(keyed(&job.queue, u).as_slice())
                 .map_err(redb_failed)?
     {
-        return Ok(Prepared::Duplicate(JobId(existing.value())));
+        let existing = existing.value();
+        return Ok(if job.strict {
+            Prepared::Duplicate(JobId(existing))
+        } else {
+            Prepared::Held(existing, job)
+        });
     }
+    let (id, rec, apart) = new_record(cx, job, now, None)?;
+    if let Some(u) = &rec.unique_key {
+        index::take_unique_key(&mut cx.t, &rec.queue, u, id)?;
+    }
+    Ok(Prepared::New(id, rec, apart))
+}
+
+/// The id and record of a new job, and its payload when too large to store inline; `behind`
+/// is the running job a follow-up waits for.
+fn new_record(
+    cx: &mut Ctx<'_>,
+    job: NewJob,
+    now: u64,
+    behind: Option<u64>,
+) -> Result<(u64, Record, Option<Vec<u8>>)> {
     let id = cx.alloc_id()?;
     let (payload, apart) = if job.payload.len() <= INLINE_PAYLOAD {
         (Payload::Inline(job.payload), None)
     } else {
         (Payload::Apart, Some(job.payload))
     };
+    let mut run_at = job.run_at.resolve(crate::types::Timestamp(now)).0;
+    if let Some(window) = job.debounce {
+        run_at = run_at.max(now.saturating_add(duration_ms(window)));
+    }
     let rec = Record {
         queue: job.queue,
         state: JobState::Pending,
         priority: job.priority,
         attempts: 0,
         max_attempts: job.max_attempts,
-        run_at: job.run_at.resolve(crate::types::Timestamp(now)).0,
+        run_at,
         next_attempt_at: None,
         last_error: None,
         unique_key: job.unique_key,
@@ -111,11 +154,39 @@ fn prepare(cx: &mut Ctx<'_>, job: NewJob, now: u64) -> Result<Prepared> {
         manual_retries: 0,
         last_backoff_ms: None,
         payload,
+        extra: Extra {
+            ordered: job.ordered,
+            behind,
+            latest_wins: behind.is_some() && job.latest_wins,
+        },
     };
+    Ok((id, rec, apart))
+}
+
+/// An enqueue of a change-safe unique key that `holder` holds: folded into the holder while it
+/// waits to run, or written as (or folded into) the follow-up of its run.
+fn fold(cx: &mut Ctx<'_>, holder: u64, job: NewJob, now: u64) -> Result<Enqueued> {
+    let request = unique::Fold {
+        latest_wins: job.latest_wins,
+        payload: job.payload.clone(),
+        not_before: job
+            .debounce
+            .map(|window| now.saturating_add(duration_ms(window))),
+    };
+    if let Some(done) = unique::fold(cx, holder, request)? {
+        return Ok(done);
+    }
+    // The holder runs: the enqueue becomes its follow-up, which takes the key over.
+    let (id, rec, apart) = new_record(cx, job, now, Some(holder))?;
     if let Some(u) = &rec.unique_key {
         index::take_unique_key(&mut cx.t, &rec.queue, u, id)?;
     }
-    Ok(Prepared::New(id, rec, apart))
+    cx.add_new(id, &rec, apart.as_deref())?;
+    tracing::debug!(job = id, queue = %rec.queue, running = holder, "enqueued a follow-up");
+    Ok(Enqueued::FollowUp {
+        job: JobId(id),
+        running: JobId(holder),
+    })
 }
 
 /// Writes one validated job, not yet indexed, or finds the live job holding its unique key.
@@ -128,6 +199,7 @@ pub(crate) fn enqueue(cx: &mut Ctx<'_>, job: NewJob) -> Result<Enqueued> {
             Ok(Enqueued::Created(JobId(id)))
         }
         Prepared::Duplicate(id) => Ok(Enqueued::Duplicate(id)),
+        Prepared::Held(holder, job) => fold(cx, holder, job, now),
     }
 }
 
@@ -150,6 +222,17 @@ pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<E
                 created += 1;
             }
             Prepared::Duplicate(id) => out.push(Enqueued::Duplicate(id)),
+            // A job of this batch, not yet written, waits to run: nothing of it changes.
+            Prepared::Held(holder, job)
+                if segment.holds(holder) && !job.latest_wins && job.debounce.is_none() =>
+            {
+                out.push(Enqueued::Coalesced(JobId(holder)));
+            }
+            Prepared::Held(holder, job) => {
+                // The holder may be in the segment being built: it is written first.
+                cx.write_segment(&mut segment)?;
+                out.push(fold(cx, holder, job, now)?);
+            }
         }
     }
     // Every job a duplicate, or none: nothing is written, nothing to commit.

@@ -128,6 +128,12 @@ pub(crate) fn retry(cx: &mut Ctx<'_>, id: JobId) -> Result<()> {
     let old = cx.load(id.0)?.ok_or(Error::NotFound { job: id })?;
     let mut rec = old.clone();
     state::retry(&mut rec, now).map_err(|r| refused(id.0, &old, r))?;
+    if rec.extra.ordered {
+        // It takes its place in its line by id, behind the job holding the line, which may be
+        // a new job: every job is indexed first (a manual step, rare enough to pay for it).
+        let last = cx.last_id()?;
+        cx.index_through(last)?;
+    }
     if let Some(u) = &rec.unique_key {
         let holder =
             cx.t.unique()?

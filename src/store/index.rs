@@ -5,11 +5,11 @@
 use redb::ReadableTable;
 
 use super::codec::{
-    blocked_key, count_key, keyed, ordered_tail, parse_scheduled_value, ready_key, scheduled_value,
-    timed_key, timed_tail,
+    blocked_key, blocked_key_of, count_key, decode_job, keyed, ordered_tail, parse_scheduled_value,
+    ready_key, scheduled_value, timed_key, timed_tail,
 };
 use super::tables::Tables;
-use crate::error::{Result, redb_failed};
+use crate::error::{Error, Result, redb_failed};
 use crate::state::{Phase, Record};
 
 /// Removes every index entry `rec` can have. A pending job sits in exactly one of ready,
@@ -18,6 +18,8 @@ use crate::state::{Phase, Record};
 pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
     let q = rec.queue.as_str();
     match rec.phase() {
+        // A follow-up is in no claim index while it waits for its job's run.
+        Phase::Pending if rec.extra.behind.is_some() => {}
         Phase::Pending => {
             let found = t
                 .ready()?
@@ -30,7 +32,7 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
                     .is_some();
             if !found && let Some(k) = &rec.concurrency_key {
                 t.blocked()?
-                    .remove(blocked_key(q, k, rec.priority, rec.run_at, id).as_slice())
+                    .remove(blocked_key_of(rec, k, id).as_slice())
                     .map_err(redb_failed)?;
             }
         }
@@ -38,7 +40,10 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
             if let Some(exp) = rec.lease_expires_at {
                 t.leases()?.remove((exp, id)).map_err(redb_failed)?;
             }
-            if let Some(k) = &rec.concurrency_key {
+            // The first job of an ordered key keeps the line until it ends ([`end_line`]).
+            if let Some(k) = &rec.concurrency_key
+                && !rec.extra.ordered
+            {
                 remove_if_owned(t.busy()?, &keyed(q, k), id)?;
             }
         }
@@ -73,22 +78,8 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
     let q = rec.queue.as_str();
     let ckey = rec.concurrency_key.as_deref();
     match rec.phase() {
-        Phase::Pending if rec.run_at <= now => {
-            t.ready()?
-                .insert(
-                    ready_key(q, rec.priority, rec.run_at, id).as_slice(),
-                    ckey.unwrap_or("").as_bytes(),
-                )
-                .map_err(redb_failed)?;
-        }
-        Phase::Pending => {
-            t.scheduled()?
-                .insert(
-                    timed_key(q, rec.run_at, id).as_slice(),
-                    scheduled_value(rec.priority, ckey).as_slice(),
-                )
-                .map_err(redb_failed)?;
-        }
+        Phase::Pending if rec.extra.behind.is_some() => {}
+        Phase::Pending => place_pending(t, id, rec, now)?,
         Phase::InProgress => {
             if let Some(exp) = rec.lease_expires_at {
                 t.leases()?.insert((exp, id), ()).map_err(redb_failed)?;
@@ -140,20 +131,151 @@ pub(crate) fn move_lease(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record
     Ok(())
 }
 
-/// When a job with a concurrency key stops running or stops waiting to run, the next blocked
-/// job of that key (if any, and if the key is free) moves back to ready. This keeps the
-/// invariant: blocked entries of a key exist only while the key is busy or a pending job of that
-/// key is in ready or scheduled, so a blocked job is never stranded.
-pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Record) -> Result<()> {
+/// Places pending job `id` (not a follow-up) in the claim indexes as of `now`.
+///
+/// A due job whose concurrency key another job holds goes to blocked at once, where no claim
+/// looks, so that jobs behind a busy key never slow the claims of other keys. The jobs of an
+/// ordered key wait in blocked, in id order, whenever another job holds the line; when the line
+/// is free it goes to the lowest id waiting (this job, or the first blocked one). Every other
+/// job goes to ready if due, scheduled if not.
+fn place_pending(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<()> {
+    let Some(k) = rec.concurrency_key.as_deref() else {
+        return place_free(t, id, rec, now);
+    };
+    let key = keyed(&rec.queue, k);
+    let holder = t
+        .busy()?
+        .get(key.as_slice())
+        .map_err(redb_failed)?
+        .map(|g| g.value());
+    let held_by_another = holder.is_some_and(|h| h != id);
+    if rec.extra.ordered {
+        if holder.is_none()
+            && let Some((first, _)) = first_blocked(t, &key)?
+            && first < id
+        {
+            // The line is free and an earlier job of it waits: it goes first.
+            block_at(t, id, rec, k)?;
+            return pass_line(t, &key, now);
+        }
+        if held_by_another {
+            return block_at(t, id, rec, k);
+        }
+        t.busy()?.insert(key.as_slice(), id).map_err(redb_failed)?;
+    } else if held_by_another && rec.run_at <= now {
+        return block_at(t, id, rec, k);
+    }
+    place_free(t, id, rec, now)
+}
+
+fn block_at(t: &mut Tables<'_>, id: u64, rec: &Record, ckey: &str) -> Result<()> {
+    t.blocked()?
+        .insert(blocked_key_of(rec, ckey, id).as_slice(), ())
+        .map_err(redb_failed)?;
+    Ok(())
+}
+
+/// Ready if due, scheduled if not.
+fn place_free(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<()> {
+    let q = rec.queue.as_str();
+    let ckey = rec.concurrency_key.as_deref();
+    if rec.run_at <= now {
+        t.ready()?
+            .insert(
+                ready_key(q, rec.priority, rec.run_at, id).as_slice(),
+                ckey.unwrap_or("").as_bytes(),
+            )
+            .map_err(redb_failed)?;
+    } else {
+        t.scheduled()?
+            .insert(
+                timed_key(q, rec.run_at, id).as_slice(),
+                scheduled_value(rec.priority, ckey).as_slice(),
+            )
+            .map_err(redb_failed)?;
+    }
+    Ok(())
+}
+
+/// The first blocked entry of (queue, concurrency key) `key`: its job id and the entry's key.
+fn first_blocked(t: &mut Tables<'_>, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
+    let mut range = t.blocked()?.range(key..).map_err(redb_failed)?;
+    let Some(entry) = range.next() else {
+        return Ok(None);
+    };
+    let (k, _) = entry.map_err(redb_failed)?;
+    let k = k.value().to_vec();
+    if !k.starts_with(key) {
+        return Ok(None);
+    }
+    let (_, _, id) = ordered_tail(&k)?;
+    Ok(Some((id, k)))
+}
+
+/// The key `key` is free: its first blocked job, if any, is placed again as pending (and, for
+/// an ordered key, takes the line).
+fn pass_line(t: &mut Tables<'_>, key: &[u8], now: u64) -> Result<()> {
+    let Some((id, bk)) = first_blocked(t, key)? else {
+        return Ok(());
+    };
+    t.blocked()?.remove(bk.as_slice()).map_err(redb_failed)?;
+    let next = match t.jobs()?.get(id).map_err(redb_failed)? {
+        Some(bytes) => decode_job(id, bytes.value())?,
+        None => {
+            return Err(Error::Corrupt {
+                what: "blocked index".into(),
+                detail: format!("entry for job {id}, which does not exist"),
+            });
+        }
+    };
+    if next.phase() != Phase::Pending || next.extra.behind.is_some() {
+        return Err(Error::Corrupt {
+            what: "blocked index".into(),
+            detail: format!("entry for job {id}, which is {}", next.state),
+        });
+    }
+    if next.extra.ordered {
+        t.busy()?.insert(key, id).map_err(redb_failed)?;
+    }
+    place_free(t, id, &next, now)
+}
+
+/// The first job of an ordered key keeps the line (its busy entry) while it waits and while it
+/// runs; it gives it up here, when it ends (succeeds, fails for good, is cancelled).
+pub(crate) fn end_line(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record) -> Result<()> {
+    if old.extra.ordered
+        && old.phase().is_live()
+        && !new.phase().is_live()
+        && let Some(k) = &old.concurrency_key
+    {
+        remove_if_owned(t.busy()?, &keyed(&old.queue, k), id)?;
+    }
+    Ok(())
+}
+
+/// When a job with a concurrency key may have given up the key (it stopped running, stopped
+/// waiting to run, or, for an ordered key, ended), the first blocked job of that key (if any,
+/// and if the key is free) is placed again ([`pass_line`]). This keeps the invariant: blocked
+/// entries of a key exist only while the key is busy or a pending job of that key is in ready
+/// or scheduled, so a blocked job is never stranded.
+pub(crate) fn pass_concurrency_key(
+    t: &mut Tables<'_>,
+    old: &Record,
+    new: &Record,
+    now: u64,
+) -> Result<()> {
     let Some(k) = &old.concurrency_key else {
         return Ok(());
     };
-    let was_holding = matches!(old.phase(), Phase::Pending | Phase::InProgress);
+    let was_holding = match old.phase() {
+        Phase::Pending | Phase::InProgress => true,
+        Phase::Retrying => old.extra.ordered,
+        Phase::Succeeded | Phase::Dead => false,
+    };
     if !was_holding || new.phase() == Phase::InProgress {
         return Ok(());
     }
-    let q = old.queue.as_str();
-    let key = keyed(q, k);
+    let key = keyed(&old.queue, k);
     if t.busy()?
         .get(key.as_slice())
         .map_err(redb_failed)?
@@ -161,25 +283,7 @@ pub(crate) fn pass_concurrency_key(t: &mut Tables<'_>, old: &Record, new: &Recor
     {
         return Ok(());
     }
-    let first = {
-        let mut range = t.blocked()?.range(key.as_slice()..).map_err(redb_failed)?;
-        match range.next() {
-            Some(entry) => {
-                let (k, _) = entry.map_err(redb_failed)?;
-                let k = k.value().to_vec();
-                k.starts_with(&key).then_some(k)
-            }
-            None => None,
-        }
-    };
-    if let Some(bk) = first {
-        let (priority, run_at, id) = ordered_tail(&bk)?;
-        t.blocked()?.remove(bk.as_slice()).map_err(redb_failed)?;
-        t.ready()?
-            .insert(ready_key(q, priority, run_at, id).as_slice(), k.as_bytes())
-            .map_err(redb_failed)?;
-    }
-    Ok(())
+    pass_line(t, &key, now)
 }
 
 /// Takes unique key `key` of `queue` for new job `id`, which is not indexed yet: a duplicate

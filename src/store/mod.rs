@@ -33,6 +33,7 @@ mod index;
 mod open;
 mod read;
 mod tables;
+mod unique;
 mod upgrade;
 mod verify;
 mod watermark;

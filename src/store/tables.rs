@@ -8,19 +8,23 @@ use crate::error::{Result, redb_failed};
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
+/// Format 4 differs from format 5 only in not knowing the fields a job carries behind
+/// `codec::TAG_EXTRA` (ordered concurrency keys, follow-ups of unique keys), which format 4 never
+/// wrote: this build reads it as it is, and a writable open moves its version to 5, so that a
+/// build that knows only format 4 refuses the file rather than misreads it.
+pub(crate) const FORMAT_4: u64 = 4;
 /// Format 3 differs from format 4 only in not knowing the short form of a job's record
 /// (`codec::TAG_SHORT`), which format 4 writes for every job as enqueued: this build reads it
-/// as it is, and a writable open moves its version to 4, so that a build that knows only
-/// format 3 refuses the file rather than misreads it.
+/// as it is, and a writable open moves its version on.
 pub(crate) const FORMAT_3: u64 = 3;
 /// Format 2 is format 3 without the segments table ([`SEGMENTS`]): this build reads it as it
-/// is, and a writable open adds the table and moves its version to 4.
+/// is, and a writable open adds the table and moves its version on.
 pub(crate) const FORMAT_2: u64 = 2;
 
 /// Whether this build reads a file of format `version` as it is (format 1 must be upgraded).
 pub(crate) fn reads_as_is(version: u64) -> bool {
-    matches!(version, FORMAT_VERSION | FORMAT_3 | FORMAT_2)
+    matches!(version, FORMAT_VERSION | FORMAT_4 | FORMAT_3 | FORMAT_2)
 }
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],

@@ -54,13 +54,13 @@ fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Upgrades a format 2 or 3 database, which this build reads as it is: only the version
+/// Upgrades a format 2, 3 or 4 database, which this build reads as it is: only the version
 /// changes, and a format 2 file gets the segments table it lacks.
 fn upgrade_version(db: &Database, path: &Path, from: u64) -> Result<()> {
-    let context = if from == 2 {
-        "upgrading a format 2 database"
-    } else {
-        "upgrading a format 3 database"
+    let context = match from {
+        2 => "upgrading a format 2 database",
+        3 => "upgrading a format 3 database",
+        _ => "upgrading a format 4 database",
     };
     let fail = |e: redb::Error| Error::storage(context, e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;

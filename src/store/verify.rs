@@ -8,7 +8,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::Store;
 use super::codec::{
-    blocked_key, decode_job, decode_segment, keyed, parse_count_key, ready_key, timed_key,
+    blocked_key_of, decode_job, decode_segment, keyed, parse_count_key, ready_key, timed_key,
 };
 use super::read::{indexed_below, next_id_floor, segments};
 use super::tables::{
@@ -78,7 +78,9 @@ fn owners(
 impl Store {
     /// Verifies quern's invariants: every record decodes and every payload reads; every job has
     /// exactly the index entries of its state and every index entry points to a job in that
-    /// state; unique and busy keys point to the live jobs that hold them; counts match. Returns
+    /// state; unique and busy keys point to the live jobs that hold them (a follow-up holds its
+    /// running job's unique key, the first job of an ordered key holds its busy key while it
+    /// waits); counts match. Returns
     /// the problems found (none for a healthy database).
     ///
     /// # Errors
@@ -100,7 +102,10 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let mut succeeded = pair_keys(tx, SUCCEEDED)?;
     let mut dead = pair_keys(tx, DEAD)?;
     let mut busy = owners(tx, BUSY)?;
+    // As stored, for the jobs of an ordered key waiting behind another (see `ordered_line`).
+    let holders = busy.clone();
     let mut unique = owners(tx, UNIQUE)?;
+    let mut keys = KeyChecks::default();
     let mut counted: BTreeMap<(String, u8), u64> = BTreeMap::new();
 
     let new_from = indexed_below(tx)?;
@@ -125,7 +130,7 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
             }
         }
         if id >= new_from {
-            for detail in new_job_problems(id, &rec, &mut unique) {
+            for detail in new_job_problems(id, &rec, &mut unique, &mut keys) {
                 problem(place.clone(), detail);
             }
             continue;
@@ -141,17 +146,32 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
             }
         };
         match rec.phase() {
+            // A follow-up is in no claim index until its job's run ends.
+            Phase::Pending if rec.extra.behind.is_some() => {}
             Phase::Pending => {
                 let in_ready = ready.remove(&ready_key(q, rec.priority, rec.run_at, id));
                 let in_scheduled = scheduled.remove(&timed_key(q, rec.run_at, id));
-                let in_blocked = rec.concurrency_key.as_ref().is_some_and(|c| {
-                    blocked.remove(&blocked_key(q, c, rec.priority, rec.run_at, id))
-                });
+                let in_blocked = rec
+                    .concurrency_key
+                    .as_ref()
+                    .is_some_and(|c| blocked.remove(&blocked_key_of(&rec, c, id)));
                 let places = [in_ready, in_scheduled, in_blocked]
                     .iter()
                     .filter(|b| **b)
                     .count();
                 expect(places == 1, "single ready, scheduled or blocked");
+                if let Some(c) = rec.concurrency_key.as_ref().filter(|_| rec.extra.ordered) {
+                    let key = keyed(q, c);
+                    if in_blocked {
+                        // Behind the first job of its line, which holds the key.
+                        expect(
+                            holders.get(&key).is_some_and(|&h| h != id),
+                            "busy (of the job first in its line)",
+                        );
+                    } else {
+                        expect(busy.remove(&key) == Some(id), "busy (first in its line)");
+                    }
+                }
             }
             Phase::InProgress => {
                 expect(
@@ -163,11 +183,19 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                     expect(busy.remove(&keyed(q, c)) == Some(id), "busy");
                 }
             }
-            Phase::Retrying => expect(
-                rec.next_attempt_at
-                    .is_some_and(|t| retries.remove(&timed_key(q, t, id))),
-                "retries",
-            ),
+            Phase::Retrying => {
+                expect(
+                    rec.next_attempt_at
+                        .is_some_and(|t| retries.remove(&timed_key(q, t, id))),
+                    "retries",
+                );
+                if let Some(c) = rec.concurrency_key.as_ref().filter(|_| rec.extra.ordered) {
+                    expect(
+                        busy.remove(&keyed(q, c)) == Some(id),
+                        "busy (first in its line)",
+                    );
+                }
+            }
             Phase::Succeeded => expect(
                 rec.finished_at.is_some_and(|t| succeeded.remove(&(t, id))),
                 "succeeded",
@@ -180,7 +208,16 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         if rec.phase().is_live()
             && let Some(u) = &rec.unique_key
         {
-            expect(unique.remove(&keyed(q, u)) == Some(id), "unique");
+            let key = keyed(q, u);
+            if unique.get(&key) == Some(&id) {
+                unique.remove(&key);
+                keys.holder(id, &rec);
+            } else if rec.phase() == Phase::InProgress {
+                // Its follow-up, a later job, holds the key: checked once all are read.
+                keys.running.insert(id, key);
+            } else {
+                expect(false, "unique");
+            }
         }
         for index in missing {
             problem(
@@ -236,11 +273,15 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                         problem(place.clone(), detail);
                     }
                 }
-                for detail in new_job_problems(id, &rec, &mut unique) {
+                for detail in new_job_problems(id, &rec, &mut unique, &mut keys) {
                     problem(place.clone(), detail);
                 }
             }
         }
+    }
+
+    for (place, detail) in keys.problems() {
+        problem(place, detail);
     }
 
     let stray = payloads.len().map_err(redb_failed)?.saturating_sub(apart);
@@ -313,17 +354,66 @@ fn missing_payload(
 
 /// What is wrong with new job `id`, which must be pending and hold its unique key, in no index
 /// and no count yet.
-fn new_job_problems(id: u64, rec: &Record, unique: &mut HashMap<Vec<u8>, u64>) -> Vec<String> {
+fn new_job_problems(
+    id: u64,
+    rec: &Record,
+    unique: &mut HashMap<Vec<u8>, u64>,
+    keys: &mut KeyChecks,
+) -> Vec<String> {
     let mut out = Vec::new();
     if rec.phase() != Phase::Pending {
         out.push(format!("is not yet indexed but {}", phase_name(rec)));
     }
-    if let Some(u) = &rec.unique_key
-        && unique.remove(&keyed(&rec.queue, u)) != Some(id)
-    {
-        out.push("does not hold its unique key".into());
+    if let Some(u) = &rec.unique_key {
+        if unique.remove(&keyed(&rec.queue, u)) == Some(id) {
+            keys.holder(id, rec);
+        } else {
+            out.push("does not hold its unique key".into());
+        }
     }
     out
+}
+
+/// What ties the jobs of a unique key together, checked once every job is read: a running job
+/// that does not hold its key has a follow-up that holds it and waits for that run, and every
+/// follow-up waits for a job that runs and has given it the key.
+#[derive(Default)]
+struct KeyChecks {
+    /// Running jobs whose key another job holds: id -> (queue, unique key).
+    running: HashMap<u64, Vec<u8>>,
+    /// Follow-ups: (id, the job it waits for, (queue, unique key)).
+    follow_ups: Vec<(u64, u64, Vec<u8>)>,
+}
+
+impl KeyChecks {
+    /// Job `id` holds its unique key.
+    fn holder(&mut self, id: u64, rec: &Record) {
+        if let (Some(behind), Some(u)) = (rec.extra.behind, &rec.unique_key) {
+            self.follow_ups.push((id, behind, keyed(&rec.queue, u)));
+        }
+    }
+
+    fn problems(mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (id, behind, key) in self.follow_ups {
+            if self.running.remove(&behind).as_ref() != Some(&key) {
+                out.push((
+                    format!("job {id}"),
+                    format!(
+                        "is a follow-up of job {behind}, which is not running with its unique key"
+                    ),
+                ));
+            }
+        }
+        for id in self.running.into_keys() {
+            out.push((
+                format!("job {id}"),
+                "is in progress but has no unique entry, nor a follow-up that holds it".into(),
+            ));
+        }
+        out.sort();
+        out
+    }
 }
 
 fn phase_name(rec: &Record) -> &'static str {

@@ -47,7 +47,10 @@ pub(crate) fn claim(
     // A first try drains everything; its bound is read only when it falls short, so that a
     // claim with no backlog reads no id counter.
     let (mut fresh, complete) = cx.drain_new(through.unwrap_or(u64::MAX), |r| {
-        r.queue == queue && r.run_at <= now && r.concurrency_key.is_none()
+        r.queue == queue
+            && r.run_at <= now
+            && r.concurrency_key.is_none()
+            && r.extra.behind.is_none()
     })?;
     if !complete {
         for (id, rec) in fresh {
@@ -87,12 +90,13 @@ pub(crate) fn claim(
             }
             if !ckey.is_empty() {
                 let ckey = String::from_utf8_lossy(&ckey).into_owned();
+                // Held by another job: running, or (ordered key) first in line.
                 if cx
                     .t
                     .busy()?
                     .get(keyed(queue, &ckey).as_slice())
                     .map_err(redb_failed)?
-                    .is_some()
+                    .is_some_and(|holder| holder.value() != id)
                 {
                     index::block(&mut cx.t, &key, queue, &ckey, priority, run_at, id)?;
                     cx.touch();

@@ -4,11 +4,13 @@
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::ctx::Ctx;
-use super::{Store, enqueue};
+use super::{Store, enqueue, work};
 use crate::error::{Error, Result};
-use crate::job::{Enqueued, NewJob};
+use crate::job::{Enqueued, Lease, NewJob};
+use crate::types::JobId;
 
 thread_local! {
     /// Set while this thread runs a [`Store::write`] closure, whose transaction holds the
@@ -47,8 +49,13 @@ impl Drop for InsideWrite {
 
 impl Store {
     /// Runs `f` in one write transaction with the user's own tables: enqueue jobs and write
-    /// your data together, so that neither exists without the other (the outbox pattern). The
-    /// transaction commits durably if `f` returns `Ok`, and is rolled back if it returns `Err`.
+    /// your data together, so that neither exists without the other (the outbox pattern); or
+    /// settle a job with the writes it made ([`WriteTx::complete`] and the others), so that the
+    /// job is done exactly when its effects are. The transaction commits durably if `f` returns
+    /// `Ok`, and is rolled back if it returns `Err`.
+    ///
+    /// Each call is a commit of its own (it holds the writer while `f` runs, and does not
+    /// share a group commit): about one durable commit per call.
     ///
     /// ```
     /// use quern::redb::TableDefinition;
@@ -97,6 +104,7 @@ impl Store {
                 tx: &tx,
                 path,
                 broken: None,
+                settled: Vec::new(),
             };
             let value = {
                 let _inside = InsideWrite::enter();
@@ -133,8 +141,11 @@ pub struct WriteTx<'a> {
     tx: &'a redb::WriteTransaction,
     /// The database file, named in storage errors.
     path: &'a Path,
-    /// The first error that left quern's part of the transaction half-written.
+    /// The first error that left quern's part of the transaction half-written, or a settle
+    /// refused: either way nothing commits.
     broken: Option<Error>,
+    /// The jobs settled in it.
+    settled: Vec<JobId>,
 }
 
 impl<'a> WriteTx<'a> {
@@ -159,6 +170,73 @@ impl<'a> WriteTx<'a> {
         let result = enqueue::enqueue_batch(&mut self.cx, jobs.into_iter().collect())
             .map_err(|e| e.doing("enqueueing a batch of jobs"));
         self.note(result)
+    }
+
+    /// Completes the job of `lease` in this transaction: the job succeeds if and only if the
+    /// transaction commits, with the user's writes beside it (exactly-once local effects for a
+    /// handler that pulls remote state into local tables).
+    ///
+    /// # Errors
+    /// As [`Store::complete`]: [`Error::LeaseLost`] when the lease is stale. Any error here
+    /// makes the whole transaction roll back, the user's writes included, even if the closure
+    /// goes on to return `Ok`: [`Store::write`] then returns that error.
+    pub fn complete(&mut self, lease: Lease) -> Result<()> {
+        let job = lease.job;
+        let result = work::complete(&mut self.cx, &lease).map_err(|e| e.doing("completing a job"));
+        self.settled(job, result)
+    }
+
+    /// Fails an attempt of the job of `lease` in this transaction, as [`Store::fail`].
+    ///
+    /// # Errors
+    /// As [`WriteTx::complete`].
+    pub fn fail(&mut self, lease: Lease, error: impl Into<String>) -> Result<()> {
+        let job = lease.job;
+        let result =
+            work::fail(&mut self.cx, &lease, &error.into()).map_err(|e| e.doing("failing a job"));
+        self.settled(job, result)
+    }
+
+    /// Fails the job of `lease` for good in this transaction, as [`Store::discard`].
+    ///
+    /// # Errors
+    /// As [`WriteTx::complete`].
+    pub fn discard(&mut self, lease: Lease, error: impl Into<String>) -> Result<()> {
+        let job = lease.job;
+        let result = work::discard(&mut self.cx, &lease, &error.into())
+            .map_err(|e| e.doing("discarding a job"));
+        self.settled(job, result)
+    }
+
+    /// Snoozes the job of `lease` in this transaction, as [`Store::snooze`].
+    ///
+    /// # Errors
+    /// As [`WriteTx::complete`].
+    pub fn snooze(&mut self, lease: Lease, delay: Duration) -> Result<()> {
+        let job = lease.job;
+        let result =
+            work::snooze(&mut self.cx, &lease, delay).map_err(|e| e.doing("snoozing a job"));
+        self.settled(job, result)
+    }
+
+    /// Notes a settle: a refused one (a stale lease) rolls the whole transaction back too, so
+    /// that the user's writes never commit without the settle they go with.
+    fn settled(&mut self, job: JobId, result: Result<()>) -> Result<()> {
+        let result = result.map_err(|e| e.in_file(self.path));
+        match &result {
+            Ok(()) => self.settled.push(job),
+            Err(e) => {
+                if self.broken.is_none() {
+                    self.broken = Some(e.clone());
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether this transaction settled `job`.
+    pub(crate) fn has_settled(&self, job: JobId) -> bool {
+        self.settled.contains(&job)
     }
 
     /// Remembers an error after which quern's tables may be half-written, so that

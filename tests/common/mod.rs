@@ -83,7 +83,7 @@ impl Env {
     pub fn enqueue(&self, job: NewJob) -> JobId {
         match self.store.enqueue(job).unwrap() {
             Enqueued::Created(id) => id,
-            Enqueued::Duplicate(id) => panic!("expected a new job, got duplicate of {id}"),
+            other => panic!("expected a new job, got {other:?}"),
         }
     }
 

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +84,14 @@ pub enum Op {
         queue: u8,
         n: u16,
     },
+    /// A user transaction that enqueues `spec` (if any) and settles a held lease: complete,
+    /// fail or snooze (`how` % 3); committed or rolled back.
+    SettleInWrite {
+        lease: u8,
+        how: u8,
+        spec: Option<Spec>,
+        commit: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -102,17 +110,50 @@ pub struct Spec {
     /// An explicit run_at, in seconds from now (before now when negative); takes the place of
     /// the delay.
     pub run_at_secs: Option<i16>,
+    /// With `unique`: the strict mode (refused while a job of the key lives).
+    pub strict: bool,
+    /// With a (not strict) `unique`: the latest payload wins.
+    pub latest: bool,
+    /// With a (not strict) `unique`: a debounce window, in seconds.
+    pub debounce_secs: Option<u8>,
+    /// Tells apart the one-byte payloads of one queue, so that a payload that wins shows.
+    pub tag: u8,
 }
 
 impl Spec {
     fn payload(&self) -> Vec<u8> {
         let fill = b'a' + self.queue % 2;
         match self.payload % 4 {
-            0 => vec![self.queue],
+            0 => vec![self.queue, self.tag],
             1 => vec![fill; 1024],
             2 => vec![fill; 1025],
             _ => vec![fill; MAX_PAYLOAD],
         }
+    }
+
+    fn unique_key(&self) -> Option<String> {
+        self.unique.map(|u| format!("u{}", u % 4))
+    }
+
+    fn ckey_name(&self) -> Option<String> {
+        self.ckey.map(|c| format!("c{}", c % 3))
+    }
+
+    /// Key `c2` is ordered; `c0` and `c1` are not (one key is never both).
+    fn ordered(&self) -> bool {
+        self.ckey.is_some_and(|c| c % 3 == 2)
+    }
+
+    /// Whether it has a change-safe unique key.
+    fn coalescing(&self) -> bool {
+        self.unique.is_some() && !self.strict
+    }
+
+    /// Its debounce window, in ms, when it applies.
+    fn debounce_ms(&self) -> Option<u64> {
+        self.debounce_secs
+            .filter(|_| self.coalescing())
+            .map(|d| u64::from(d) * 1_000)
     }
 
     /// The run_at it asks for, by a clock at `now`.
@@ -131,11 +172,24 @@ impl Spec {
             Some(_) => job.run_at(Timestamp(self.run_at(now))),
             None => job.delay(Duration::from_secs(u64::from(self.delay_secs))),
         };
-        if let Some(u) = self.unique {
-            job = job.unique_key(format!("u{}", u % 4));
+        if let Some(u) = self.unique_key() {
+            if self.strict {
+                job = job.unique_key_strict(u);
+            } else {
+                job = job.unique_key(u);
+                if self.latest {
+                    job = job.latest_wins();
+                }
+                if let Some(d) = self.debounce_secs {
+                    job = job.debounce(Duration::from_secs(u64::from(d)));
+                }
+            }
         }
-        if let Some(c) = self.ckey {
-            job = job.concurrency_key(format!("c{}", c % 3));
+        if let Some(c) = self.ckey_name() {
+            job = job.concurrency_key(c);
+            if self.ordered() {
+                job = job.ordered();
+            }
         }
         if let Some(t) = self.timeout_secs {
             job = job.timeout(Duration::from_secs(u64::from(t)));
@@ -178,9 +232,22 @@ pub struct MJob {
     pub timeout: Option<Duration>,
     pub created_at: u64,
     pub updated_at: u64,
+    pub ordered: bool,
+    /// A follow-up: the running job of its unique key it waits for.
+    pub behind: Option<u64>,
+    pub latest_wins: bool,
 }
 
 impl MJob {
+    /// Pending (not behind a run) or failed with a retry scheduled.
+    fn waiting(&self) -> bool {
+        self.live() && self.state != JobState::InProgress
+    }
+
+    fn key(&self) -> Option<(String, String)> {
+        self.unique_key.clone().map(|u| (self.queue.clone(), u))
+    }
+
     fn live(&self) -> bool {
         match self.state {
             JobState::Pending | JobState::InProgress => true,
@@ -203,6 +270,20 @@ pub struct Harness {
     /// Whether the store retries with the default backoff (jittered), whose delays the model
     /// checks against their bounds; otherwise a fixed [`BACKOFF_MS`].
     pub jitter: bool,
+    /// Ordered concurrency keys: (queue, key) -> the job that holds the line.
+    pub lines: BTreeMap<(String, String), u64>,
+    /// Every enqueue of a change-safe unique key, for the coverage guarantee.
+    pub events: Vec<Event>,
+}
+
+/// An enqueue of a change-safe unique key: the job that covers it (`carrier`), and whether a
+/// run of that job has started since (covered) or an operator cancelled it first (dropped).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub step: usize,
+    pub carrier: u64,
+    pub covered: bool,
+    pub dropped: bool,
 }
 
 fn open(dir: &tempfile::TempDir, clock: &ManualClock, jitter: bool) -> Store {
@@ -243,6 +324,8 @@ impl Harness {
             next_id: 1,
             max_token: 0,
             jitter,
+            lines: BTreeMap::new(),
+            events: Vec::new(),
         }
     }
 
@@ -319,6 +402,7 @@ impl Harness {
                 let want = self.model_claim(queue, n);
                 let got: Vec<u64> = claimed.iter().map(|c| c.job.id.0).collect();
                 check_eq("claimed ids", &got, &want)?;
+                self.check_order(&got)?;
                 for c in claimed {
                     // A fresh token for every claim: above every token issued before, in this
                     // open or an earlier one.
@@ -361,6 +445,7 @@ impl Harness {
                         }
                     }
                     self.adopt_retry_time(id)?;
+                    self.ended_run(id);
                 }
             }
             Op::Snooze { lease, secs } => {
@@ -380,6 +465,7 @@ impl Harness {
                     m.run_at = now + u64::from(*secs % 60) * 1_000;
                     m.lease_expires_at = None;
                     m.updated_at = now;
+                    self.ended_run(id);
                 }
             }
             Op::SetProgress { lease, long } => {
@@ -453,6 +539,7 @@ impl Harness {
                 check_eq("recovered", got, recovered.len() as u64)?;
                 for id in recovered {
                     self.adopt_retry_time(id)?;
+                    self.ended_run(id);
                 }
             }
             Op::Retry { job } => {
@@ -495,10 +582,21 @@ impl Harness {
                 let got = self.store().cancel(JobId(id));
                 let now = self.now();
                 let m = self.jobs.get_mut(&id).expect("job");
+                let was_running = m.state == JobState::InProgress;
                 match (m.live(), got) {
                     (true, Ok(())) => {
                         m.last_error = Some("cancelled".into());
+                        m.behind = None;
                         finish(m, JobState::Failed, now);
+                        // What it carried and had not run is dropped by the operator.
+                        for e in &mut self.events {
+                            if e.carrier == id && !e.covered {
+                                e.dropped = true;
+                            }
+                        }
+                        if was_running {
+                            self.ended_run(id);
+                        }
                     }
                     (false, Err(Error::InvalidState { .. })) => {}
                     (live, got) => {
@@ -560,38 +658,256 @@ impl Harness {
                 drop(self.store.take());
                 self.store = Some(open(&self.dir, &self.clock, self.jitter));
             }
+            Op::SettleInWrite {
+                lease,
+                how,
+                spec,
+                commit,
+            } => {
+                let Some(lease) = self.take_lease(*lease) else {
+                    return Ok(());
+                };
+                let id = lease.job().0;
+                let valid = self.lease_valid(&lease);
+                let now = self.now();
+                let got = self.store().write(|tx| {
+                    let enqueued = match spec {
+                        Some(spec) => Some(tx.enqueue(spec.new_job(now))?),
+                        None => None,
+                    };
+                    // A refused settle is not passed on: the store must refuse to commit all
+                    // the same.
+                    let _ = match how % 3 {
+                        0 => tx.complete(lease),
+                        1 => tx.fail(lease, "boom"),
+                        _ => tx.snooze(lease, Duration::from_secs(5)),
+                    };
+                    if *commit {
+                        Ok(enqueued)
+                    } else {
+                        Err(WriteError::Rollback)
+                    }
+                });
+                match (valid, *commit, got) {
+                    (true, true, Ok(enqueued)) => {
+                        if let Some(spec) = spec {
+                            let want = self.model_enqueue(spec);
+                            check_eq("enqueue in a settling write", enqueued, Some(want))?;
+                        }
+                        let m = self.jobs.get_mut(&id).expect("valid lease has a job");
+                        match how % 3 {
+                            0 => finish(m, JobState::Succeeded, now),
+                            1 => fail_attempt(m, now, "boom"),
+                            _ => {
+                                m.state = JobState::Pending;
+                                m.attempts -= 1;
+                                m.run_at = now + 5_000;
+                                m.lease_expires_at = None;
+                                m.updated_at = now;
+                            }
+                        }
+                        self.adopt_retry_time(id)?;
+                        self.ended_run(id);
+                    }
+                    (_, false, Err(WriteError::Rollback))
+                    | (false, true, Err(WriteError::Quern(Error::LeaseLost { .. }))) => {}
+                    (valid, commit, got) => {
+                        return Err(format!(
+                            "settling write on {id} (valid {valid}, commit {commit}) gave {got:?}"
+                        ));
+                    }
+                }
+            }
         }
+        self.settle_lines();
+        self.check_coverage()?;
         self.compare()
+    }
+
+    /// The run of job `id` just ended as the model now has it: a follow-up waiting behind it
+    /// is released if the run ended for good, or folded into the job if it went back to
+    /// waiting.
+    fn ended_run(&mut self, id: u64) {
+        let now = self.now();
+        let Some(f) = self
+            .jobs
+            .iter()
+            .find(|(_, o)| o.behind == Some(id))
+            .map(|(f, _)| *f)
+        else {
+            return;
+        };
+        if !self.jobs[&id].live() {
+            let fm = self.jobs.get_mut(&f).expect("follow-up");
+            fm.behind = None;
+            fm.updated_at = now;
+            return;
+        }
+        let fm = self.jobs.remove(&f).expect("follow-up");
+        let m = self.jobs.get_mut(&id).expect("job");
+        if m.state == JobState::Pending {
+            m.run_at = m.run_at.max(fm.run_at);
+        } else {
+            m.next_attempt_at = m.next_attempt_at.map(|t| t.max(fm.run_at));
+        }
+        if fm.latest_wins {
+            m.payload = fm.payload;
+        }
+        m.updated_at = now;
+        for e in &mut self.events {
+            if e.carrier == f {
+                e.carrier = id;
+            }
+        }
+    }
+
+    /// A free ordered line goes to the lowest id that waits in it; a line stays with its job
+    /// while that job lives.
+    fn settle_lines(&mut self) {
+        let jobs = &self.jobs;
+        self.lines
+            .retain(|_, h| jobs.get(h).is_some_and(MJob::live));
+        for (id, m) in &self.jobs {
+            if m.ordered && m.state == JobState::Pending && m.behind.is_none() {
+                let key = (m.queue.clone(), m.ckey.clone().expect("ordered has a key"));
+                self.lines.entry(key).or_insert(*id);
+            }
+        }
+    }
+
+    /// The coverage guarantee: every enqueue of a change-safe unique key is covered by a run
+    /// of its key that started after it, or is carried by a job of the key that waits to run
+    /// (and so will start after it), or was dropped by a cancel.
+    fn check_coverage(&self) -> Result<(), String> {
+        for e in &self.events {
+            if e.covered || e.dropped {
+                continue;
+            }
+            match self.jobs.get(&e.carrier) {
+                Some(m) if m.waiting() => {}
+                m => {
+                    return Err(format!(
+                        "the enqueue of step {} is carried by job {}, which is {:?}: it would \
+                         never be covered by a run",
+                        e.step,
+                        e.carrier,
+                        m.map(|m| m.state)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The job that holds unique key `u` of `queue`: the one that waits to run, or else the
+    /// one that runs.
+    fn holder(&self, queue: &str, u: &str) -> Option<u64> {
+        let of_key = || {
+            self.jobs.iter().filter(move |(_, m)| {
+                m.live() && m.queue == queue && m.unique_key.as_deref() == Some(u)
+            })
+        };
+        of_key()
+            .find(|(_, m)| m.waiting())
+            .or_else(|| of_key().next())
+            .map(|(id, _)| *id)
     }
 
     fn model_enqueue(&mut self, spec: &Spec) -> Enqueued {
         let job = spec.new_job(self.now());
         let queue = job.queue_name().to_owned();
-        let unique = spec.unique.map(|u| format!("u{}", u % 4));
-        if let Some(u) = &unique
-            && let Some((id, _)) = self
-                .jobs
-                .iter()
-                .find(|(_, m)| m.live() && m.queue == queue && m.unique_key.as_ref() == Some(u))
-        {
-            return Enqueued::Duplicate(JobId(*id));
+        let now = self.now();
+        let step = self.events.len();
+        let Some(u) = spec.unique_key() else {
+            return Enqueued::Created(JobId(self.create(spec, now, None)));
+        };
+        let Some(holder) = self.holder(&queue, &u) else {
+            let id = self.create(spec, now, None);
+            if spec.coalescing() {
+                self.events.push(Event {
+                    step,
+                    carrier: id,
+                    covered: false,
+                    dropped: false,
+                });
+            }
+            return Enqueued::Created(JobId(id));
+        };
+        if spec.strict {
+            return Enqueued::Duplicate(JobId(holder));
         }
+        let m = &self.jobs[&holder];
+        let (carrier, answer) = if m.state == JobState::InProgress {
+            let id = self.create(spec, now, Some(holder));
+            (
+                id,
+                Enqueued::FollowUp {
+                    job: JobId(id),
+                    running: JobId(holder),
+                },
+            )
+        } else {
+            let answer = match m.behind {
+                Some(running) => Enqueued::FollowUp {
+                    job: JobId(holder),
+                    running: JobId(running),
+                },
+                None => Enqueued::Coalesced(JobId(holder)),
+            };
+            let retrying = m.state == JobState::Failed;
+            let waits = if retrying {
+                m.next_attempt_at.expect("waiting")
+            } else {
+                m.run_at
+            };
+            let not_before = spec.debounce_ms().map(|d| now + d);
+            if spec.latest || not_before.is_some_and(|t| t > waits) {
+                let m = self.jobs.get_mut(&holder).expect("holder");
+                if let Some(t) = not_before {
+                    if retrying {
+                        m.next_attempt_at = Some(waits.max(t));
+                    } else {
+                        m.run_at = waits.max(t);
+                    }
+                }
+                if spec.latest {
+                    m.payload = spec.payload();
+                    m.latest_wins = true;
+                }
+                m.updated_at = now;
+            }
+            (holder, answer)
+        };
+        self.events.push(Event {
+            step,
+            carrier,
+            covered: false,
+            dropped: false,
+        });
+        answer
+    }
+
+    /// A new job of `spec`, as the store writes it; `behind` for a follow-up.
+    fn create(&mut self, spec: &Spec, now: u64, behind: Option<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let now = self.now();
+        let mut run_at = spec.run_at(now);
+        if let Some(d) = spec.debounce_ms() {
+            run_at = run_at.max(now + d);
+        }
         self.jobs.insert(
             id,
             MJob {
-                queue,
+                queue: QUEUES[usize::from(spec.queue) % 2].to_owned(),
                 state: JobState::Pending,
                 priority: i32::from(spec.priority),
                 attempts: 0,
                 max_attempts: u32::from(spec.max_attempts).max(1),
-                run_at: spec.run_at(now),
+                run_at,
                 next_attempt_at: None,
                 last_error: None,
-                unique_key: unique,
-                ckey: spec.ckey.map(|c| format!("c{}", c % 3)),
+                unique_key: spec.unique_key(),
+                ckey: spec.ckey_name(),
                 token: 0,
                 lease_expires_at: None,
                 finished_at: None,
@@ -601,9 +917,12 @@ impl Harness {
                 timeout: spec.timeout_secs.map(|t| Duration::from_secs(u64::from(t))),
                 created_at: now,
                 updated_at: now,
+                ordered: spec.ordered(),
+                behind,
+                latest_wins: behind.is_some() && spec.latest,
             },
         );
-        Enqueued::Created(JobId(id))
+        id
     }
 
     fn model_claim(&mut self, queue: &str, n: usize) -> Vec<u64> {
@@ -611,7 +930,12 @@ impl Harness {
         let mut due: Vec<(i32, u64, u64)> = self
             .jobs
             .iter()
-            .filter(|(_, m)| m.queue == queue && m.state == JobState::Pending && m.run_at <= now)
+            .filter(|(_, m)| {
+                m.queue == queue
+                    && m.state == JobState::Pending
+                    && m.run_at <= now
+                    && m.behind.is_none()
+            })
             .map(|(id, m)| (-m.priority, m.run_at, *id))
             .collect();
         due.sort_unstable();
@@ -622,14 +946,24 @@ impl Harness {
             }
             let ckey = self.jobs[&id].ckey.clone();
             let busy = ckey.as_ref().is_some_and(|k| {
-                self.jobs.values().any(|o| {
-                    o.state == JobState::InProgress
-                        && o.queue == queue
-                        && o.ckey.as_ref() == Some(k)
-                })
+                if self.jobs[&id].ordered {
+                    // Only the job that holds the line of an ordered key may start.
+                    self.lines.get(&(queue.to_owned(), k.clone())) != Some(&id)
+                } else {
+                    self.jobs.values().any(|o| {
+                        o.state == JobState::InProgress
+                            && o.queue == queue
+                            && o.ckey.as_ref() == Some(k)
+                    })
+                }
             });
             if busy {
                 continue;
+            }
+            for e in &mut self.events {
+                if e.carrier == id {
+                    e.covered = true;
+                }
             }
             let m = self.jobs.get_mut(&id).expect("job");
             m.state = JobState::InProgress;
@@ -640,6 +974,32 @@ impl Harness {
             out.push(id);
         }
         out
+    }
+
+    /// The order guarantee: a job of an ordered key starts only when no job of the key with a
+    /// lower id waits to run (one retried by hand takes its place behind the job that held the
+    /// line then, and is not counted).
+    fn check_order(&self, claimed: &[u64]) -> Result<(), String> {
+        for &id in claimed {
+            let m = &self.jobs[&id];
+            if !m.ordered {
+                continue;
+            }
+            if let Some((earlier, _)) = self.jobs.range(..id).find(|(_, o)| {
+                o.ordered
+                    && o.queue == m.queue
+                    && o.ckey == m.ckey
+                    && o.waiting()
+                    && o.behind.is_none()
+                    && o.manual_retries == 0
+            }) {
+                return Err(format!(
+                    "job {id} of ordered key {:?} started while job {earlier} waits",
+                    m.ckey
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn take_lease(&mut self, i: u8) -> Option<Lease> {
@@ -698,7 +1058,15 @@ impl Harness {
             .next_attempt_at
             .ok_or_else(|| format!("job {id}: no retry scheduled"))?
             .0;
-        if got < now + full / 2 || got > now + full {
+        // A follow-up folded into it may hold it back further.
+        let follow_up = self
+            .jobs
+            .values()
+            .find(|o| o.behind == Some(id))
+            .map(|o| o.run_at);
+        let in_bounds = got >= now + full / 2 && got <= now + full;
+        let held_back = follow_up == Some(got) && got >= now + full / 2;
+        if !(in_bounds || held_back) {
             return Err(format!(
                 "job {id}: retry after {} ms, outside {}..={} ms for attempt {}",
                 got.saturating_sub(now),
@@ -721,7 +1089,25 @@ impl Harness {
         let modeled: Vec<u64> = self.jobs.keys().copied().collect();
         check_eq("job ids", &ids, &modeled)?;
         let mut running = std::collections::HashSet::new();
+        // Per unique key: (running, waiting).
+        let mut of_key: HashMap<(String, String), (u32, u32)> = HashMap::new();
         for job in &listed {
+            if let Some(u) = &job.unique_key
+                && !job.is_finished()
+            {
+                let n = of_key.entry((job.queue.clone(), u.clone())).or_default();
+                if job.state == JobState::InProgress {
+                    n.0 += 1;
+                } else {
+                    n.1 += 1;
+                }
+                if n.0 > 1 || n.1 > 1 {
+                    return Err(format!(
+                        "unique key {}/{u}: {} jobs run and {} wait",
+                        job.queue, n.0, n.1
+                    ));
+                }
+            }
             check_job(job, &self.jobs[&job.id.0])?;
             if job.attempts > job.max_attempts {
                 return Err(format!(
@@ -795,7 +1181,12 @@ fn check_job(j: &Job, m: &MJob) -> Result<(), String> {
         j.lease_expires_at.map(|t| t.0),
         (j.finished_at.map(|t| t.0), j.manual_retries),
         (&j.unique_key, &j.concurrency_key, &j.progress, j.timeout),
-        (j.created_at.0, j.updated_at.0),
+        (
+            j.created_at.0,
+            j.updated_at.0,
+            j.ordered,
+            j.waits_for.map(|w| w.0),
+        ),
     );
     let want = (
         &m.queue,
@@ -809,7 +1200,7 @@ fn check_job(j: &Job, m: &MJob) -> Result<(), String> {
         m.lease_expires_at,
         (m.finished_at, m.manual_retries),
         (&m.unique_key, &m.ckey, &m.progress, m.timeout),
-        (m.created_at, m.updated_at),
+        (m.created_at, m.updated_at, m.ordered, m.behind),
     );
     check_eq(&format!("job {}", j.id), got, want)?;
     if j.payload != m.payload {
