@@ -1,7 +1,8 @@
 //! Crash tests with real process death: a child process runs an executor (or enqueues batches)
 //! on a real database file and is killed with SIGKILL at random moments, then restarted, until
 //! the work is done. `QUERN_CRASH_KILLS` sets the number of kills (default 12 per test);
-//! `QUERN_CRASH_SEED` replays a run.
+//! `QUERN_CRASH_SEED` replays a run. The worker's jobs are on ordered keys: no key's jobs may
+//! start out of order across the kills.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 use quern::{Executor, Filter, JobState, NewJob, Outcome, Store};
 
 const BATCH: usize = 500;
+
+/// The ordered concurrency keys the worker test's jobs are spread over.
+const ORDERED_KEYS: u64 = 16;
 
 /// Jobs for the worker test: enough work that every kill lands mid-work.
 fn job_count() -> u64 {
@@ -172,9 +176,14 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
     let db = dir.path().join("crash.redb");
     let log = dir.path().join("runs.log");
     open(&db)
-        .enqueue_batch(
-            (0..job_count()).map(|i| NewJob::new("crash", format!("{i}")).max_attempts(1_000)),
-        )
+        .enqueue_batch((0..job_count()).map(|i| {
+            NewJob::new("crash", format!("{i}"))
+                .max_attempts(1_000)
+                .concurrency_key(format!("k{}", i % ORDERED_KEYS))
+                .ordered()
+                // Priority against id order: the order must come from the key.
+                .priority((i % 5) as i32)
+        }))
         .unwrap();
     let mut rng = Rng::new();
     let mut killed = HashSet::new();
@@ -234,6 +243,12 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
 
     // Runs per job, in log order: (attempt, pid, ended).
     let mut runs: BTreeMap<u64, Vec<(u32, u32, bool)>> = BTreeMap::new();
+    let key_of: BTreeMap<u64, String> = jobs
+        .iter()
+        .map(|j| (j.id.0, j.concurrency_key.clone().unwrap()))
+        .collect();
+    // Per ordered key, the jobs whose run reached its end so far, in log order.
+    let mut ended: BTreeMap<&str, HashSet<u64>> = BTreeMap::new();
     for line in std::fs::read_to_string(&log).unwrap().lines() {
         let parts: Vec<&str> = line.split(' ').collect();
         let [kind, id, attempt, pid] = parts[..] else {
@@ -244,8 +259,20 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
             continue;
         };
         let job = runs.entry(id).or_default();
+        let key = key_of[&id].as_str();
         match kind {
             "start" => {
+                // The order guarantee: every earlier job of its key ran to its end first.
+                let done = ended.entry(key).or_default();
+                if let Some(earlier) = key_of
+                    .range(..id)
+                    .find(|(e, k)| k.as_str() == key && !done.contains(e))
+                {
+                    panic!(
+                        "job {id} of key {key} started before job {} ended",
+                        earlier.0
+                    );
+                }
                 assert!(
                     !job.iter().any(|&(_, p, ended)| p == pid && !ended),
                     "job {id} started twice at once in process {pid}"
@@ -256,6 +283,7 @@ fn killed_workers_lose_no_job_and_never_run_one_twice_at_once() {
                 if let Some(run) = job.iter_mut().rev().find(|r| r.1 == pid && r.0 == attempt) {
                     run.2 = true;
                 }
+                ended.entry(key).or_default().insert(id);
             }
             _ => {}
         }
