@@ -117,6 +117,15 @@ fn main() {
         }
     }
 
+    let settled = format!(
+        "drain {} jobs settled in the handler's write (settle_in), concurrency 16",
+        jobs / 10
+    );
+    if want(&settled) {
+        let per_sec = drain_settled_in_write(&rt, jobs / 10);
+        row(&settled, format!("{per_sec:.0} jobs/s"));
+    }
+
     const IDLE: &str = "enqueue-to-start on an idle executor";
     if want(IDLE) {
         let (p50, p99, max) = idle_latency(&rt, 1_000);
@@ -334,6 +343,43 @@ fn drain(rt: &tokio::runtime::Runtime, jobs: u64, concurrency: usize) -> f64 {
         if succeeded >= jobs {
             break;
         }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed();
+    rt.block_on(handle.shutdown(Duration::from_secs(10)))
+        .expect("shutdown");
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// Jobs per second for `jobs` pre-enqueued jobs whose handler writes a row of its own and
+/// completes the job in the same transaction ([`quern::JobContext::settle_in`]): a commit per
+/// job, where the executor's own settles share commits.
+fn drain_settled_in_write(rt: &tokio::runtime::Runtime, jobs: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("settle.redb")).expect("open");
+    store
+        .enqueue_batch((0..jobs).map(|_| NewJob::new("q", "x")))
+        .expect("prefill");
+    let _guard = rt.enter();
+    let start = Instant::now();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .concurrency(16)
+        .spawn(move |ctx| async move {
+            let row = ctx.job().id.0;
+            let written = ctx
+                .settle_in(move |tx, lease| {
+                    tx.open_table(RAW)?.insert(row, [0u8; 64].as_slice())?;
+                    tx.complete(lease)
+                })
+                .await;
+            match written {
+                Ok(()) => Outcome::Settled,
+                Err(e) => Outcome::retry(e),
+            }
+        })
+        .expect("spawn");
+    while handle.metrics().settled_by_handler < jobs {
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = start.elapsed();

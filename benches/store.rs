@@ -142,6 +142,20 @@ fn claim_complete(c: &mut Criterion) {
             s.complete(c.lease).expect("complete");
         });
     });
+    // The completion in the user's own transaction, with one row of the user's: a commit of
+    // its own, as the plain complete is here (one job at a time shares no commit).
+    let mut row = 0u64;
+    g.bench_function("claim_complete_in_write", |b| {
+        b.iter(|| {
+            let c = s.claim("bench", 1).expect("claim").pop().expect("a job");
+            row += 1;
+            s.write(|tx| {
+                tx.open_table(RAW)?.insert(row, [0u8; 16].as_slice())?;
+                tx.complete(c.lease)
+            })
+            .expect("complete in a write");
+        });
+    });
     g.finish();
 }
 
@@ -173,12 +187,57 @@ fn claim_at_depth(c: &mut Criterion) {
     g.finish();
 }
 
+/// Claim cost with a long line of jobs behind one blocked ordered key (its first job waits an
+/// hour for a retry), against the same queue without that line: the jobs behind a blocked key
+/// wait where no claim looks, so the claims of other jobs must cost the same.
+fn claim_behind_blocked_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("claim_behind_blocked_key");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Elements(1));
+    let behind: u64 = if std::env::var_os("QUERN_BENCH_QUICK").is_some() {
+        100_000
+    } else {
+        1_000_000
+    };
+    for (label, line) in [("none_behind", 0), ("blocked_key", behind)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::builder()
+            .backoff(quern::Backoff::fixed(Duration::from_secs(3_600)))
+            .open(dir.path().join("bench.redb"))
+            .expect("open store");
+        let stuck = |i: u64| job(i).concurrency_key("stuck").ordered();
+        s.enqueue(stuck(0)).expect("enqueue");
+        let first = s.claim("bench", 1).expect("claim").pop().expect("a job");
+        s.fail(first.lease, "503").expect("fail");
+        let mut next = 0;
+        while next < line {
+            let end = (next + 10_000).min(line);
+            s.enqueue_batch((next..end).map(stuck)).expect("prefill");
+            next = end;
+        }
+        prefill(&s, 50_000);
+        // Everything indexed first (a claim indexes at most 20,000 new jobs).
+        for _ in 0..(line + 50_000) / 20_000 + 2 {
+            s.claim("elsewhere", 1).expect("index the new jobs");
+        }
+        g.bench_function(BenchmarkId::new("claim_1", label), |b| {
+            b.iter(|| {
+                let claimed = s.claim("bench", 1).expect("claim");
+                assert!(claimed.iter().all(|c| c.job.concurrency_key.is_none()));
+                black_box(claimed)
+            });
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     commits,
     batches,
     concurrent_enqueue,
     claim_complete,
-    claim_at_depth
+    claim_at_depth,
+    claim_behind_blocked_key
 );
 criterion_main!(benches);

@@ -9,11 +9,13 @@ use parking_lot::Mutex;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{
-    Segment, Stored, decode_job, encode_job, job_in_segments, payload_bytes, segment_jobs,
-    segment_span,
+    INLINE_PAYLOAD, Segment, Stored, decode_job, encode_job, job_in_segments, payload_bytes,
+    segment_jobs, segment_span,
 };
+use super::index;
 use super::tables::{META_INDEXED, META_NEXT_ID, META_NEXT_TOKEN, Tables};
-use super::{index, unique};
+
+mod follow_up;
 use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::error::{Result, redb_failed};
@@ -493,7 +495,7 @@ impl<'t> Ctx<'t> {
                 // A run that ends may have a follow-up waiting behind it (see `unique`), found
                 // before the new record takes the unique key back.
                 let follower = if old.phase() == Phase::InProgress {
-                    unique::follower(self, id, old)?
+                    self.follower(id, old)?
                 } else {
                     None
                 };
@@ -507,17 +509,17 @@ impl<'t> Ctx<'t> {
                 // passes on, so that the follow-up takes its place in an ordered line by its id.
                 let follower = match follower {
                     Some(follow) if !new.phase().is_live() => {
-                        unique::after_run(self, id, new, follow)?;
+                        self.after_run(id, new, follow)?;
                         None
                     }
                     follower => follower,
                 };
                 index::pass_concurrency_key(&mut self.t, old, new, now)?;
                 if let Some(follow) = follower {
-                    unique::after_run(self, id, new, follow)?;
+                    self.after_run(id, new, follow)?;
                 }
                 if old.extra.behind.is_some() && !new.phase().is_live() {
-                    unique::hand_back(self, old)?;
+                    self.hand_back(old)?;
                 }
             }
             None => {
@@ -553,6 +555,24 @@ impl<'t> Ctx<'t> {
     pub(crate) fn queues(&mut self) -> Result<Vec<String>> {
         self.flush_counts()?;
         index::queues(self.t.counts()?)
+    }
+
+    /// Replaces the payload of job `id` (record `rec`, written by the caller), inline or apart as
+    /// its size says.
+    pub(crate) fn set_payload(&mut self, id: u64, rec: &mut Record, bytes: Vec<u8>) -> Result<()> {
+        if bytes.len() <= INLINE_PAYLOAD {
+            if rec.payload == Payload::Apart {
+                self.t.payloads()?.remove(id).map_err(redb_failed)?;
+            }
+            rec.payload = Payload::Inline(bytes);
+        } else {
+            self.t
+                .payloads()?
+                .insert(id, bytes.as_slice())
+                .map_err(redb_failed)?;
+            rec.payload = Payload::Apart;
+        }
+        Ok(())
     }
 
     /// Deletes job `id` and everything that points to it.

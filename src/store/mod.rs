@@ -12,7 +12,10 @@
 //! - `tables.rs`: every table, the format version, and one transaction's table handles.
 //! - `codec.rs`: record, segment and key encoding, and the readers of segments and payloads.
 //! - `ctx.rs`: one write transaction's view: counters, and the one way a record is written.
-//! - `index.rs`: index and count maintenance, the only writer of index tables.
+//! - `ctx/follow_up.rs`: what the end of a run does to the follow-up waiting behind it.
+//! - `index.rs`: index and count maintenance, the only writer of index tables; where a pending
+//!   job is placed and how a concurrency key passes on.
+//! - `unique.rs`: an enqueue of a held change-safe unique key, folded into the waiting job.
 //! - `writer.rs`: the group-commit writer thread.
 //! - `handoff.rs`: jobs claimed for idle executors at the commit of their enqueue.
 //! - `watermark.rs`: the change counter waiters sleep on.
