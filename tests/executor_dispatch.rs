@@ -228,6 +228,93 @@ async fn outcomes_settle_jobs_and_a_panic_is_a_failed_attempt() {
     handle.shutdown(WAIT).await.unwrap();
 }
 
+/// A handler that settles its job in its own transaction (`JobContext::settle_in`) writes its
+/// row and settles together; one that says `Outcome::Settled` without having settled fails its
+/// attempt with an error that says so; a settle refused inside the transaction rolls the row
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_settles_its_job_in_its_own_transaction() {
+    use quern::redb::ReadableTable;
+    const ROWS: quern::redb::TableDefinition<&str, u64> = quern::redb::TableDefinition::new("rows");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let store = open(&dir, &clock);
+    let ids: HashMap<&str, quern::JobId> = ["pull", "snooze", "forgot", "stale"]
+        .into_iter()
+        .map(|p| (p, store.enqueue(NewJob::new("q", p)).unwrap().id()))
+        .collect();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(|ctx| async move {
+            let name = String::from_utf8_lossy(ctx.payload()).into_owned();
+            let written = match name.as_str() {
+                "forgot" => return Outcome::Settled,
+                "stale" => {
+                    // The job is taken from this run before it settles.
+                    ctx.store().cancel(ctx.job().id).unwrap();
+                    ctx.settle_in(move |tx, lease| {
+                        tx.open_table(ROWS)?.insert(name.as_str(), 1)?;
+                        tx.complete(lease)
+                    })
+                    .await
+                }
+                "snooze" => {
+                    ctx.settle_in(move |tx, lease| {
+                        tx.open_table(ROWS)?.insert(name.as_str(), 1)?;
+                        tx.snooze(lease, Duration::from_secs(60))
+                    })
+                    .await
+                }
+                _ => {
+                    ctx.settle_in(move |tx, lease| {
+                        tx.open_table(ROWS)?.insert(name.as_str(), 1)?;
+                        tx.complete(lease)
+                    })
+                    .await
+                }
+            };
+            match written {
+                Ok(()) => Outcome::Settled,
+                Err(e) => Outcome::discard(e),
+            }
+        })
+        .unwrap();
+    until(&store, "every job settled", || {
+        let m = handle.metrics();
+        m.settled_by_handler == 2 && m.failed == 1 && m.lease_lost + m.discarded >= 1
+    })
+    .await;
+    handle.shutdown(WAIT).await.unwrap();
+    let get = |k: &str| store.get(ids[k]).unwrap().unwrap();
+    let row = |k: &str| {
+        store
+            .write(|tx| Ok::<_, Error>(tx.open_table(ROWS)?.get(k)?.map(|g| g.value())))
+            .unwrap()
+    };
+    assert_eq!(get("pull").state, JobState::Succeeded);
+    assert_eq!(row("pull"), Some(1));
+    let snoozed = get("snooze");
+    assert_eq!(
+        (snoozed.state, snoozed.attempts, snoozed.run_at),
+        (JobState::Pending, 0, clock_after(&clock, 60))
+    );
+    assert_eq!(row("snooze"), Some(1));
+    let forgot = get("forgot");
+    assert_eq!(forgot.state, JobState::Failed);
+    assert!(
+        forgot.last_error.unwrap().contains("without settling"),
+        "the attempt fails saying why"
+    );
+    let stale = get("stale");
+    assert_eq!(stale.last_error.as_deref(), Some("cancelled"));
+    assert_eq!(
+        row("stale"),
+        None,
+        "the row went back with the refused settle"
+    );
+    assert_eq!(store.check().unwrap(), []);
+}
+
 fn clock_after(clock: &ManualClock, secs: u64) -> Timestamp {
     use quern::Clock;
     clock.now().after(Duration::from_secs(secs))
