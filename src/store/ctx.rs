@@ -244,8 +244,7 @@ impl<'t> Ctx<'t> {
     /// Ends a batch that added at least one job: writes its last segment.
     pub(crate) fn end_batch(&mut self, segment: &mut Segment) -> Result<()> {
         self.write_segment(segment)?;
-        // The jobs' ids came from `alloc_id`; the next id does not read the segments table, so
-        // the floor written at `finish` must cover them.
+        // A batch whose every job went out in earlier segments still moved the next id.
         self.floor_moved = true;
         self.unindexed_maybe = true;
         self.changed = true;
@@ -253,6 +252,9 @@ impl<'t> Ctx<'t> {
     }
 
     /// Writes `segment` as it is, if it holds a job, and leaves it empty for the jobs after.
+    /// From then on its jobs are new jobs of the store like any other: an operation later in
+    /// this transaction (even of the same batch) that must index them does, whatever an
+    /// earlier one (a claim of the same group commit) found.
     pub(crate) fn write_segment(&mut self, segment: &mut Segment) -> Result<()> {
         match segment.take() {
             Some(Stored::Single(id, bytes)) => {
@@ -267,8 +269,13 @@ impl<'t> Ctx<'t> {
                     .insert(first, bytes.as_slice())
                     .map_err(redb_failed)?;
             }
-            None => {}
+            None => return Ok(()),
         }
+        // The jobs' ids came from `alloc_id`; the next id does not read the segments table, so
+        // the floor written at `finish` must cover them.
+        self.floor_moved = true;
+        self.unindexed_maybe = true;
+        self.changed = true;
         Ok(())
     }
 

@@ -242,3 +242,50 @@ pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<E
     tracing::debug!(jobs = created, "enqueued a batch");
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::enqueue_batch;
+    use crate::store::work;
+    use crate::{ManualClock, NewJob, Store, Timestamp};
+
+    /// A claim and a batch in one group commit: the claim found every job indexed, and the
+    /// batch then folds an enqueue into a job it wrote in a segment of its own. The job must be
+    /// indexed before it is rewritten, not treated as indexed because the claim said so.
+    #[test]
+    fn a_batch_folds_into_its_own_new_job_after_a_claim_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let store = Store::builder()
+            .clock(Arc::new(clock.clone()))
+            .open(dir.path().join("q.redb"))
+            .unwrap();
+        let out = store
+            .call("a claim and a batch", |cx| {
+                work::claim(cx, "other", 1, None)?;
+                enqueue_batch(
+                    cx,
+                    vec![
+                        NewJob::new("q", "1").unique_key("k"),
+                        NewJob::new("side", "x"),
+                        NewJob::new("q", "2")
+                            .unique_key("k")
+                            .latest_wins()
+                            .debounce(Duration::from_secs(10)),
+                    ],
+                )
+            })
+            .unwrap();
+        let id = out[0].id();
+        assert_eq!(out[2], crate::Enqueued::Coalesced(id));
+        assert_eq!(store.check().unwrap(), []);
+        let job = store.get(id).unwrap().unwrap();
+        assert_eq!(job.payload, b"2");
+        assert_eq!(job.run_at, Timestamp(1_010_000));
+        assert!(store.claim("q", 1).unwrap().is_empty(), "debounced");
+        assert_eq!(store.check().unwrap(), []);
+    }
+}
