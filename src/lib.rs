@@ -56,6 +56,7 @@ mod clock;
 mod error;
 mod executor;
 mod job;
+mod limits;
 mod periodic;
 mod state;
 mod store;
@@ -66,10 +67,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
 pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metrics, Outcome};
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
+pub use limits::RateLimit;
 pub use periodic::Periodic;
 pub use store::{
     Cutoff, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, FORMAT_VERSION, Filter, MAX_KEY, MAX_PAYLOAD,
-    MAX_QUEUE_NAME, Problem, QueueStats, Retention, Stats, Store, StoreBuilder, WriteTx,
+    MAX_QUEUE_NAME, ParkScope, Problem, QueueControl, QueueStats, Retention, Stats, Store,
+    StoreBuilder, WriteTx,
 };
 pub use types::{JobId, JobState, Timestamp};
 

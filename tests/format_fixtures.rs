@@ -29,6 +29,8 @@ fn big() -> Vec<u8> {
 /// the jobs as enqueued (the two new ones) are stored in the short form, the others in the long.
 /// From format 5 on, queue `v5` holds a running job of a unique key with a follow-up behind
 /// it, and two jobs of an ordered key: the first not yet due, the second waiting behind it.
+/// From format 6 on, queue `v5` is paused, its key `d` parked and rate-limited, and queue
+/// `other` rate-limited.
 fn write_fixture(path: &std::path::Path) {
     let clock = ManualClock::new(T0);
     let store = Store::builder()
@@ -77,6 +79,13 @@ fn write_fixture(path: &std::path::Path) {
         ])
         .unwrap();
     assert!(store.claim("v5", 10).unwrap().is_empty());
+    store.pause("v5").unwrap();
+    store
+        .park("v5", Some("d"), T0.after(Duration::from_secs(7_200)), "429")
+        .unwrap();
+    let limit = quern::RateLimit::new(5, Duration::from_secs(1)).unwrap();
+    store.set_rate_limit("v5", Some("d"), Some(limit)).unwrap();
+    store.set_rate_limit("other", None, Some(limit)).unwrap();
 }
 
 /// A copy of fixture `name` in `dir`, or, with `QUERN_WRITE_FIXTURE` set and `name` the
@@ -93,10 +102,10 @@ fn copy_of(name: &str, dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// The fixture of the format this build writes.
-const CURRENT: &str = "v5.redb";
+const CURRENT: &str = "v6.redb";
 
 /// Opens a fixture for writing and checks every job in it, then that the store works on it.
-fn opens_with_every_job_in_its_state(name: &str, with_big: bool, with_v5: bool) {
+fn opens_with_every_job_in_its_state(name: &str, with_big: bool, with_v5: bool, with_v6: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = copy_of(name, &dir);
     let clock = ManualClock::new(T0.after(Duration::from_secs(1)));
@@ -136,6 +145,41 @@ fn opens_with_every_job_in_its_state(name: &str, with_big: bool, with_v5: bool) 
         ]);
     }
     assert_eq!(summary, expected);
+    if with_v6 {
+        let limit = Some(quern::RateLimit::new(5, Duration::from_secs(1)).unwrap());
+        let controls = store.controls().unwrap();
+        let summary: Vec<_> = controls
+            .iter()
+            .map(|c| {
+                (
+                    c.queue.as_str(),
+                    c.key.as_deref(),
+                    c.paused,
+                    c.parked_until,
+                    c.rate_limit,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // By key: a queue's name behind its length, so "v5" before "other".
+                ("v5", None, true, None, None),
+                (
+                    "v5",
+                    Some("d"),
+                    false,
+                    Some(T0.after(Duration::from_secs(7_200))),
+                    limit
+                ),
+                ("other", None, false, None, limit),
+            ]
+        );
+        assert!(store.claim("v5", 10).unwrap().is_empty(), "paused");
+        store.resume("v5").unwrap();
+    } else {
+        assert_eq!(store.controls().unwrap(), []);
+    }
     if with_v5 {
         assert_eq!(
             store.get(JobId(9)).unwrap().unwrap().waits_for,
@@ -178,27 +222,32 @@ fn opens_with_every_job_in_its_state(name: &str, with_big: bool, with_v5: bool) 
 
 #[test]
 fn format_v1_fixture_is_upgraded_at_a_writable_open_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v1.redb", false, false);
+    opens_with_every_job_in_its_state("v1.redb", false, false, false);
 }
 
 #[test]
 fn format_v2_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v2.redb", true, false);
+    opens_with_every_job_in_its_state("v2.redb", true, false, false);
 }
 
 #[test]
 fn format_v3_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v3.redb", true, false);
+    opens_with_every_job_in_its_state("v3.redb", true, false, false);
 }
 
 #[test]
 fn format_v4_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state("v4.redb", true, false);
+    opens_with_every_job_in_its_state("v4.redb", true, false, false);
 }
 
 #[test]
 fn format_v5_fixture_opens_with_every_job_in_its_state() {
-    opens_with_every_job_in_its_state(CURRENT, true, true);
+    opens_with_every_job_in_its_state("v5.redb", true, true, false);
+}
+
+#[test]
+fn format_v6_fixture_opens_with_every_job_in_its_state() {
+    opens_with_every_job_in_its_state(CURRENT, true, true, true);
 }
 
 /// The format version in the header of the database at `path`.
@@ -216,14 +265,24 @@ fn format_of(path: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn format_v2_v3_and_v4_files_read_as_they_are_and_a_writable_open_moves_them_to_format_5() {
-    for (name, version) in [("v2.redb", 2), ("v3.redb", 3), ("v4.redb", 4)] {
+fn format_v2_to_v5_files_read_as_they_are_and_a_writable_open_moves_them_to_format_6() {
+    for (name, version, jobs) in [
+        ("v2.redb", 2, 7),
+        ("v3.redb", 3, 7),
+        ("v4.redb", 4, 7),
+        ("v5.redb", 5, 11),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = copy_of(name, &dir);
         let before = std::fs::read(&path).unwrap();
         let store = Store::open_read_only(&path).unwrap();
-        assert_eq!(store.list(&Filter::default()).unwrap().len(), 7, "{name}");
+        assert_eq!(
+            store.list(&Filter::default()).unwrap().len(),
+            jobs,
+            "{name}"
+        );
         assert_eq!(store.check().unwrap(), [], "{name}");
+        assert_eq!(store.controls().unwrap(), [], "{name}");
         drop(store);
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -232,11 +291,15 @@ fn format_v2_v3_and_v4_files_read_as_they_are_and_a_writable_open_moves_them_to_
         );
         assert_eq!(format_of(&path), version);
         drop(Store::open(&path).unwrap());
-        // Format 5 now: a build that knew only the older format would refuse it, and this one
+        // Format 6 now: a build that knew only the older format would refuse it, and this one
         // reads it.
-        assert_eq!(format_of(&path), 5, "{name}");
+        assert_eq!(format_of(&path), 6, "{name}");
         let store = Store::open_read_only(&path).unwrap();
-        assert_eq!(store.list(&Filter::default()).unwrap().len(), 7, "{name}");
+        assert_eq!(
+            store.list(&Filter::default()).unwrap().len(),
+            jobs,
+            "{name}"
+        );
     }
 }
 
@@ -250,7 +313,7 @@ fn a_format_v1_file_opened_read_only_is_refused_until_a_writable_open_upgrades_i
             err,
             Error::UnsupportedFormat {
                 found: 1,
-                supported: 5,
+                supported: 6,
                 ..
             }
         ),

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub lease_lost: u64,
     /// Jobs given back to pending, attempt returned, because the executor stopped.
     pub given_back: u64,
+    /// Jobs whose handler parked their key or queue (the job itself snoozed to the park's end).
+    pub parked: u64,
     /// Jobs their handler settled itself, in a transaction with its own writes
     /// ([`JobContext::settle_in`](crate::JobContext::settle_in)).
     pub settled_by_handler: u64,
@@ -56,6 +58,7 @@ pub(crate) struct Counters {
     pub lease_lost: AtomicU64,
     pub given_back: AtomicU64,
     pub settled_by_handler: AtomicU64,
+    pub parked: AtomicU64,
     running: AtomicU64,
     max_running: AtomicU64,
     ended: AtomicU64,
@@ -106,6 +109,7 @@ impl Counters {
             lease_lost: self.lease_lost.load(Relaxed),
             given_back: self.given_back.load(Relaxed),
             settled_by_handler: self.settled_by_handler.load(Relaxed),
+            parked: self.parked.load(Relaxed),
             running: self.running.load(Relaxed),
             max_running: self.max_running.load(Relaxed),
             channel_len,

@@ -42,7 +42,7 @@ use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
 use crate::periodic::Periodic;
-use crate::store::{Retention, Store, WriteTx};
+use crate::store::{ParkScope, Retention, Store, WriteTx};
 
 /// What a handler says about the job it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,20 @@ pub enum Outcome {
     Snooze(Duration),
     /// Will never work: fail for good now.
     Discard(String),
+    /// The remote is limited or unreachable (a 429 with `Retry-After`, a quota, a network
+    /// down): park the job's concurrency key ([`ParkScope::Key`]: jobs of other keys go on) or
+    /// its whole queue for `duration`, and run this job again then, its attempt given back.
+    /// The park is stored: it survives a restart, and `quern stats` shows it with `reason`. A
+    /// job without a concurrency key asked to park its key is snoozed for `duration` instead,
+    /// and a warning says so.
+    Park {
+        /// What to park.
+        scope: ParkScope,
+        /// For how long.
+        duration: Duration,
+        /// Why, for the people who look.
+        reason: String,
+    },
     /// The handler settled the job itself, in a transaction with its own writes
     /// ([`JobContext::settle_in`]): the executor leaves it as it is. A handler that returns
     /// this without having settled its job has its attempt failed with an error that says so.
@@ -66,6 +80,24 @@ impl Outcome {
     /// A failed attempt with `error` as its message.
     pub fn retry(error: impl std::fmt::Display) -> Self {
         Outcome::Retry(error.to_string())
+    }
+
+    /// Parks the job's concurrency key for `duration` ([`Outcome::Park`]).
+    pub fn park_key(duration: Duration, reason: impl std::fmt::Display) -> Self {
+        Outcome::Park {
+            scope: ParkScope::Key,
+            duration,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Parks the job's whole queue for `duration` ([`Outcome::Park`]).
+    pub fn park_queue(duration: Duration, reason: impl std::fmt::Display) -> Self {
+        Outcome::Park {
+            scope: ParkScope::Queue,
+            duration,
+            reason: reason.to_string(),
+        }
     }
 
     /// A job that will never succeed, with `error` as its message.

@@ -146,6 +146,11 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
         End::Returned(Ok(Outcome::Success)) => (Settle::Complete, |c| &c.succeeded),
         End::Returned(Ok(Outcome::Retry(e))) => (failed(shared, job, e), |c| &c.failed),
         End::Returned(Ok(Outcome::Snooze(d))) => (Settle::Snooze(d), |c| &c.snoozed),
+        End::Returned(Ok(Outcome::Park {
+            scope,
+            duration,
+            reason,
+        })) => (Settle::Park(scope, duration, reason), |c| &c.parked),
         End::Returned(Ok(Outcome::Settled)) => {
             let error = "the handler returned Outcome::Settled without settling its job".into();
             (failed(shared, job, error), |c| &c.failed)

@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use super::codec::queue_prefix;
 use super::ctx::Ctx;
 use super::read::first_time;
-use super::{enqueue, housekeeping, work};
+use super::{controls, enqueue, housekeeping, work};
 use crate::error::{Result, redb_failed};
 use crate::job::{Claimed, Enqueued, RunAt};
 use crate::periodic::Periodic;
@@ -46,11 +46,13 @@ pub(crate) fn claim_cycle(
         cx.drain_new(u64::MAX, |_| false)?;
         (Vec::new(), None)
     };
+    let now = cx.now();
     let next_due = [
         next_scheduled(cx, queue)?,
         next_retry(cx)?,
         next_expiry(cx)?,
         next_slot,
+        controls::next_open(cx, queue, now)?.map(Timestamp),
     ]
     .into_iter()
     .flatten()

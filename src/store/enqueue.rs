@@ -30,7 +30,7 @@ pub(crate) fn validate_queue(queue: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_key(what: &'static str, key: Option<&str>) -> Result<()> {
+pub(crate) fn validate_key(what: &'static str, key: Option<&str>) -> Result<()> {
     match key {
         Some("") => Err(Error::invalid(what, "it is empty")),
         Some(k) if k.len() > MAX_KEY => Err(Error::invalid(

@@ -20,6 +20,7 @@ pub(crate) enum Settle {
     Fail(String),
     Discard(String),
     Snooze(Duration),
+    Park(work::ParkScope, Duration, String),
 }
 
 impl Settle {
@@ -30,6 +31,7 @@ impl Settle {
             Settle::Fail(_) => "failing a job",
             Settle::Discard(_) => "discarding a job",
             Settle::Snooze(_) => "snoozing a job",
+            Settle::Park(..) => "parking a job's key or queue",
         }
     }
 
@@ -39,6 +41,7 @@ impl Settle {
             Settle::Fail(e) => work::fail(cx, lease, &e),
             Settle::Discard(e) => work::discard(cx, lease, &e),
             Settle::Snooze(d) => work::snooze(cx, lease, d),
+            Settle::Park(scope, d, reason) => work::park(cx, lease, scope, d, &reason),
         }
     }
 }

@@ -21,11 +21,19 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
         // A follow-up is in no claim index while it waits for its job's run.
         Phase::Pending if rec.extra.behind.is_some() => {}
         Phase::Pending => {
-            let found = t
+            let in_ready = t
                 .ready()?
                 .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
                 .map_err(redb_failed)?
-                .is_some()
+                .is_some();
+            // The head of an unordered key holds it while it waits in ready.
+            if in_ready
+                && !rec.extra.ordered
+                && let Some(k) = &rec.concurrency_key
+            {
+                remove_if_owned(t.busy()?, &keyed(q, k), id)?;
+            }
+            let found = in_ready
                 || t.scheduled()?
                     .remove(timed_key(q, rec.run_at, id).as_slice())
                     .map_err(redb_failed)?
@@ -133,11 +141,14 @@ pub(crate) fn move_lease(t: &mut Tables<'_>, id: u64, old: &Record, new: &Record
 
 /// Places pending job `id` (not a follow-up) in the claim indexes as of `now`.
 ///
-/// A due job whose concurrency key another job holds goes to blocked at once, where no claim
-/// looks, so that jobs behind a busy key never slow the claims of other keys. The jobs of an
+/// A concurrency key has at most one job in ready: its head, which holds the key's busy entry
+/// while it waits there, as the key's running job holds it while it runs. The other due jobs of
+/// the key wait in blocked, where no claim looks, so that a million jobs of one key never slow
+/// the claims of other keys: a due job whose key is held goes to blocked at once, unless it
+/// comes before the key's waiting head in claim order, which it then replaces. The jobs of an
 /// ordered key wait in blocked, in id order, whenever another job holds the line; when the line
-/// is free it goes to the lowest id waiting (this job, or the first blocked one). Every other
-/// job goes to ready if due, scheduled if not.
+/// is free it goes to the lowest id waiting (this job, or the first blocked one). A job that is
+/// not due goes to scheduled.
 fn place_pending(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<()> {
     let Some(k) = rec.concurrency_key.as_deref() else {
         return place_free(t, id, rec, now);
@@ -148,7 +159,6 @@ fn place_pending(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<
         .get(key.as_slice())
         .map_err(redb_failed)?
         .map(|g| g.value());
-    let held_by_another = holder.is_some_and(|h| h != id);
     if rec.extra.ordered {
         if holder.is_none()
             && let Some((first, _)) = first_blocked(t, &key)?
@@ -158,14 +168,66 @@ fn place_pending(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<
             block_at(t, id, rec, k)?;
             return pass_line(t, &key, now);
         }
-        if held_by_another {
+        if holder.is_some_and(|h| h != id) {
             return block_at(t, id, rec, k);
         }
         t.busy()?.insert(key.as_slice(), id).map_err(redb_failed)?;
-    } else if held_by_another && rec.run_at <= now {
-        return block_at(t, id, rec, k);
+        return place_free(t, id, rec, now);
+    }
+    if rec.run_at > now {
+        return place_free(t, id, rec, now);
+    }
+    match holder {
+        Some(h) if h == id => {}
+        Some(h) => {
+            let head = waiting_head(t, h)?;
+            let first = head.as_ref().is_some_and(|head| {
+                claim_order(rec.priority, rec.run_at, id)
+                    < claim_order(head.priority, head.run_at, h)
+            });
+            let Some(head) = head.filter(|_| first) else {
+                return block_at(t, id, rec, k);
+            };
+            // It comes first: the head it replaces waits behind it.
+            t.ready()?
+                .remove(ready_key(&head.queue, head.priority, head.run_at, h).as_slice())
+                .map_err(redb_failed)?;
+            block_at(t, h, &head, k)?;
+            t.busy()?.insert(key.as_slice(), id).map_err(redb_failed)?;
+        }
+        None => {
+            // The key is free; a job already waiting for it that comes first takes it.
+            if let Some((_, first)) = first_blocked(t, &key)? {
+                let (priority, run_at, first_id) = ordered_tail(&first)?;
+                if claim_order(priority, run_at, first_id)
+                    < claim_order(rec.priority, rec.run_at, id)
+                {
+                    block_at(t, id, rec, k)?;
+                    return pass_line(t, &key, now);
+                }
+            }
+            t.busy()?.insert(key.as_slice(), id).map_err(redb_failed)?;
+        }
     }
     place_free(t, id, rec, now)
+}
+
+/// Where a job comes in claim order: priority descending, then run_at, then id; the order of
+/// the ready index's keys.
+pub(crate) type ClaimOrder = (std::cmp::Reverse<i32>, u64, u64);
+
+pub(crate) fn claim_order(priority: i32, run_at: u64, id: u64) -> ClaimOrder {
+    (std::cmp::Reverse(priority), run_at, id)
+}
+
+/// The record of job `h`, the holder of an unordered key, if it is the key's head waiting in
+/// ready (not running; due, or not any more if the clock went back).
+fn waiting_head(t: &mut Tables<'_>, h: u64) -> Result<Option<Record>> {
+    let Some(bytes) = t.jobs()?.get(h).map_err(redb_failed)? else {
+        return Ok(None);
+    };
+    let rec = decode_job(h, bytes.value())?;
+    Ok((rec.phase() == Phase::Pending && rec.extra.behind.is_none()).then_some(rec))
 }
 
 fn block_at(t: &mut Tables<'_>, id: u64, rec: &Record, ckey: &str) -> Result<()> {
@@ -234,10 +296,24 @@ fn pass_line(t: &mut Tables<'_>, key: &[u8], now: u64) -> Result<()> {
             detail: format!("entry for job {id}, which is {}", next.state),
         });
     }
-    if next.extra.ordered {
+    if next.extra.ordered || next.run_at <= now {
+        // It takes the key: first in an ordered line, or the head of an unordered key.
         t.busy()?.insert(key, id).map_err(redb_failed)?;
+        return place_free(t, id, &next, now);
     }
-    place_free(t, id, &next, now)
+    // Not due (the clock went back since it was blocked): it waits in scheduled, and the key
+    // passes to the next.
+    place_free(t, id, &next, now)?;
+    pass_line(t, key, now)
+}
+
+/// Key `key` ((queue, concurrency key)) was held back and is not any more: if no job holds
+/// it, its first blocked job is placed again ([`pass_line`]).
+pub(crate) fn pass_key(t: &mut Tables<'_>, key: &[u8], now: u64) -> Result<()> {
+    if t.busy()?.get(key).map_err(redb_failed)?.is_some() {
+        return Ok(());
+    }
+    pass_line(t, key, now)
 }
 
 /// The first job of an ordered key keeps the line (its busy entry) while it waits and while it
@@ -295,8 +371,41 @@ pub(crate) fn take_unique_key(t: &mut Tables<'_>, queue: &str, key: &str, id: u6
     Ok(())
 }
 
-/// Moves a pending job's entry from ready (under `ready`, its key there) to blocked: a job of
-/// its concurrency key `ckey` is in progress.
+/// Moves pending job `id` (record `rec`) out of ready, where it was its key's head, to
+/// blocked: its key is held back (parked, or out of starts). The key is free again: the first
+/// claim after it opens passes it on ([`pass_key`]).
+pub(crate) fn set_aside(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
+    let Some(k) = rec.concurrency_key.as_deref() else {
+        return Ok(());
+    };
+    t.ready()?
+        .remove(ready_key(&rec.queue, rec.priority, rec.run_at, id).as_slice())
+        .map_err(redb_failed)?;
+    remove_if_owned(t.busy()?, &keyed(&rec.queue, k), id)?;
+    block_at(t, id, rec, k)
+}
+
+/// Moves pending job `id` (record `rec`) out of ready into scheduled: its run_at is ahead (the
+/// clock went back since it was made ready). An unordered key's head gives the key up to the
+/// next due job; an ordered key's first job keeps its line.
+pub(crate) fn unready(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Result<()> {
+    let q = rec.queue.as_str();
+    t.ready()?
+        .remove(ready_key(q, rec.priority, rec.run_at, id).as_slice())
+        .map_err(redb_failed)?;
+    place_free(t, id, rec, now)?;
+    if let Some(k) = rec.concurrency_key.as_deref()
+        && !rec.extra.ordered
+    {
+        let key = keyed(q, k);
+        remove_if_owned(t.busy()?, &key, id)?;
+        pass_key(t, &key, now)?;
+    }
+    Ok(())
+}
+
+/// Moves a pending job's entry from ready (under `ready`, its key there) to blocked: another job
+/// holds its concurrency key `ckey`.
 pub(crate) fn block(
     t: &mut Tables<'_>,
     ready: &[u8],
@@ -317,15 +426,34 @@ pub(crate) fn block(
 }
 
 /// Moves a pending job's entry from scheduled (`key` and `value` as stored there) to ready: its
-/// run_at has come.
-pub(crate) fn make_ready(t: &mut Tables<'_>, queue: &str, key: &[u8], value: &[u8]) -> Result<()> {
+/// run_at has come. A job with a concurrency key is placed as [`place_pending`] says: the
+/// key's head, or blocked behind it.
+pub(crate) fn make_ready(
+    t: &mut Tables<'_>,
+    queue: &str,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+) -> Result<()> {
     let (run_at, id) = timed_tail(key)?;
     let (priority, ckey) = parse_scheduled_value(value)?;
     t.scheduled()?.remove(key).map_err(redb_failed)?;
-    t.ready()?
-        .insert(ready_key(queue, priority, run_at, id).as_slice(), ckey)
-        .map_err(redb_failed)?;
-    Ok(())
+    if ckey.is_empty() {
+        t.ready()?
+            .insert(ready_key(queue, priority, run_at, id).as_slice(), ckey)
+            .map_err(redb_failed)?;
+        return Ok(());
+    }
+    let rec = match t.jobs()?.get(id).map_err(redb_failed)? {
+        Some(bytes) => decode_job(id, bytes.value())?,
+        None => {
+            return Err(Error::Corrupt {
+                what: "scheduled index".into(),
+                detail: format!("entry for job {id}, which does not exist"),
+            });
+        }
+    };
+    place_pending(t, id, &rec, now)
 }
 
 /// Adds `delta` to the count of `queue` and phase `code`.

@@ -24,6 +24,7 @@
 //!   executor's claim cycle), `read.rs` (get, list, stats), `verify.rs` ([`Store::check`]).
 
 mod codec;
+mod controls;
 mod core;
 mod create;
 mod ctx;
@@ -54,6 +55,7 @@ use std::time::Duration;
 use redb::{ReadTransaction, ReadableDatabase};
 
 pub use self::codec::decode;
+pub use self::controls::QueueControl;
 pub(crate) use self::cycle::Cycle;
 pub use self::enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub(crate) use self::enqueue::{validate, validate_queue};
@@ -64,6 +66,7 @@ pub use self::open::{DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, StoreBuilder};
 pub use self::read::{Filter, QueueStats, Stats};
 pub use self::tables::FORMAT_VERSION;
 pub use self::verify::Problem;
+pub use self::work::ParkScope;
 pub use self::write_tx::WriteTx;
 
 use self::core::{Core, Db};

@@ -8,11 +8,15 @@ use crate::error::{Result, redb_failed};
 
 /// The on-disk format this build reads and writes. A change to any table or record layout bumps
 /// it and adds a fixture under `tests/fixtures/`.
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
+/// Format 5 differs from format 6 only in not having the controls table ([`CONTROLS`]): this
+/// build reads it as it is (no queue or key is held back), and a writable open adds the table
+/// and moves its version on, so that a build that knows only format 5 refuses the file rather
+/// than ignores its pauses, parks and limits.
+pub(crate) const FORMAT_5: u64 = 5;
 /// Format 4 differs from format 5 only in not knowing the fields a job carries behind
 /// `codec::TAG_EXTRA` (ordered concurrency keys, follow-ups of unique keys), which format 4 never
-/// wrote: this build reads it as it is, and a writable open moves its version to 5, so that a
-/// build that knows only format 4 refuses the file rather than misreads it.
+/// wrote: this build reads it as it is, and a writable open moves its version on.
 pub(crate) const FORMAT_4: u64 = 4;
 /// Format 3 differs from format 4 only in not knowing the short form of a job's record
 /// (`codec::TAG_SHORT`), which format 4 writes for every job as enqueued: this build reads it
@@ -24,7 +28,10 @@ pub(crate) const FORMAT_2: u64 = 2;
 
 /// Whether this build reads a file of format `version` as it is (format 1 must be upgraded).
 pub(crate) fn reads_as_is(version: u64) -> bool {
-    matches!(version, FORMAT_VERSION | FORMAT_4 | FORMAT_3 | FORMAT_2)
+    matches!(
+        version,
+        FORMAT_VERSION | FORMAT_5 | FORMAT_4 | FORMAT_3 | FORMAT_2
+    )
 }
 
 /// Header and counters: [`META_FORMAT`], [`META_STORE_ID`], [`META_NEXT_ID`],
@@ -80,6 +87,9 @@ pub(crate) const SUCCEEDED: TableDefinition<(u64, u64), ()> =
 pub(crate) const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("quern_dead");
 /// Periodic schedule name -> the last slot it fired for.
 pub(crate) const PERIODIC: TableDefinition<&str, u64> = TableDefinition::new("quern_periodic");
+/// (queue, concurrency key, or "" for the queue itself) -> its control (format 6): a pause, a
+/// park, a rate limit and its window (`limits::Control`, postcard).
+pub(crate) const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_controls");
 /// (queue, phase) -> number of jobs.
 pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
 
@@ -134,6 +144,7 @@ tables! {
     dead: DEAD => (u64, u64), ();
     counts: COUNTS => &'static [u8], u64;
     periodic: PERIODIC => &'static str, u64;
+    controls: CONTROLS => &'static [u8], &'static [u8];
 }
 
 impl Tables<'_> {

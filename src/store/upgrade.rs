@@ -7,7 +7,7 @@ use redb::Database;
 
 use super::codec::{INLINE_PAYLOAD, decode_v1_inbox};
 use super::ctx::{Config, Ctx};
-use super::tables::{FORMAT_VERSION, META, META_FORMAT, SEGMENTS, V1_INBOX};
+use super::tables::{CONTROLS, FORMAT_VERSION, META, META_FORMAT, SEGMENTS, V1_INBOX};
 use crate::error::{Error, Result, redb_failed};
 use crate::state::Payload;
 
@@ -54,13 +54,14 @@ fn upgrade_v1(db: &Database, cfg: &Config, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Upgrades a format 2, 3 or 4 database, which this build reads as it is: only the version
-/// changes, and a format 2 file gets the segments table it lacks.
+/// Upgrades a format 2 to 5 database, which this build reads as it is: only the version
+/// changes, and the file gets the tables it lacks (segments from format 3, controls from 6).
 fn upgrade_version(db: &Database, path: &Path, from: u64) -> Result<()> {
     let context = match from {
         2 => "upgrading a format 2 database",
         3 => "upgrading a format 3 database",
-        _ => "upgrading a format 4 database",
+        4 => "upgrading a format 4 database",
+        _ => "upgrading a format 5 database",
     };
     let fail = |e: redb::Error| Error::storage(context, e);
     let tx = db.begin_write().map_err(|e| fail(e.into()))?;
@@ -69,6 +70,7 @@ fn upgrade_version(db: &Database, path: &Path, from: u64) -> Result<()> {
         meta.insert(META_FORMAT, FORMAT_VERSION)
             .map_err(|e| fail(e.into()))?;
         tx.open_table(SEGMENTS).map_err(|e| fail(e.into()))?;
+        tx.open_table(CONTROLS).map_err(|e| fail(e.into()))?;
     }
     tx.commit().map_err(|e| fail(e.into()))?;
     tracing::info!(path = %path.display(), "upgraded quern database from format {from} to {FORMAT_VERSION}");

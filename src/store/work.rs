@@ -6,8 +6,9 @@ use std::time::Duration;
 use redb::ReadableTable;
 
 use super::codec::{keyed, ordered_tail, prefix_then, queue_prefix};
+use super::controls::{self, Gate};
 use super::ctx::Ctx;
-use super::index;
+use super::index::{self, ClaimOrder, claim_order};
 use crate::error::{Error, Result, redb_failed};
 use crate::job::{Claimed, Lease};
 use crate::state::{self, Record, Refusal};
@@ -62,6 +63,16 @@ pub(crate) fn claim(
         };
         return Ok(ClaimStep::Indexing { through });
     }
+    // Paused, parked or rate-limited queues and keys hold jobs back here, in this transaction.
+    let mut gate = Gate::open(cx, queue, now)?;
+    let n = n.min(gate.queue_allowance());
+    if n == 0 {
+        for (id, rec) in fresh {
+            cx.index_new(id, &rec)?;
+        }
+        gate.finish(cx)?;
+        return Ok(ClaimStep::Claimed(Vec::new()));
+    }
     // Sorted in claim order, the order of their ready keys; claimed from the back.
     fresh.sort_by_key(|(id, r)| std::cmp::Reverse(claim_order(r.priority, r.run_at, *id)));
     let prefix = queue_prefix(queue);
@@ -80,17 +91,23 @@ pub(crate) fn claim(
         for (key, ckey) in chunk {
             let (priority, run_at, id) = ordered_tail(&key)?;
             let order = claim_order(priority, run_at, id);
-            claim_fresh_before(cx, &mut fresh, Some(order), n, now, &mut out)?;
+            claim_fresh_before(cx, &mut fresh, Some(order), n, now, &mut out, &mut gate)?;
             if out.len() == n {
                 break 'scan;
             }
             if run_at > now {
-                // The clock went back since this job was made ready; it waits in place.
+                // The clock went back since this job was made ready. Without a key it waits in
+                // place; a key's head goes back to scheduled and gives the key to the next.
+                if !ckey.is_empty() {
+                    let rec = load_ready(cx, id)?;
+                    index::unready(&mut cx.t, id, &rec, now)?;
+                    cx.touch();
+                }
                 continue;
             }
             if !ckey.is_empty() {
                 let ckey = String::from_utf8_lossy(&ckey).into_owned();
-                // Held by another job: running, or (ordered key) first in line.
+                // Held by another job: running, or its key's head (or first in line).
                 if cx
                     .t
                     .busy()?
@@ -102,31 +119,39 @@ pub(crate) fn claim(
                     cx.touch();
                     continue;
                 }
+                // Parked or out of starts: moved aside until the key opens again.
+                if !gate.key_allows(cx, &ckey)? {
+                    let rec = load_ready(cx, id)?;
+                    index::set_aside(&mut cx.t, id, &rec)?;
+                    cx.touch();
+                    continue;
+                }
+                gate.started(Some(&ckey));
+            } else {
+                gate.started(None);
             }
-            let old = cx.load(id)?.ok_or_else(|| Error::Corrupt {
-                what: "ready index".into(),
-                detail: format!("entry for job {id}, which does not exist"),
-            })?;
+            let old = load_ready(cx, id)?;
             out.push(claim_one(cx, id, Some(&old), old.clone(), now)?);
         }
         if exhausted {
             break;
         }
     }
-    claim_fresh_before(cx, &mut fresh, None, n, now, &mut out)?;
+    claim_fresh_before(cx, &mut fresh, None, n, now, &mut out, &mut gate)?;
     // What was not claimed is indexed like any other new job.
     for (id, rec) in fresh {
         cx.index_new(id, &rec)?;
     }
+    gate.finish(cx)?;
     Ok(ClaimStep::Claimed(out))
 }
 
-/// Where a job comes in claim order: priority descending, then run_at, then id; the order of
-/// the ready index's keys.
-type ClaimOrder = (std::cmp::Reverse<i32>, u64, u64);
-
-fn claim_order(priority: i32, run_at: u64, id: u64) -> ClaimOrder {
-    (std::cmp::Reverse(priority), run_at, id)
+/// The record of job `id`, which the ready index has an entry for.
+fn load_ready(cx: &mut Ctx<'_>, id: u64) -> Result<Record> {
+    cx.load(id)?.ok_or_else(|| Error::Corrupt {
+        what: "ready index".into(),
+        detail: format!("entry for job {id}, which does not exist"),
+    })
 }
 
 /// Claims new jobs that come before the ready entry at `next` in claim order (all
@@ -138,6 +163,7 @@ fn claim_fresh_before(
     n: usize,
     now: u64,
     out: &mut Vec<Claimed>,
+    gate: &mut Gate,
 ) -> Result<()> {
     while out.len() < n {
         let Some((id, rec)) = fresh.last() else {
@@ -150,6 +176,7 @@ fn claim_fresh_before(
             return Ok(());
         };
         // A new job was never indexed: it is written in progress directly.
+        gate.started(None);
         out.push(claim_one(cx, id, None, rec, now)?);
     }
     Ok(())
@@ -166,7 +193,7 @@ fn make_due_scheduled_ready(cx: &mut Ctx<'_>, queue: &str, prefix: &[u8], now: u
             .collect::<Result<_, _>>()
             .map_err(redb_failed)?;
     for (key, value) in due {
-        index::make_ready(&mut cx.t, queue, &key, &value)?;
+        index::make_ready(&mut cx.t, queue, &key, &value, now)?;
         cx.touch();
     }
     Ok(())
@@ -280,6 +307,61 @@ pub(crate) fn snooze(cx: &mut Ctx<'_>, lease: &Lease, delay: Duration) -> Result
         state::snooze(r, lease.token, now, now.saturating_add(duration_ms(delay)))
     })?;
     tracing::debug!(job = %lease.job, queue = %rec.queue, run_at = rec.run_at, "snoozed");
+    Ok(())
+}
+
+/// What a handler parks when the remote holds it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkScope {
+    /// The job's concurrency key (an account, an endpoint): no job of the key starts until
+    /// the park ends; jobs of other keys go on.
+    Key,
+    /// The job's whole queue.
+    Queue,
+}
+
+/// Parks the job's key or queue until `now + duration` with `reason`, and snoozes the job to
+/// then, its attempt given back. A job without a concurrency key asked to park its key is only
+/// snoozed, with a warning.
+pub(crate) fn park(
+    cx: &mut Ctx<'_>,
+    lease: &Lease,
+    scope: ParkScope,
+    duration: Duration,
+    reason: &str,
+) -> Result<()> {
+    let rec = fenced(cx, lease, |r, now| {
+        state::snooze(
+            r,
+            lease.token,
+            now,
+            now.saturating_add(duration_ms(duration)),
+        )
+    })?;
+    let until = rec.run_at;
+    let key = match scope {
+        ParkScope::Queue => None,
+        ParkScope::Key => match rec.concurrency_key.as_deref() {
+            Some(k) => Some(k),
+            None => {
+                tracing::warn!(
+                    job = %lease.job, queue = %rec.queue,
+                    "the handler parked its concurrency key, but the job has none: only the job is snoozed"
+                );
+                return Ok(());
+            }
+        },
+    };
+    if until > cx.now() {
+        controls::update(cx, &rec.queue, key, |c| {
+            c.parked_until = Some(c.parked_until.map_or(until, |t| t.max(until)));
+            c.reason = Some(state::truncate(reason));
+        })?;
+    }
+    tracing::info!(
+        job = %lease.job, queue = %rec.queue, key = ?key, until, reason,
+        "parked by its handler"
+    );
     Ok(())
 }
 
