@@ -87,6 +87,24 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => (proptest::collection::vec(spec(), 0..4), any::<bool>())
             .prop_map(|(specs, commit)| Op::Write { specs, commit }),
+        1 => (0u8..2, proptest::option::weighted(0.7, 0u8..3), 1u8..90)
+            .prop_map(|(queue, key, secs)| Op::Park { queue, key, secs }),
+        1 => (0u8..2, proptest::option::weighted(0.7, 0u8..3))
+            .prop_map(|(queue, key)| Op::Unpark { queue, key }),
+        1 => (0u8..2).prop_map(|queue| Op::Pause { queue }),
+        1 => (0u8..2).prop_map(|queue| Op::Resume { queue }),
+        1 => (
+            0u8..2,
+            proptest::option::weighted(0.6, 0u8..3),
+            proptest::option::weighted(0.8, 1u8..4),
+            1u8..60,
+        )
+            .prop_map(|(queue, key, starts, period_secs)| Op::SetLimit {
+                queue,
+                key,
+                starts,
+                period_secs,
+            }),
         2 => (any::<u8>(), 0u8..3, proptest::option::weighted(0.5, spec()), proptest::bool::weighted(0.8))
             .prop_map(|(lease, how, spec, commit)| Op::SettleInWrite { lease, how, spec, commit }),
         1 => Just(Op::Reopen),

@@ -437,3 +437,21 @@ pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String
     }
     Ok(out)
 }
+
+/// The (queue, concurrency key) keys whose jobs were set aside while the key was held back:
+/// their controls have a wake time (for [`Store::check`]).
+pub(crate) fn waking(tx: &redb::ReadTransaction) -> Result<std::collections::HashSet<Vec<u8>>> {
+    let table = match tx.open_table(CONTROLS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(redb_failed(e)),
+    };
+    let mut out = std::collections::HashSet::new();
+    for entry in table.iter().map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
+        if decode(k.value(), v.value())?.wake_at.is_some() {
+            out.insert(k.value().to_vec());
+        }
+    }
+    Ok(out)
+}

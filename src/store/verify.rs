@@ -106,6 +106,7 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let holders = busy.clone();
     let mut unique = owners(tx, UNIQUE)?;
     let mut keys = KeyChecks::default();
+    let waking = super::controls::waking(tx)?;
     let mut counted: BTreeMap<(String, u8), u64> = BTreeMap::new();
 
     let new_from = indexed_below(tx)?;
@@ -172,8 +173,10 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                     let key = keyed(q, c);
                     if in_blocked {
                         // Behind the first job of its line, which holds the key.
+                        // Behind the first job of its line, which holds the key; or set
+                        // aside while the key is held back, to be passed on at its wake time.
                         expect(
-                            holders.get(&key).is_some_and(|&h| h != id),
+                            holders.get(&key).is_some_and(|&h| h != id) || waking.contains(&key),
                             "busy (of the job first in its line)",
                         );
                     } else {

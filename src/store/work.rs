@@ -102,6 +102,11 @@ pub(crate) fn claim(
                     let rec = load_ready(cx, id)?;
                     index::unready(&mut cx.t, id, &rec, now)?;
                     cx.touch();
+                    // The job that took the key may be ahead in ready, past this chunk's
+                    // read: read on from here.
+                    from = key;
+                    from.push(0);
+                    continue 'scan;
                 }
                 continue;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quern::{
     Backoff, Clock, Enqueued, Error, Filter, Job, JobId, JobState, Lease, MAX_PAYLOAD, ManualClock,
-    NewJob, Retention, Store, Timestamp,
+    NewJob, RateLimit, Retention, Store, Timestamp,
 };
 
 pub const QUEUES: [&str; 2] = ["a", "b"];
@@ -83,6 +83,29 @@ pub enum Op {
     BigBatch {
         queue: u8,
         n: u16,
+    },
+    /// Parks a queue (no `key`) or one of its concurrency keys for `secs` (at least 1).
+    Park {
+        queue: u8,
+        key: Option<u8>,
+        secs: u8,
+    },
+    Unpark {
+        queue: u8,
+        key: Option<u8>,
+    },
+    Pause {
+        queue: u8,
+    },
+    Resume {
+        queue: u8,
+    },
+    /// Sets (`starts` some) or removes the rate limit of a queue or key.
+    SetLimit {
+        queue: u8,
+        key: Option<u8>,
+        starts: Option<u8>,
+        period_secs: u8,
     },
     /// A user transaction that enqueues `spec` (if any) and settles a held lease: complete,
     /// fail or snooze (`how` % 3); committed or rolled back.
@@ -274,6 +297,45 @@ pub struct Harness {
     pub lines: BTreeMap<(String, String), u64>,
     /// Every enqueue of a change-safe unique key, for the coverage guarantee.
     pub events: Vec<Event>,
+    /// What holds back each queue (key `None`) and concurrency key.
+    pub controls: BTreeMap<(String, Option<String>), MControl>,
+}
+
+/// A queue's or key's control, as the model keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MControl {
+    pub paused: bool,
+    pub parked_until: Option<u64>,
+    pub reason: Option<String>,
+    /// (starts, period in ms).
+    pub limit: Option<(u32, u64)>,
+    /// (opened at, started in it).
+    pub window: Option<(u64, u32)>,
+}
+
+impl MControl {
+    /// Starts allowed at `now`.
+    fn allowance(&self, now: u64) -> u32 {
+        if self.paused || self.parked_until.is_some_and(|t| t > now) {
+            return 0;
+        }
+        match (self.limit, self.window) {
+            (None, _) => u32::MAX,
+            (Some((starts, period)), Some((opened, started))) if now < opened + period => {
+                starts.saturating_sub(started)
+            }
+            (Some((starts, _)), _) => starts,
+        }
+    }
+
+    fn start(&mut self, now: u64) {
+        if let Some((_, period)) = self.limit {
+            self.window = match self.window {
+                Some((opened, started)) if now < opened + period => Some((opened, started + 1)),
+                _ => Some((now, 1)),
+            };
+        }
+    }
 }
 
 /// An enqueue of a change-safe unique key: the job that covers it (`carrier`), and whether a
@@ -326,6 +388,7 @@ impl Harness {
             jitter,
             lines: BTreeMap::new(),
             events: Vec::new(),
+            controls: BTreeMap::new(),
         }
     }
 
@@ -658,6 +721,57 @@ impl Harness {
                 drop(self.store.take());
                 self.store = Some(open(&self.dir, &self.clock, self.jitter));
             }
+            Op::Park { queue, key, secs } => {
+                let (q, k) = control_scope(*queue, *key);
+                let until = self.now() + u64::from((*secs).max(1)) * 1_000;
+                self.store()
+                    .park(&q, k.as_deref(), Timestamp(until), "429")
+                    .map_err(|e| e.to_string())?;
+                let c = self.controls.entry((q, k)).or_default();
+                c.parked_until = Some(c.parked_until.map_or(until, |t| t.max(until)));
+                c.reason = Some("429".into());
+            }
+            Op::Unpark { queue, key } => {
+                let (q, k) = control_scope(*queue, *key);
+                self.store()
+                    .unpark(&q, k.as_deref())
+                    .map_err(|e| e.to_string())?;
+                let c = self.controls.entry((q, k)).or_default();
+                c.parked_until = None;
+                c.reason = None;
+            }
+            Op::Pause { queue } | Op::Resume { queue } => {
+                let q = QUEUES[usize::from(*queue) % 2].to_owned();
+                let pause = matches!(op, Op::Pause { .. });
+                let got = if pause {
+                    self.store().pause(&q)
+                } else {
+                    self.store().resume(&q)
+                };
+                got.map_err(|e| e.to_string())?;
+                self.controls.entry((q, None)).or_default().paused = pause;
+            }
+            Op::SetLimit {
+                queue,
+                key,
+                starts,
+                period_secs,
+            } => {
+                let (q, k) = control_scope(*queue, *key);
+                let period = u64::from((*period_secs).max(1)) * 1_000;
+                let limit = starts.map(|n| {
+                    RateLimit::new(u32::from(n.max(1)), Duration::from_millis(period))
+                        .expect("a valid limit")
+                });
+                self.store()
+                    .set_rate_limit(&q, k.as_deref(), limit)
+                    .map_err(|e| e.to_string())?;
+                let c = self.controls.entry((q, k)).or_default();
+                c.limit = starts.map(|n| (u32::from(n.max(1)), period));
+                if c.limit.is_none() {
+                    c.window = None;
+                }
+            }
             Op::SettleInWrite {
                 lease,
                 how,
@@ -927,6 +1041,31 @@ impl Harness {
 
     fn model_claim(&mut self, queue: &str, n: usize) -> Vec<u64> {
         let now = self.now();
+        if n == 0 {
+            return Vec::new();
+        }
+        // A claim forgets the parks and rate windows of its queue that ended by now, so that
+        // a clock put back later does not bring them back.
+        for ((q, _), c) in &mut self.controls {
+            if q != queue {
+                continue;
+            }
+            if c.parked_until.is_some_and(|t| t <= now) {
+                c.parked_until = None;
+                c.reason = None;
+            }
+            if let (Some((_, period)), Some((opened, _))) = (c.limit, c.window)
+                && now >= opened + period
+            {
+                c.window = None;
+            }
+        }
+        let own = (queue.to_owned(), None);
+        let n = n.min(
+            self.controls
+                .get(&own)
+                .map_or(u32::MAX, |c| c.allowance(now)) as usize,
+        );
         let mut due: Vec<(i32, u64, u64)> = self
             .jobs
             .iter()
@@ -959,6 +1098,21 @@ impl Harness {
             });
             if busy {
                 continue;
+            }
+            // A parked or rate-limited key starts nothing now.
+            let scope = ckey.map(|k| (queue.to_owned(), Some(k)));
+            if let Some(scope) = &scope
+                && self
+                    .controls
+                    .get(scope)
+                    .is_some_and(|c| c.allowance(now) == 0)
+            {
+                continue;
+            }
+            for scope in [Some(own.clone()), scope].into_iter().flatten() {
+                if let Some(c) = self.controls.get_mut(&scope) {
+                    c.start(now);
+                }
             }
             for e in &mut self.events {
                 if e.carrier == id {
@@ -1159,12 +1313,60 @@ impl Harness {
             });
             check_eq(&format!("counts of queue {queue}"), got, want)?;
         }
+        let now = self.now();
+        let mut want: Vec<(
+            String,
+            Option<String>,
+            bool,
+            Option<u64>,
+            Option<(u32, u64)>,
+            Option<(u32, u64)>,
+        )> = Vec::new();
+        for ((q, k), c) in &self.controls {
+            let parked = c.parked_until.filter(|&t| t > now);
+            let window = match (c.limit, c.window) {
+                (Some((_, period)), Some((opened, started))) if now < opened + period => {
+                    Some((started, opened + period))
+                }
+                _ => None,
+            };
+            if c.paused || parked.is_some() || c.limit.is_some() {
+                want.push((q.clone(), k.clone(), c.paused, parked, c.limit, window));
+            }
+        }
+        let mut got: Vec<_> = store
+            .controls()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| {
+                (
+                    c.queue,
+                    c.key,
+                    c.paused,
+                    c.parked_until.map(|t| t.0),
+                    c.rate_limit
+                        .map(|l| (l.starts(), l.period().as_millis() as u64)),
+                    c.window.map(|(n, t)| (n, t.0)),
+                )
+            })
+            .collect();
+        got.sort();
+        want.sort();
+        check_eq("controls", got, want)?;
         let problems = store.check().map_err(|e| e.to_string())?;
         if !problems.is_empty() {
             return Err(format!("check found {problems:?}"));
         }
         Ok(())
     }
+}
+
+/// The (queue, key) a control op names: queue `a` or `b`, key `c0`..`c2` or the queue itself.
+fn control_scope(queue: u8, key: Option<u8>) -> (String, Option<String>) {
+    (
+        QUEUES[usize::from(queue) % 2].to_owned(),
+        key.map(|k| format!("c{}", k % 3)),
+    )
 }
 
 /// The store's job agrees with the model's, field by field.
