@@ -187,9 +187,9 @@ fn claim_at_depth(c: &mut Criterion) {
     g.finish();
 }
 
-/// Claim cost with a long line of jobs behind one blocked ordered key (its first job waits an
-/// hour for a retry), against the same queue without that line: the jobs behind a blocked key
-/// wait where no claim looks, so the claims of other jobs must cost the same.
+/// Claim cost with a long line of jobs behind one blocked key, against the same queue without
+/// that line: the jobs behind a blocked key wait where no claim looks, so the claims of other
+/// jobs must cost the same.
 fn claim_behind_blocked_key(c: &mut Criterion) {
     let mut g = c.benchmark_group("claim_behind_blocked_key");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
@@ -199,21 +199,41 @@ fn claim_behind_blocked_key(c: &mut Criterion) {
     } else {
         1_000_000
     };
-    for (label, line) in [("none_behind", 0), ("blocked_key", behind)] {
+    // none_behind: the yardstick. blocked_key: an ordered key whose first job waits an hour
+    // for its retry. parked_key: a plain concurrency key parked for an hour (a 429), its jobs
+    // indexed before the park.
+    for (label, line) in [
+        ("none_behind", 0),
+        ("blocked_key", behind),
+        ("parked_key", behind),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::builder()
             .backoff(quern::Backoff::fixed(Duration::from_secs(3_600)))
             .open(dir.path().join("bench.redb"))
             .expect("open store");
-        let stuck = |i: u64| job(i).concurrency_key("stuck").ordered();
-        s.enqueue(stuck(0)).expect("enqueue");
-        let first = s.claim("bench", 1).expect("claim").pop().expect("a job");
-        s.fail(first.lease, "503").expect("fail");
+        let parked = label == "parked_key";
+        let stuck = |i: u64| {
+            let j = job(i).concurrency_key("stuck");
+            if parked { j } else { j.ordered() }
+        };
+        if !parked {
+            s.enqueue(stuck(0)).expect("enqueue");
+            let first = s.claim("bench", 1).expect("claim").pop().expect("a job");
+            s.fail(first.lease, "503").expect("fail");
+        }
         let mut next = 0;
         while next < line {
             let end = (next + 10_000).min(line);
             s.enqueue_batch((next..end).map(stuck)).expect("prefill");
             next = end;
+        }
+        if parked {
+            for _ in 0..line / 20_000 + 2 {
+                s.claim("elsewhere", 1).expect("index the new jobs");
+            }
+            let until = quern::Timestamp(s.now().0 + 3_600_000);
+            s.park("bench", Some("stuck"), until, "429").expect("park");
         }
         prefill(&s, 50_000);
         // Everything indexed first (a claim indexes at most 20,000 new jobs).
