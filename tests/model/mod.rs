@@ -1314,14 +1314,7 @@ impl Harness {
             check_eq(&format!("counts of queue {queue}"), got, want)?;
         }
         let now = self.now();
-        let mut want: Vec<(
-            String,
-            Option<String>,
-            bool,
-            Option<u64>,
-            Option<(u32, u64)>,
-            Option<(u32, u64)>,
-        )> = Vec::new();
+        let mut want: Vec<ControlRow> = Vec::new();
         for ((q, k), c) in &self.controls {
             let parked = c.parked_until.filter(|&t| t > now);
             let window = match (c.limit, c.window) {
@@ -1360,6 +1353,17 @@ impl Harness {
         Ok(())
     }
 }
+
+/// A control as compared: (queue, key, paused, parked until, (starts, period ms), (started,
+/// window closes)).
+type ControlRow = (
+    String,
+    Option<String>,
+    bool,
+    Option<u64>,
+    Option<(u32, u64)>,
+    Option<(u32, u64)>,
+);
 
 /// The (queue, key) a control op names: queue `a` or `b`, key `c0`..`c2` or the queue itself.
 fn control_scope(queue: u8, key: Option<u8>) -> (String, Option<String>) {
