@@ -311,3 +311,54 @@ fn a_closed_pipe_is_not_an_error() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn stats_and_show_say_what_is_paused_parked_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    let store = Store::open(&path).unwrap();
+    let id = store
+        .enqueue(NewJob::new("uploads", "a.jpg").concurrency_key("acct-7"))
+        .unwrap()
+        .id();
+    store.pause("mail").unwrap();
+    let until = quern::Timestamp(store.now().0 + 3_600_000);
+    store
+        .park("uploads", Some("acct-7"), until, "429 Retry-After: 3600")
+        .unwrap();
+    let limit = quern::RateLimit::new(10, std::time::Duration::from_secs(1)).unwrap();
+    store.set_rate_limit("uploads", None, Some(limit)).unwrap();
+
+    let out = quern(&["stats", s(&path)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("queue mail: paused"), "{text}");
+    assert!(
+        text.contains("queue uploads key acct-7: parked until")
+            && text.contains("(429 Retry-After: 3600)"),
+        "{text}"
+    );
+    assert!(text.contains("queue uploads: at most 10 per 1s"), "{text}");
+
+    let out = quern(&["stats", s(&path), "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let controls = v["controls"].as_array().unwrap();
+    assert_eq!(controls.len(), 3, "{v}");
+    let parked = controls.iter().find(|c| c["key"] == "acct-7").unwrap();
+    assert_eq!(parked["parked_until"], until.0);
+    assert_eq!(parked["reason"], "429 Retry-After: 3600");
+
+    let out = quern(&["show", s(&path), &id.0.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("queue uploads key acct-7: parked until"),
+        "{text}"
+    );
+    assert!(text.contains("queue uploads: at most 10 per 1s"), "{text}");
+    assert!(
+        !text.contains("queue mail"),
+        "another queue's control: {text}"
+    );
+}

@@ -96,9 +96,10 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
         Command::Stats { db, format } => {
             let store = open_read(&db)?;
             let stats = store.stats()?;
+            let controls = store.controls()?;
             match format {
-                Format::Json | Format::Jsonl => render::stats_json(out, &stats, format)?,
-                Format::Table => render::stats_table(out, &stats)?,
+                Format::Json | Format::Jsonl => render::stats_json(out, &stats, &controls, format)?,
+                Format::Table => render::stats_table(out, &stats, &controls)?,
             }
             OK
         }
@@ -130,7 +131,18 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
                 .ok_or_else(|| anyhow!("job {id} not found in {}", db.display()))?;
             match format {
                 Format::Json | Format::Jsonl => render::job_json_line(out, &job)?,
-                Format::Table => render::job_text(out, &job, store.now())?,
+                Format::Table => {
+                    render::job_text(out, &job, store.now())?;
+                    // What holds its queue or key back, if anything.
+                    let now = store.now();
+                    for c in store.controls()? {
+                        let ours = c.queue == job.queue
+                            && (c.key.is_none() || c.key == job.concurrency_key);
+                        if ours {
+                            render::control_line(out, &c, now)?;
+                        }
+                    }
+                }
             }
             OK
         }

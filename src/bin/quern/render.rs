@@ -2,16 +2,24 @@
 
 use std::io::{self, Write};
 
-use quern::{Filter, Job, Stats, Store, Timestamp};
+use quern::{Filter, Job, QueueControl, Stats, Store, Timestamp};
 use serde_json::{Value, json};
 
 use crate::args::Format;
 use crate::escape::{escape, escape_cut};
 use crate::time;
 
-pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
+pub fn stats_table(
+    out: &mut impl Write,
+    stats: &Stats,
+    controls: &[QueueControl],
+) -> io::Result<()> {
     if stats.queues.is_empty() {
-        return writeln!(out, "no jobs");
+        writeln!(out, "no jobs")?;
+        for c in controls {
+            control_line(out, c, stats.at)?;
+        }
+        return Ok(());
     }
     writeln!(
         out,
@@ -48,11 +56,48 @@ pub fn stats_table(out: &mut impl Write, stats: &Stats) -> io::Result<()> {
     if let Some(t) = stats.next_lease_expiry {
         writeln!(out, "next lease expiry: {}", time::relative(t, stats.at))?;
     }
+    for c in controls {
+        control_line(out, c, stats.at)?;
+    }
     Ok(())
 }
 
+/// One line on what holds a queue or key back: paused, parked (until when, why), rate limit.
+pub fn control_line(out: &mut impl Write, c: &QueueControl, now: Timestamp) -> io::Result<()> {
+    let scope = match &c.key {
+        Some(k) => format!("queue {} key {}", escape(&c.queue), escape(k)),
+        None => format!("queue {}", escape(&c.queue)),
+    };
+    let mut parts = Vec::new();
+    if c.paused {
+        parts.push("paused".to_owned());
+    }
+    if let Some(t) = c.parked_until {
+        let why = c
+            .reason
+            .as_deref()
+            .map_or(String::new(), |r| format!(" ({})", escape(r)));
+        parts.push(format!("parked until {}{why}", time::relative(t, now)));
+    }
+    if let Some(l) = c.rate_limit {
+        let used = c.window.map_or(String::new(), |(n, closes)| {
+            format!(
+                ", {n} started, window closes {}",
+                time::relative(closes, now)
+            )
+        });
+        parts.push(format!("at most {} per {:?}{used}", l.starts(), l.period()));
+    }
+    writeln!(out, "{scope}: {}", parts.join("; "))
+}
+
 /// One object: indented for `json`, on one line for `jsonl`.
-pub fn stats_json(out: &mut impl Write, stats: &Stats, format: Format) -> io::Result<()> {
+pub fn stats_json(
+    out: &mut impl Write,
+    stats: &Stats,
+    controls: &[QueueControl],
+    format: Format,
+) -> io::Result<()> {
     let queues: Vec<Value> = stats
         .queues
         .iter()
@@ -70,10 +115,31 @@ pub fn stats_json(out: &mut impl Write, stats: &Stats, format: Format) -> io::Re
             })
         })
         .collect();
+    let controls: Vec<Value> = controls
+        .iter()
+        .map(|c| {
+            json!({
+                "queue": c.queue,
+                "key": c.key,
+                "paused": c.paused,
+                "parked_until": c.parked_until.map(|t| t.0),
+                "reason": c.reason,
+                "rate_limit": c.rate_limit.map(|l| json!({
+                    "starts": l.starts(),
+                    "period_ms": l.period().as_millis() as u64,
+                })),
+                "window": c.window.map(|(n, closes)| json!({
+                    "started": n,
+                    "closes_at": closes.0,
+                })),
+            })
+        })
+        .collect();
     let v = json!({
         "at": stats.at.0,
         "next_lease_expiry": stats.next_lease_expiry.map(|t| t.0),
         "queues": queues,
+        "controls": controls,
     });
     if format == Format::Jsonl {
         serde_json::to_writer(&mut *out, &v)?;
