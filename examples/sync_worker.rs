@@ -5,7 +5,9 @@
 //!   editor changes files while their uploads run; an edit during an upload becomes a
 //!   follow-up that uploads again after it, so the remote ends with the latest version of
 //!   every file. Some uploads time out and are retried with backoff; some find the remote "not
-//!   ready" and snooze without spending an attempt.
+//!   ready" and snooze without spending an attempt. Files belong to eight accounts (each a
+//!   concurrency key); now and then the remote answers one account with a 429 and a
+//!   `Retry-After`: the demo parks that account, and the other accounts' uploads go on.
 //! - **folders**: create, rename and delete of each folder on one ordered key: the remote
 //!   answers the first create of every folder with a 503, and the rename and delete still
 //!   reach it after the create, never before.
@@ -106,7 +108,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .queue("downloads")
         .concurrency(4)
         .spawn(|ctx| async move { download(ctx).await })?;
-    let editor = tokio::spawn(edit_files(store.clone()));
+    let editor = tokio::spawn(edit_files(store.clone(), remote.clone()));
     let handles = [uploads, folders, downloads];
 
     loop {
@@ -203,12 +205,32 @@ fn file(i: u64) -> String {
 fn upload_job(name: &str) -> NewJob {
     NewJob::new("uploads", name)
         .unique_key(name)
+        .concurrency_key(account(name))
         .max_attempts(10)
 }
 
+/// The account a file belongs to: one of eight.
+fn account(name: &str) -> String {
+    format!("account-{}", file_number(name) % 8)
+}
+
+fn file_number(name: &str) -> u64 {
+    name.trim_start_matches("photos/")
+        .trim_end_matches(".jpg")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The account the remote rate-limits now and then.
+const LIMITED: &str = "account-3";
+/// How long the remote asks that account to wait (its `Retry-After`).
+const RETRY_AFTER: Duration = Duration::from_millis(300);
+
 /// Edits files while they upload: each edit bumps the local version and enqueues its upload in
-/// one transaction. Counts the edits that came while the file's upload ran (follow-ups).
-async fn edit_files(store: Store) -> quern::Result<()> {
+/// one transaction. Every other edit is of a file being uploaded at that moment (a user saving
+/// the file the worker is sending). Counts the edits that came while the file's upload ran
+/// (follow-ups).
+async fn edit_files(store: Store, remote: Arc<FlakyRemote>) -> quern::Result<()> {
     let mut n = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.write(|tx| counter(tx, "edits")))
@@ -216,7 +238,11 @@ async fn edit_files(store: Store) -> quern::Result<()> {
             .map_err(|_| quern::Error::Closed)??
     };
     while n < EDITS {
-        let name = file((n * 7_919) % FILES);
+        let sending = remote.sending.lock().iter().next().cloned();
+        let name = match sending {
+            Some(name) if n % 2 == 0 => name,
+            _ => file((n * 7_919) % FILES),
+        };
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
             store.write(|tx| {
@@ -247,16 +273,42 @@ struct FlakyRemote {
     asked: Mutex<HashSet<String>>,
     /// Folder operations that arrived before the one they follow.
     out_of_order: AtomicU64,
+    /// Uploads of the limited account, counted to answer every 150th with a 429.
+    limited_uploads: AtomicU64,
+    /// Until when the limited account is told to wait, if it is.
+    limited_until: Mutex<Option<std::time::Instant>>,
+    /// 429s answered.
+    too_many: AtomicU64,
+    /// Uploads of the limited account that came while it was told to wait (none should).
+    came_too_soon: AtomicU64,
+    /// Uploads of other accounts done while it was told to wait.
+    others_meanwhile: AtomicU64,
+    /// The files being sent now.
+    sending: Mutex<HashSet<String>>,
 }
 
 impl FlakyRemote {
     async fn upload(&self, ctx: JobContext) -> Outcome {
         let name = String::from_utf8_lossy(ctx.payload()).into_owned();
-        let n: u64 = name
-            .trim_start_matches("photos/")
-            .trim_end_matches(".jpg")
-            .parse()
-            .unwrap_or(0);
+        let n = file_number(&name);
+        let waiting = self
+            .limited_until
+            .lock()
+            .is_some_and(|t| std::time::Instant::now() < t);
+        if account(&name) == LIMITED {
+            if waiting {
+                self.came_too_soon.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.limited_uploads.fetch_add(1, Ordering::Relaxed) % 150 == 149 {
+                *self.limited_until.lock() = Some(std::time::Instant::now() + RETRY_AFTER);
+                self.too_many.fetch_add(1, Ordering::Relaxed);
+                // The account is over its rate: no upload of it starts until the time the
+                // remote gave; the other accounts go on.
+                return Outcome::park_key(RETRY_AFTER, "429 Too Many Requests, Retry-After: 0.3 s");
+            }
+        } else if waiting {
+            self.others_meanwhile.fetch_add(1, Ordering::Relaxed);
+        }
         let first_ask = self.asked.lock().insert(name.clone());
         if n.is_multiple_of(11) && first_ask {
             return Outcome::Snooze(Duration::from_millis(200));
@@ -284,7 +336,9 @@ impl FlakyRemote {
             Ok(Err(e)) => return Outcome::retry(e),
             Err(e) => return Outcome::retry(e),
         };
+        self.sending.lock().insert(name.clone());
         tokio::time::sleep(Duration::from_millis(5)).await;
+        self.sending.lock().remove(&name);
         let stored = tokio::task::spawn_blocking(move || {
             store.write(|tx| {
                 tx.open_table(REMOTE)?.insert(name.as_str(), version)?;
@@ -415,7 +469,18 @@ fn report(store: &Store, remote: &FlakyRemote) -> Result<bool, Box<dyn std::erro
         remote.out_of_order.load(Ordering::Relaxed)
     );
     println!("downloads: {pulled} items pulled in {pull_writes} writes (one each)");
-    let ok = stale == 0 && folders_wrong == 0 && pulled == ITEMS && pull_writes == ITEMS;
+    let too_soon = remote.came_too_soon.load(Ordering::Relaxed);
+    println!(
+        "backpressure: {} answered 429 to {LIMITED}, which was parked each time; {} uploads of \
+         other accounts ran while it waited; uploads of it that came too soon: {too_soon}",
+        remote.too_many.load(Ordering::Relaxed),
+        remote.others_meanwhile.load(Ordering::Relaxed),
+    );
+    let ok = stale == 0
+        && folders_wrong == 0
+        && pulled == ITEMS
+        && pull_writes == ITEMS
+        && too_soon == 0;
     println!(
         "{}; jobs failed for good: {failed}",
         if ok {
