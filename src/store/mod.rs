@@ -16,6 +16,7 @@
 //! - `index.rs`: index and count maintenance, the only writer of index tables; where a pending
 //!   job is placed and how a concurrency key passes on.
 //! - `unique.rs`: an enqueue of a held change-safe unique key, folded into the waiting job.
+//! - `controls.rs`: pauses, parks and rate limits of queues and keys, and the claim's gate.
 //! - `writer.rs`: the group-commit writer thread.
 //! - `handoff.rs`: jobs claimed for idle executors at the commit of their enqueue.
 //! - `watermark.rs`: the change counter waiters sleep on.
