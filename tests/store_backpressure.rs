@@ -938,3 +938,45 @@ async fn an_executor_starts_no_more_than_the_queue_rate_limit_per_window() {
     handle.shutdown(WAIT).await.unwrap();
     assert_healthy(&env);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by review: the key heads at their edges
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_delayed_ordered_holder_keeps_its_key_from_a_plain_job_of_the_same_key() {
+    let env = Env::new();
+    let b = env.enqueue(keyed("b", "k").ordered().delay(secs(60)));
+    let a = env.enqueue(keyed("a", "k"));
+    assert_nothing_claimable(&env, Q, "the ordered line's first job holds the key");
+    assert_healthy(&env);
+    env.store.cancel(b).unwrap();
+    assert_healthy(&env);
+    let (ids, claimed) = claim(&env, Q, 10);
+    assert_eq!(ids, [a], "the line ended: the plain job runs");
+    env.store
+        .complete(claimed.into_iter().next().unwrap().lease)
+        .unwrap();
+    assert_healthy(&env);
+}
+
+#[test]
+fn passing_a_key_after_the_clock_went_back_moves_its_many_blocked_jobs_without_recursing() {
+    let env = Env::new();
+    env.enqueue(keyed("r", "k"));
+    let running = env.claim_one(Q);
+    env.store
+        .enqueue_batch((0..3_000).map(|i| keyed(&format!("{i}"), "k")))
+        .unwrap();
+    assert_nothing_claimable(&env, Q, "the key is busy; its jobs are blocked");
+    env.clock.set(T0.before(secs(1)));
+    env.store.complete(running.lease).unwrap();
+    assert_healthy(&env);
+    env.advance(secs(1));
+    assert_eq!(
+        claim(&env, Q, 10).0.len(),
+        1,
+        "one job of the key at a time"
+    );
+    assert_healthy(&env);
+}

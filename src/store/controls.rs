@@ -214,10 +214,12 @@ pub(crate) fn next_open(cx: &mut Ctx<'_>, queue: &str, now: u64) -> Result<Optio
             break;
         }
         let control = decode(k.value(), v.value())?;
+        // A key's wake time that has come waits for the next claim with room, which passes the
+        // key; returning it would make a claimer with no room run cycle after cycle at once.
         let at = if k.value() == own_key.as_slice() {
             control.opens_at(now)
         } else {
-            control.wake_at
+            control.wake_at.filter(|&t| t > now)
         };
         if let Some(at) = at {
             next = Some(next.map_or(at, |n| n.min(at)));

@@ -174,4 +174,36 @@ mod tests {
         assert!(busy.claimed.is_empty());
         assert_eq!(busy.next_due, Some(Timestamp(1_060_000)));
     }
+
+    #[test]
+    fn a_key_whose_wake_time_came_does_not_make_a_cycle_without_room_due_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(Timestamp(1_000_000));
+        let store = Store::builder()
+            .clock(Arc::new(clock.clone()))
+            .open(dir.path().join("q.redb"))
+            .unwrap();
+        store
+            .enqueue(NewJob::new("q", "x").concurrency_key("a"))
+            .unwrap();
+        store
+            .park("q", Some("a"), Timestamp(1_010_000), "429")
+            .unwrap();
+        // A claim sets the key's job aside; the key wakes at the park's end.
+        assert!(store.claim("q", 1).unwrap().is_empty());
+        let cycle = |room| {
+            store
+                .call("running a claim cycle", move |cx| {
+                    claim_cycle(cx, "q", room, &[], None)
+                })
+                .unwrap()
+        };
+        assert_eq!(cycle(0).next_due, Some(Timestamp(1_010_000)));
+        // Past it, with every worker busy: the next claim with room passes the key, and freed
+        // room wakes the claimer; the wake time is not due again and again meanwhile.
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(cycle(0).next_due, None);
+        assert_eq!(cycle(1).claimed.len(), 1);
+        assert_eq!(store.check().unwrap(), []);
+    }
 }

@@ -220,14 +220,23 @@ pub(crate) fn claim_order(priority: i32, run_at: u64, id: u64) -> ClaimOrder {
     (std::cmp::Reverse(priority), run_at, id)
 }
 
-/// The record of job `h`, the holder of an unordered key, if it is the key's head waiting in
-/// ready (not running; due, or not any more if the clock went back).
+/// The record of job `h`, the holder of a key, if it is an unordered key's head waiting in
+/// ready (not running; due, or not any more if the clock went back). The first job of an
+/// ordered line is never replaced: it keeps the key while it waits, in ready or scheduled.
 fn waiting_head(t: &mut Tables<'_>, h: u64) -> Result<Option<Record>> {
-    let Some(bytes) = t.jobs()?.get(h).map_err(redb_failed)? else {
-        return Ok(None);
+    let rec = match t.jobs()?.get(h).map_err(redb_failed)? {
+        Some(bytes) => decode_job(h, bytes.value())?,
+        None => return Ok(None),
     };
-    let rec = decode_job(h, bytes.value())?;
-    Ok((rec.phase() == Phase::Pending && rec.extra.behind.is_none()).then_some(rec))
+    if rec.phase() != Phase::Pending || rec.extra.behind.is_some() || rec.extra.ordered {
+        return Ok(None);
+    }
+    let in_ready = t
+        .ready()?
+        .get(ready_key(&rec.queue, rec.priority, rec.run_at, h).as_slice())
+        .map_err(redb_failed)?
+        .is_some();
+    Ok(in_ready.then_some(rec))
 }
 
 fn block_at(t: &mut Tables<'_>, id: u64, rec: &Record, ckey: &str) -> Result<()> {
@@ -277,34 +286,35 @@ fn first_blocked(t: &mut Tables<'_>, key: &[u8]) -> Result<Option<(u64, Vec<u8>)
 /// The key `key` is free: its first blocked job, if any, is placed again as pending (and, for
 /// an ordered key, takes the line).
 fn pass_line(t: &mut Tables<'_>, key: &[u8], now: u64) -> Result<()> {
-    let Some((id, bk)) = first_blocked(t, key)? else {
-        return Ok(());
-    };
-    t.blocked()?.remove(bk.as_slice()).map_err(redb_failed)?;
-    let next = match t.jobs()?.get(id).map_err(redb_failed)? {
-        Some(bytes) => decode_job(id, bytes.value())?,
-        None => {
+    // A loop, not a recursion: after the clock went back, every blocked job of a key may be
+    // ahead of now, and each goes to scheduled in turn.
+    while let Some((id, bk)) = first_blocked(t, key)? {
+        t.blocked()?.remove(bk.as_slice()).map_err(redb_failed)?;
+        let next = match t.jobs()?.get(id).map_err(redb_failed)? {
+            Some(bytes) => decode_job(id, bytes.value())?,
+            None => {
+                return Err(Error::Corrupt {
+                    what: "blocked index".into(),
+                    detail: format!("entry for job {id}, which does not exist"),
+                });
+            }
+        };
+        if next.phase() != Phase::Pending || next.extra.behind.is_some() {
             return Err(Error::Corrupt {
                 what: "blocked index".into(),
-                detail: format!("entry for job {id}, which does not exist"),
+                detail: format!("entry for job {id}, which is {}", next.state),
             });
         }
-    };
-    if next.phase() != Phase::Pending || next.extra.behind.is_some() {
-        return Err(Error::Corrupt {
-            what: "blocked index".into(),
-            detail: format!("entry for job {id}, which is {}", next.state),
-        });
+        if next.extra.ordered || next.run_at <= now {
+            // It takes the key: first in an ordered line, or the head of an unordered key.
+            t.busy()?.insert(key, id).map_err(redb_failed)?;
+            return place_free(t, id, &next, now);
+        }
+        // Not due (the clock went back since it was blocked): it waits in scheduled, and the
+        // key passes to the next.
+        place_free(t, id, &next, now)?;
     }
-    if next.extra.ordered || next.run_at <= now {
-        // It takes the key: first in an ordered line, or the head of an unordered key.
-        t.busy()?.insert(key, id).map_err(redb_failed)?;
-        return place_free(t, id, &next, now);
-    }
-    // Not due (the clock went back since it was blocked): it waits in scheduled, and the key
-    // passes to the next.
-    place_free(t, id, &next, now)?;
-    pass_line(t, key, now)
+    Ok(())
 }
 
 /// Key `key` ((queue, concurrency key)) was held back and is not any more: if no job holds

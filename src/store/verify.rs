@@ -94,6 +94,7 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     let mut problem = |place: String, detail: String| problems.push(Problem { place, detail });
 
+    let stranded = stranded_keys(tx, &owners(tx, BUSY)?, &super::controls::waking(tx)?)?;
     let mut ready = byte_keys(tx, READY)?;
     let mut scheduled = byte_keys(tx, SCHEDULED)?;
     let mut blocked = byte_keys(tx, BLOCKED)?;
@@ -323,6 +324,17 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         }
     }
 
+    // Invariant 4: a blocked job's key is held, or a job of it waits in ready or scheduled, or
+    // its control passes it on at a wake time; otherwise nothing would ever place it again.
+    for key in stranded {
+        problem(
+            format!("blocked jobs of key {:?}", String::from_utf8_lossy(&key)),
+            "wait for a key that nothing holds, no job of it is in ready or scheduled, and no \
+             wake time passes on: they would never run"
+                .into(),
+        );
+    }
+
     // Controls: each decodes, under a (queue, key) key.
     for (place, detail) in super::controls::problems(tx)? {
         problem(place, detail);
@@ -351,6 +363,73 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
         );
     }
     Ok(problems)
+}
+
+/// The (queue, concurrency key) keys with blocked jobs that nothing will place again: the key
+/// is not busy, no job of it is in ready or scheduled, and its control has no wake time.
+fn stranded_keys(
+    tx: &ReadTransaction,
+    busy: &HashMap<Vec<u8>, u64>,
+    waking: &HashSet<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>> {
+    // The (queue, key) of an entry whose key is (queue, ...tail) and whose value holds the key
+    // after `skip` bytes.
+    let keyed_of = |k: &[u8], ckey: &[u8]| -> Option<Vec<u8>> {
+        let qlen = usize::from(*k.first()?);
+        let mut out = k.get(..=qlen)?.to_vec();
+        out.extend_from_slice(&u16::try_from(ckey.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(ckey);
+        Some(out)
+    };
+    let mut placed: HashSet<Vec<u8>> = HashSet::new();
+    for e in tx
+        .open_table(READY)
+        .map_err(redb_failed)?
+        .iter()
+        .map_err(redb_failed)?
+    {
+        let (k, v) = e.map_err(redb_failed)?;
+        if !v.value().is_empty()
+            && let Some(key) = keyed_of(k.value(), v.value())
+        {
+            placed.insert(key);
+        }
+    }
+    for e in tx
+        .open_table(SCHEDULED)
+        .map_err(redb_failed)?
+        .iter()
+        .map_err(redb_failed)?
+    {
+        let (k, v) = e.map_err(redb_failed)?;
+        if let Some(ckey) = v.value().get(4..).filter(|c| !c.is_empty())
+            && let Some(key) = keyed_of(k.value(), ckey)
+        {
+            placed.insert(key);
+        }
+    }
+    let mut out = Vec::new();
+    for e in tx
+        .open_table(BLOCKED)
+        .map_err(redb_failed)?
+        .iter()
+        .map_err(redb_failed)?
+    {
+        let (k, _) = e.map_err(redb_failed)?;
+        let Some(key) = k.value().get(..k.value().len().saturating_sub(20)) else {
+            continue;
+        };
+        if !busy.contains_key(key)
+            && !placed.contains(key)
+            && !waking.contains(key)
+            && out
+                .last()
+                .is_none_or(|last: &Vec<u8>| last.as_slice() != key)
+        {
+            out.push(key.to_vec());
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the payload kept apart of job `id`, as a read of the job does (damage there is damage
