@@ -92,18 +92,7 @@ impl Gate {
     pub(crate) fn open(cx: &mut Ctx<'_>, queue: &str, now: u64) -> Result<Gate> {
         let prefix = queue_prefix(queue);
         let own_key = control_key(queue, None);
-        let mut stored = Vec::new();
-        for entry in
-            cx.t.controls()?
-                .range(prefix.as_slice()..)
-                .map_err(redb_failed)?
-        {
-            let (k, v) = entry.map_err(redb_failed)?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            stored.push((k.value().to_vec(), decode(k.value(), v.value())?));
-        }
+        let stored = of_queue(cx, &prefix)?;
         let mut gate = Gate {
             queue: queue.to_owned(),
             now,
@@ -189,6 +178,31 @@ impl Gate {
     }
 }
 
+/// The stored controls of the queue whose key prefix is `prefix`: its own and its keys'.
+fn of_queue(cx: &mut Ctx<'_>, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Control)>> {
+    let mut out = Vec::new();
+    for entry in cx.t.controls()?.range(prefix..).map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_vec(), decode(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
+/// The controls table of a read transaction; `None` in a file of a format before it (5 and
+/// older), where nothing is held back.
+fn read_table(
+    tx: &redb::ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
+    match tx.open_table(CONTROLS) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(redb_failed(e)),
+    }
+}
+
 /// The concurrency key of control key `k` under queue prefix `prefix` (`None` for the queue's
 /// own control).
 fn key_of(prefix: &[u8], k: &[u8]) -> Option<String> {
@@ -204,19 +218,10 @@ pub(crate) fn next_open(cx: &mut Ctx<'_>, queue: &str, now: u64) -> Result<Optio
     let prefix = queue_prefix(queue);
     let own_key = control_key(queue, None);
     let mut next: Option<u64> = None;
-    for entry in
-        cx.t.controls()?
-            .range(prefix.as_slice()..)
-            .map_err(redb_failed)?
-    {
-        let (k, v) = entry.map_err(redb_failed)?;
-        if !k.value().starts_with(&prefix) {
-            break;
-        }
-        let control = decode(k.value(), v.value())?;
+    for (k, control) in of_queue(cx, &prefix)? {
         // A key's wake time that has come waits for the next claim with room, which passes the
         // key; returning it would make a claimer with no room run cycle after cycle at once.
-        let at = if k.value() == own_key.as_slice() {
+        let at = if k == own_key {
             control.opens_at(now)
         } else {
             control.wake_at.filter(|&t| t > now)
@@ -387,10 +392,8 @@ impl Store {
 
 /// Every control, as of `now`; none in a file of a format before the table (5 and older).
 pub(crate) fn read_controls(tx: &redb::ReadTransaction, now: u64) -> Result<Vec<QueueControl>> {
-    let table = match tx.open_table(CONTROLS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(redb_failed(e)),
+    let Some(table) = read_table(tx)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.iter().map_err(redb_failed)? {
@@ -421,10 +424,8 @@ fn parse_control_key(k: &[u8]) -> Result<(String, Option<String>)> {
 /// What is wrong with the stored controls (for [`Store::check`]): an entry that does not
 /// decode, or whose key is not (queue, concurrency key).
 pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String)>> {
-    let table = match tx.open_table(CONTROLS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(redb_failed(e)),
+    let Some(table) = read_table(tx)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.iter().map_err(redb_failed)? {
@@ -443,10 +444,8 @@ pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String
 /// The (queue, concurrency key) keys whose jobs were set aside while the key was held back:
 /// their controls have a wake time (for [`Store::check`]).
 pub(crate) fn waking(tx: &redb::ReadTransaction) -> Result<std::collections::HashSet<Vec<u8>>> {
-    let table = match tx.open_table(CONTROLS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
-        Err(e) => return Err(redb_failed(e)),
+    let Some(table) = read_table(tx)? else {
+        return Ok(Default::default());
     };
     let mut out = std::collections::HashSet::new();
     for entry in table.iter().map_err(redb_failed)? {

@@ -136,20 +136,14 @@ fn next_expiry(cx: &mut Ctx<'_>) -> Result<Option<Timestamp>> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::claim_cycle;
-    use crate::{ManualClock, NewJob, Store, Timestamp};
+    use crate::{NewJob, Timestamp};
 
     #[test]
     fn a_due_scheduled_job_waiting_for_room_does_not_make_the_next_cycle_due_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(Timestamp(1_000_000));
-        let store = Store::builder()
-            .clock(Arc::new(clock.clone()))
-            .open(dir.path().join("q.redb"))
-            .unwrap();
+        let (_dir, clock, store) = crate::store::test_store();
         store
             .enqueue(NewJob::new("q", "soon").delay(Duration::from_secs(10)))
             .unwrap();
@@ -177,12 +171,7 @@ mod tests {
 
     #[test]
     fn a_key_whose_wake_time_came_does_not_make_a_cycle_without_room_due_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(Timestamp(1_000_000));
-        let store = Store::builder()
-            .clock(Arc::new(clock.clone()))
-            .open(dir.path().join("q.redb"))
-            .unwrap();
+        let (_dir, clock, store) = crate::store::test_store();
         store
             .enqueue(NewJob::new("q", "x").concurrency_key("a"))
             .unwrap();

@@ -245,24 +245,18 @@ pub(crate) fn enqueue_batch(cx: &mut Ctx<'_>, jobs: Vec<NewJob>) -> Result<Vec<E
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::enqueue_batch;
     use crate::store::work;
-    use crate::{ManualClock, NewJob, Store, Timestamp};
+    use crate::{NewJob, Timestamp};
 
     /// A claim and a batch in one group commit: the claim found every job indexed, and the
     /// batch then folds an enqueue into a job it wrote in a segment of its own. The job must be
     /// indexed before it is rewritten, not treated as indexed because the claim said so.
     #[test]
     fn a_batch_folds_into_its_own_new_job_after_a_claim_in_the_same_transaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(Timestamp(1_000_000));
-        let store = Store::builder()
-            .clock(Arc::new(clock.clone()))
-            .open(dir.path().join("q.redb"))
-            .unwrap();
+        let (_dir, _clock, store) = crate::store::test_store();
         let out = store
             .call("a claim and a batch", |cx| {
                 work::claim(cx, "other", 1, None)?;

@@ -525,3 +525,16 @@ impl Store {
         self.inner.core.watermark.changed_past(seen).await
     }
 }
+
+/// A store on a new file of a temporary directory, driven by a manual clock at 1,000 s: for the
+/// unit tests of the store's files.
+#[cfg(test)]
+pub(crate) fn test_store() -> (tempfile::TempDir, crate::ManualClock, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = crate::ManualClock::new(Timestamp(1_000_000));
+    let store = Store::builder()
+        .clock(Arc::new(clock.clone()))
+        .open(dir.path().join("q.redb"))
+        .expect("open");
+    (dir, clock, store)
+}
