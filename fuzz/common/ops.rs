@@ -53,7 +53,7 @@ const MAX_LARGEST: usize = 2;
 /// One operation. The weights follow `tests/prop_model.rs`: claims and enqueues often, a
 /// reopen (the slowest step) rarely.
 fn op(input: &mut Input<'_>) -> Op {
-    match input.below(38) {
+    match input.below(43) {
         0..=5 => Op::Enqueue(spec(input)),
         6..=7 => {
             let n = input.below(MAX_BATCH as u8 + 1);
@@ -125,12 +125,40 @@ fn op(input: &mut Input<'_>) -> Op {
                 commit,
             }
         }
+        // Backpressure: parks, pauses and rate limits of a queue or one of its keys.
+        37 => Op::Park {
+            queue: input.below(2),
+            key: key(input),
+            secs: 1 + input.below(90),
+        },
+        38 => Op::Unpark {
+            queue: input.below(2),
+            key: key(input),
+        },
+        39 => Op::Pause {
+            queue: input.below(2),
+        },
+        40 => Op::Resume {
+            queue: input.below(2),
+        },
+        41 => Op::SetLimit {
+            queue: input.below(2),
+            key: key(input),
+            starts: (input.below(5) > 0).then(|| 1 + input.below(3)),
+            period_secs: 1 + input.below(60),
+        },
         // A batch past one segment (about 3,200 small jobs each): rare, being slow.
         _ => Op::BigBatch {
             queue: input.below(2),
             n: 3_300 + u16::from(input.byte()),
         },
     }
+}
+
+/// A concurrency key of a control op, or none (the queue itself).
+fn key(input: &mut Input<'_>) -> Option<u8> {
+    let k = input.below(4);
+    (k < 3).then_some(k)
 }
 
 /// A job: nine bytes, one a field.
