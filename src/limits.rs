@@ -77,6 +77,8 @@ pub(crate) struct Control {
     /// A key only: jobs of the key were moved aside (blocked) while it was held back; at this
     /// time the key is passed on, so that they run again.
     pub wake_at: Option<u64>,
+    /// A plain (unordered) key only: how many of its jobs may run at once, when more than one.
+    pub max_running: Option<u32>,
 }
 
 impl Control {

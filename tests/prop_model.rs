@@ -91,6 +91,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(queue, key, secs)| Op::Park { queue, key, secs }),
         1 => (0u8..2, proptest::option::weighted(0.7, 0u8..3))
             .prop_map(|(queue, key)| Op::Unpark { queue, key }),
+        1 => (0u8..2, 0u8..3, proptest::option::weighted(0.8, 1u8..4))
+            .prop_map(|(queue, key, max)| Op::SetMaxRunning { queue, key, max }),
         1 => (0u8..2).prop_map(|queue| Op::Pause { queue }),
         1 => (0u8..2).prop_map(|queue| Op::Resume { queue }),
         1 => (

@@ -980,3 +980,49 @@ fn passing_a_key_after_the_clock_went_back_moves_its_many_blocked_jobs_without_r
     );
     assert_healthy(&env);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several jobs of a key at once
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_key_allowed_two_at_once_runs_two_and_the_rest_wait_for_room() {
+    let env = Env::new();
+    let k: Vec<JobId> = (0..5)
+        .map(|i| env.enqueue(keyed(&format!("k{i}"), "k")))
+        .collect();
+    let other = env.enqueue(keyed("o", "other"));
+    env.store.set_max_running(Q, "k", Some(2)).unwrap();
+    let views = env.store.controls().unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].max_running, Some(2));
+    let (ids, mut claimed) = claim(&env, Q, 10);
+    assert_eq!(ids, [k[0], k[1], other], "two of the key, in claim order");
+    assert_healthy(&env);
+    assert_nothing_claimable(&env, Q, "the key is full");
+    let first = claimed.remove(0);
+    env.store.complete(first.lease).unwrap();
+    assert_eq!(claim(&env, Q, 10).0, [k[2]], "room for one more");
+    assert_healthy(&env);
+}
+
+#[test]
+fn lowering_a_keys_maximum_lets_no_job_start_until_the_running_ones_fit_it() {
+    let env = Env::new();
+    let k: Vec<JobId> = (0..4)
+        .map(|i| env.enqueue(keyed(&format!("k{i}"), "k")))
+        .collect();
+    env.store.set_max_running(Q, "k", Some(3)).unwrap();
+    let (ids, mut claimed) = claim(&env, Q, 10);
+    assert_eq!(ids, k[..3]);
+    env.store.set_max_running(Q, "k", None).unwrap();
+    assert_eq!(env.store.controls().unwrap(), []);
+    env.store.complete(claimed.remove(0).lease).unwrap();
+    assert_nothing_claimable(&env, Q, "two still run, one is the maximum");
+    env.store.complete(claimed.remove(0).lease).unwrap();
+    assert_nothing_claimable(&env, Q, "one still runs");
+    env.store.complete(claimed.remove(0).lease).unwrap();
+    assert_eq!(claim(&env, Q, 10).0, [k[3]]);
+    assert_healthy(&env);
+    assert_invalid(env.store.set_max_running(Q, "k", Some(0)), "max running");
+}

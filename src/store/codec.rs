@@ -568,6 +568,14 @@ pub(crate) fn blocked_key(queue: &str, ckey: &str, priority: i32, run_at: u64, i
     out
 }
 
+/// Decodes the control stored under `key` in the controls table.
+pub(crate) fn decode_control(key: &[u8], bytes: &[u8]) -> Result<crate::limits::Control> {
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        what: format!("control {:?}", String::from_utf8_lossy(key)),
+        detail: e.to_string(),
+    })
+}
+
 /// The blocked key of pending job `id`, of concurrency key `ckey`: in (priority, run_at, id)
 /// order, or for an ordered key in id order alone (ahead of the key's unordered jobs, if any).
 pub(crate) fn blocked_key_of(rec: &Record, ckey: &str, id: u64) -> Vec<u8> {

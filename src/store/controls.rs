@@ -26,10 +26,7 @@ pub(crate) fn control_key(queue: &str, key: Option<&str>) -> Vec<u8> {
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<Control> {
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
-        what: format!("control {:?}", String::from_utf8_lossy(key)),
-        detail: e.to_string(),
-    })
+    super::codec::decode_control(key, bytes)
 }
 
 /// The control of `queue` (or of its concurrency key `key`); empty when none is stored.
@@ -137,6 +134,13 @@ impl Gate {
                 self.keys.entry(ckey.to_owned()).or_insert((control, false))
             }
         };
+        // A key that may run several at once is full while that many run (its busy entry is
+        // its waiting head's); a job that ends passes the key on.
+        // (After a maximum was lowered, jobs counted under the old one may still run.)
+        let max = u64::from(control.max_running.unwrap_or(1));
+        if index::running(&mut cx.t, &control_key(&self.queue, Some(ckey)))? >= max {
+            return Ok(false);
+        }
         if control.allowance(now) > 0 {
             return Ok(true);
         }
@@ -146,6 +150,14 @@ impl Gate {
             *changed = true;
         }
         Ok(false)
+    }
+
+    /// Whether jobs of `ckey` may run several at once: a claim of one passes the key on to
+    /// its next job at once, which the claim may meet further on.
+    pub(crate) fn runs_several(&self, ckey: &str) -> bool {
+        self.keys
+            .get(ckey)
+            .is_some_and(|(c, _)| c.max_running.is_some_and(|m| m > 1))
     }
 
     /// Counts a start of a job of the queue, of concurrency key `ckey` if it has one.
@@ -251,6 +263,8 @@ pub struct QueueControl {
     pub rate_limit: Option<RateLimit>,
     /// Jobs started in the current rate window, and when that window closes.
     pub window: Option<(u32, Timestamp)>,
+    /// A plain key only: how many of its jobs may run at once, when more than one.
+    pub max_running: Option<u32>,
 }
 
 impl QueueControl {
@@ -270,6 +284,7 @@ impl QueueControl {
             reason: c.reason.filter(|_| c.parked_until.is_some_and(|t| t > now)),
             rate_limit: c.limit,
             window,
+            max_running: c.max_running,
         }
     }
 }
@@ -380,6 +395,37 @@ impl Store {
         })
     }
 
+    /// Lets up to `max` jobs of the plain concurrency key `key` of `queue` run at once (the
+    /// default is one; `None` or 1 restores it). The key's jobs still wait aside while that many
+    /// run, and a job of an ordered key keeps to one at a time whatever this says.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad queue name or key, or a maximum of 0 (park the key to
+    /// start none); [`Error::ReadOnly`]; storage errors.
+    pub fn set_max_running(&self, queue: &str, key: &str, max: Option<u32>) -> Result<()> {
+        enqueue::validate_queue(queue)?;
+        enqueue::validate_key("concurrency key", Some(key))?;
+        if max == Some(0) {
+            return Err(Error::invalid(
+                "max running",
+                "it is 0; park the key to start none of its jobs",
+            ));
+        }
+        let (queue, key) = (queue.to_owned(), key.to_owned());
+        self.call("setting a key's maximum running", move |cx| {
+            let now = cx.now();
+            update(cx, &queue, Some(&key), |c| {
+                c.max_running = max.filter(|&m| m > 1);
+                // Jobs waiting aside for room run at the next claim if there is more now.
+                c.wake_at = Some(now);
+            })?;
+            if max.is_some_and(|m| m > 1) {
+                index::run_several(&mut cx.t, &control_key(&queue, Some(&key)), now)?;
+            }
+            Ok(())
+        })
+    }
+
     /// What holds back each queue and key now: pauses, parks, rate limits and their windows.
     ///
     /// # Errors
@@ -401,7 +447,11 @@ pub(crate) fn read_controls(tx: &redb::ReadTransaction, now: u64) -> Result<Vec<
         let control = decode(k.value(), v.value())?;
         let (queue, key) = parse_control_key(k.value())?;
         let view = QueueControl::of(queue, key, control, now);
-        if view.paused || view.parked_until.is_some() || view.rate_limit.is_some() {
+        if view.paused
+            || view.parked_until.is_some()
+            || view.rate_limit.is_some()
+            || view.max_running.is_some()
+        {
             out.push(view);
         }
     }
@@ -453,6 +503,23 @@ pub(crate) fn waking(tx: &redb::ReadTransaction) -> Result<std::collections::Has
         if decode(k.value(), v.value())?.wake_at.is_some() {
             out.insert(k.value().to_vec());
         }
+    }
+    Ok(out)
+}
+
+/// The running counts of keys that may run several (for [`Store::check`]).
+pub(crate) fn running_counts(
+    tx: &redb::ReadTransaction,
+) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
+    let table = match tx.open_table(super::tables::RUNNING) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(redb_failed(e)),
+    };
+    let mut out = std::collections::HashMap::new();
+    for entry in table.iter().map_err(redb_failed)? {
+        let (k, v) = entry.map_err(redb_failed)?;
+        out.insert(k.value().to_vec(), v.value());
     }
     Ok(out)
 }

@@ -5,8 +5,8 @@
 use redb::ReadableTable;
 
 use super::codec::{
-    blocked_key, blocked_key_of, count_key, decode_job, keyed, ordered_tail, parse_scheduled_value,
-    ready_key, scheduled_value, timed_key, timed_tail,
+    blocked_key, blocked_key_of, count_key, decode_control, decode_job, keyed, ordered_tail,
+    parse_scheduled_value, ready_key, scheduled_value, timed_key, timed_tail,
 };
 use super::tables::Tables;
 use crate::error::{Error, Result, redb_failed};
@@ -48,11 +48,16 @@ pub(crate) fn remove(t: &mut Tables<'_>, id: u64, rec: &Record) -> Result<()> {
             if let Some(exp) = rec.lease_expires_at {
                 t.leases()?.remove((exp, id)).map_err(redb_failed)?;
             }
-            // The first job of an ordered key keeps the line until it ends ([`end_line`]).
+            // The first job of an ordered key keeps the line until it ends ([`end_line`]). A
+            // job that did not take its key's busy entry was counted as running instead.
             if let Some(k) = &rec.concurrency_key
                 && !rec.extra.ordered
             {
-                remove_if_owned(t.busy()?, &keyed(q, k), id)?;
+                let key = keyed(q, k);
+                if !remove_if_owned(t.busy()?, &key, id)? {
+                    let n = running(t, &key)?;
+                    set_running(t, &key, n.saturating_sub(1))?;
+                }
             }
         }
         Phase::Retrying => {
@@ -89,13 +94,27 @@ pub(crate) fn insert(t: &mut Tables<'_>, id: u64, rec: &Record, now: u64) -> Res
         Phase::Pending if rec.extra.behind.is_some() => {}
         Phase::Pending => place_pending(t, id, rec, now)?,
         Phase::InProgress => {
+            if let Some(k) = ckey {
+                let key = keyed(q, k);
+                let max = if rec.extra.ordered {
+                    1
+                } else {
+                    max_running(t, &key)?
+                };
+                if max > 1 {
+                    // Several may run: it is counted, and the key passes on to its next job
+                    // while there is room.
+                    let n = running(t, &key)? + 1;
+                    set_running(t, &key, n)?;
+                    if n < u64::from(max) {
+                        pass_key(t, &key, now)?;
+                    }
+                } else {
+                    t.busy()?.insert(key.as_slice(), id).map_err(redb_failed)?;
+                }
+            }
             if let Some(exp) = rec.lease_expires_at {
                 t.leases()?.insert((exp, id), ()).map_err(redb_failed)?;
-            }
-            if let Some(k) = ckey {
-                t.busy()?
-                    .insert(keyed(q, k).as_slice(), id)
-                    .map_err(redb_failed)?;
             }
         }
         Phase::Retrying => {
@@ -484,17 +503,64 @@ pub(crate) fn add_count(t: &mut Tables<'_>, queue: &str, code: u8, delta: i64) -
     Ok(())
 }
 
+/// Removes `key` if `id` owns it; returns whether it did.
 fn remove_if_owned(
     table: &mut redb::Table<'_, &'static [u8], u64>,
     key: &[u8],
     id: u64,
-) -> Result<()> {
+) -> Result<bool> {
     let owned = table
         .get(key)
         .map_err(redb_failed)?
         .is_some_and(|g| g.value() == id);
     if owned {
         table.remove(key).map_err(redb_failed)?;
+    }
+    Ok(owned)
+}
+
+/// How many jobs of plain concurrency key `key` ((queue, key)) may run at once: its control's
+/// maximum, 1 by default.
+pub(crate) fn max_running(t: &mut Tables<'_>, key: &[u8]) -> Result<u32> {
+    Ok(match t.controls()?.get(key).map_err(redb_failed)? {
+        Some(v) => decode_control(key, v.value())?.max_running.unwrap_or(1),
+        None => 1,
+    })
+}
+
+/// How many jobs of key `key` run now without its busy entry (a key with a maximum above one).
+pub(crate) fn running(t: &mut Tables<'_>, key: &[u8]) -> Result<u64> {
+    Ok(t.running()?
+        .get(key)
+        .map_err(redb_failed)?
+        .map_or(0, |g| g.value()))
+}
+
+/// Key `key` may now run several at once: a job of it that runs holding its busy entry (as the
+/// key's one job at a time) is counted as running instead, and the key passes on to its next
+/// job.
+pub(crate) fn run_several(t: &mut Tables<'_>, key: &[u8], now: u64) -> Result<()> {
+    let Some(holder) = t.busy()?.get(key).map_err(redb_failed)?.map(|g| g.value()) else {
+        return Ok(());
+    };
+    let rec = match t.jobs()?.get(holder).map_err(redb_failed)? {
+        Some(bytes) => decode_job(holder, bytes.value())?,
+        None => return Ok(()),
+    };
+    if rec.phase() != Phase::InProgress || rec.extra.ordered {
+        return Ok(());
+    }
+    t.busy()?.remove(key).map_err(redb_failed)?;
+    let n = running(t, key)?;
+    set_running(t, key, n + 1)?;
+    pass_line(t, key, now)
+}
+
+fn set_running(t: &mut Tables<'_>, key: &[u8], n: u64) -> Result<()> {
+    if n == 0 {
+        t.running()?.remove(key).map_err(redb_failed)?;
+    } else {
+        t.running()?.insert(key, n).map_err(redb_failed)?;
     }
     Ok(())
 }

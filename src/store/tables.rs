@@ -90,6 +90,9 @@ pub(crate) const PERIODIC: TableDefinition<&str, u64> = TableDefinition::new("qu
 /// (queue, concurrency key, or "" for the queue itself) -> its control (format 6): a pause, a
 /// park, a rate limit and its window (`limits::Control`, postcard).
 pub(crate) const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quern_controls");
+/// (queue, concurrency key) -> how many jobs of a key with a maximum above one run now (format
+/// 6): such jobs do not take the key's busy entry, which stays with the key's waiting head.
+pub(crate) const RUNNING: TableDefinition<&[u8], u64> = TableDefinition::new("quern_running");
 /// (queue, phase) -> number of jobs.
 pub(crate) const COUNTS: TableDefinition<&[u8], u64> = TableDefinition::new("quern_counts");
 
@@ -145,6 +148,7 @@ tables! {
     counts: COUNTS => &'static [u8], u64;
     periodic: PERIODIC => &'static str, u64;
     controls: CONTROLS => &'static [u8], &'static [u8];
+    running: RUNNING => &'static [u8], u64;
 }
 
 impl Tables<'_> {

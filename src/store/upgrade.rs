@@ -7,7 +7,7 @@ use redb::Database;
 
 use super::codec::{INLINE_PAYLOAD, decode_v1_inbox};
 use super::ctx::{Config, Ctx};
-use super::tables::{CONTROLS, FORMAT_VERSION, META, META_FORMAT, SEGMENTS, V1_INBOX};
+use super::tables::{CONTROLS, FORMAT_VERSION, META, META_FORMAT, RUNNING, SEGMENTS, V1_INBOX};
 use crate::error::{Error, Result, redb_failed};
 use crate::state::Payload;
 
@@ -71,6 +71,7 @@ fn upgrade_version(db: &Database, path: &Path, from: u64) -> Result<()> {
             .map_err(|e| fail(e.into()))?;
         tx.open_table(SEGMENTS).map_err(|e| fail(e.into()))?;
         tx.open_table(CONTROLS).map_err(|e| fail(e.into()))?;
+        tx.open_table(RUNNING).map_err(|e| fail(e.into()))?;
     }
     tx.commit().map_err(|e| fail(e.into()))?;
     tracing::info!(path = %path.display(), "upgraded quern database from format {from} to {FORMAT_VERSION}");

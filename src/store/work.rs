@@ -137,6 +137,13 @@ pub(crate) fn claim(
             }
             let old = load_ready(cx, id)?;
             out.push(claim_one(cx, id, Some(&old), old.clone(), now)?);
+            // Its key may run several: the next job of the key just took its place in ready,
+            // perhaps past this chunk's read. Read on from here.
+            if !ckey.is_empty() && gate.runs_several(&String::from_utf8_lossy(&ckey)) {
+                from = key;
+                from.push(0);
+                continue 'scan;
+            }
         }
         if exhausted {
             break;

@@ -100,6 +100,12 @@ pub enum Op {
     Resume {
         queue: u8,
     },
+    /// Sets how many jobs of a key may run at once (`None` or 1: one).
+    SetMaxRunning {
+        queue: u8,
+        key: u8,
+        max: Option<u8>,
+    },
     /// Sets (`starts` some) or removes the rate limit of a queue or key.
     SetLimit {
         queue: u8,
@@ -299,6 +305,8 @@ pub struct Harness {
     pub events: Vec<Event>,
     /// What holds back each queue (key `None`) and concurrency key.
     pub controls: BTreeMap<(String, Option<String>), MControl>,
+    /// Per (queue, key): the highest number of its jobs ever allowed to run at once.
+    pub max_allowed: HashMap<(String, String), u32>,
 }
 
 /// A queue's or key's control, as the model keeps it.
@@ -311,6 +319,8 @@ pub struct MControl {
     pub limit: Option<(u32, u64)>,
     /// (opened at, started in it).
     pub window: Option<(u64, u32)>,
+    /// A key: how many of its jobs may run at once, when more than one.
+    pub max_running: Option<u32>,
 }
 
 impl MControl {
@@ -389,6 +399,7 @@ impl Harness {
             lines: BTreeMap::new(),
             events: Vec::new(),
             controls: BTreeMap::new(),
+            max_allowed: HashMap::new(),
         }
     }
 
@@ -772,6 +783,17 @@ impl Harness {
                     c.window = None;
                 }
             }
+            Op::SetMaxRunning { queue, key, max } => {
+                let (q, k) = control_scope(*queue, Some(*key));
+                let k = k.expect("a key");
+                self.store()
+                    .set_max_running(&q, &k, max.map(u32::from))
+                    .map_err(|e| e.to_string())?;
+                let max = max.map(u32::from).filter(|&m| m > 1);
+                let highest = self.max_allowed.entry((q.clone(), k.clone())).or_insert(1);
+                *highest = (*highest).max(max.unwrap_or(1));
+                self.controls.entry((q, Some(k))).or_default().max_running = max;
+            }
             Op::SettleInWrite {
                 lease,
                 how,
@@ -1089,11 +1111,21 @@ impl Harness {
                     // Only the job that holds the line of an ordered key may start.
                     self.lines.get(&(queue.to_owned(), k.clone())) != Some(&id)
                 } else {
-                    self.jobs.values().any(|o| {
-                        o.state == JobState::InProgress
-                            && o.queue == queue
-                            && o.ckey.as_ref() == Some(k)
-                    })
+                    let running = self
+                        .jobs
+                        .values()
+                        .filter(|o| {
+                            o.state == JobState::InProgress
+                                && o.queue == queue
+                                && o.ckey.as_ref() == Some(k)
+                        })
+                        .count();
+                    let max = self
+                        .controls
+                        .get(&(queue.to_owned(), Some(k.clone())))
+                        .and_then(|c| c.max_running)
+                        .unwrap_or(1);
+                    running >= max as usize
                 }
             });
             if busy {
@@ -1242,7 +1274,7 @@ impl Harness {
         let ids: Vec<u64> = listed.iter().map(|j| j.id.0).collect();
         let modeled: Vec<u64> = self.jobs.keys().copied().collect();
         check_eq("job ids", &ids, &modeled)?;
-        let mut running = std::collections::HashSet::new();
+        let mut running: HashMap<(String, String), u32> = HashMap::new();
         // Per unique key: (running, waiting).
         let mut of_key: HashMap<(String, String), (u32, u32)> = HashMap::new();
         for job in &listed {
@@ -1271,9 +1303,18 @@ impl Harness {
             }
             if job.state == JobState::InProgress
                 && let Some(k) = &job.concurrency_key
-                && !running.insert((job.queue.clone(), k.clone()))
             {
-                return Err(format!("two jobs of {}/{k} in progress", job.queue));
+                // At most as many as the key's highest maximum ever allowed (1 by default).
+                let scope = (job.queue.clone(), k.clone());
+                let allowed = self.max_allowed.get(&scope).copied().unwrap_or(1);
+                let n = running.entry(scope).or_insert(0u32);
+                *n += 1;
+                if *n > allowed {
+                    return Err(format!(
+                        "{n} jobs of {}/{k} in progress, at most {allowed} allowed",
+                        job.queue
+                    ));
+                }
             }
         }
         // A lookup by id reads what the listing read (a sample: every job would be slow for
@@ -1323,8 +1364,16 @@ impl Harness {
                 }
                 _ => None,
             };
-            if c.paused || parked.is_some() || c.limit.is_some() {
-                want.push((q.clone(), k.clone(), c.paused, parked, c.limit, window));
+            if c.paused || parked.is_some() || c.limit.is_some() || c.max_running.is_some() {
+                want.push((
+                    q.clone(),
+                    k.clone(),
+                    c.paused,
+                    parked,
+                    c.limit,
+                    window,
+                    c.max_running,
+                ));
             }
         }
         let mut got: Vec<_> = store
@@ -1340,6 +1389,7 @@ impl Harness {
                     c.rate_limit
                         .map(|l| (l.starts(), l.period().as_millis() as u64)),
                     c.window.map(|(n, t)| (n, t.0)),
+                    c.max_running,
                 )
             })
             .collect();
@@ -1355,7 +1405,7 @@ impl Harness {
 }
 
 /// A control as compared: (queue, key, paused, parked until, (starts, period ms), (started,
-/// window closes)).
+/// window closes), max running).
 type ControlRow = (
     String,
     Option<String>,
@@ -1363,6 +1413,7 @@ type ControlRow = (
     Option<u64>,
     Option<(u32, u64)>,
     Option<(u32, u64)>,
+    Option<u32>,
 );
 
 /// The (queue, key) a control op names: queue `a` or `b`, key `c0`..`c2` or the queue itself.

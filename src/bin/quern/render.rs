@@ -88,6 +88,9 @@ pub fn control_line(out: &mut impl Write, c: &QueueControl, now: Timestamp) -> i
         });
         parts.push(format!("at most {} per {:?}{used}", l.starts(), l.period()));
     }
+    if let Some(n) = c.max_running {
+        parts.push(format!("{n} of its jobs at once"));
+    }
     writeln!(out, "{scope}: {}", parts.join("; "))
 }
 
@@ -132,6 +135,7 @@ pub fn stats_json(
                     "started": n,
                     "closes_at": closes.0,
                 })),
+                "max_running": c.max_running,
             })
         })
         .collect();
