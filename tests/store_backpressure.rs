@@ -1026,3 +1026,19 @@ fn lowering_a_keys_maximum_lets_no_job_start_until_the_running_ones_fit_it() {
     assert_healthy(&env);
     assert_invalid(env.store.set_max_running(Q, "k", Some(0)), "max running");
 }
+
+#[test]
+fn an_ordered_job_set_aside_while_its_key_is_full_is_healthy_and_runs_when_room_comes() {
+    let env = Env::new();
+    env.store.set_max_running(Q, "k", Some(2)).unwrap();
+    env.enqueue(keyed("a", "k"));
+    env.enqueue(keyed("b", "k"));
+    let (_, mut claimed) = claim(&env, Q, 10);
+    assert_eq!(claimed.len(), 2);
+    let o = env.enqueue(keyed("o", "k").ordered());
+    assert_nothing_claimable(&env, Q, "two run, two is the maximum");
+    assert_healthy(&env);
+    env.store.complete(claimed.remove(0).lease).unwrap();
+    assert_eq!(claim(&env, Q, 10).0, [o]);
+    assert_healthy(&env);
+}

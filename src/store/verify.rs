@@ -110,7 +110,6 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let mut unique = owners(tx, UNIQUE)?;
     let mut keys = KeyChecks::default();
     let mut running_seen: HashMap<Vec<u8>, u64> = HashMap::new();
-    let waking = super::controls::waking(tx)?;
     let mut counted: BTreeMap<(String, u8), u64> = BTreeMap::new();
 
     let new_from = indexed_below(tx)?;
@@ -176,11 +175,11 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                 if let Some(c) = rec.concurrency_key.as_ref().filter(|_| rec.extra.ordered) {
                     let key = keyed(q, c);
                     if in_blocked {
-                        // Behind the first job of its line, which holds the key.
-                        // Behind the first job of its line, which holds the key; or set
-                        // aside while the key is held back, to be passed on at its wake time.
+                        // Behind the first job of its line, which holds the key; or set aside
+                        // while the key is held back (passed on at its wake time) or full
+                        // (passed on when one of its running jobs ends).
                         expect(
-                            holders.get(&key).is_some_and(|&h| h != id) || waking.contains(&key),
+                            holders.get(&key).is_some_and(|&h| h != id) || holding.contains(&key),
                             "busy (of the job first in its line)",
                         );
                     } else {
