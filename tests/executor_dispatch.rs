@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, watch};
 
 mod common;
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::{WAIT, until};
 
 /// A test store whose failed attempts retry only after an hour: an executor test sees a
 /// failure stay failed.
@@ -24,26 +24,6 @@ fn open(dir: &tempfile::TempDir, clock: &ManualClock) -> Store {
         .backoff(Backoff::fixed(Duration::from_secs(3600)))
         .open(common::db(dir))
         .unwrap()
-}
-
-/// Waits until `cond` holds, re-checking after each change the store commits (and every few
-/// milliseconds, for conditions on the executor's own counters).
-async fn until(store: &Store, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let seen = store.generation();
-        if cond() {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}");
-        }
-        let recheck = tokio::time::sleep(Duration::from_millis(5));
-        tokio::select! {
-            _ = store.changed(seen) => {}
-            () = recheck => {}
-        }
-    }
 }
 
 fn count(store: &Store, queue: &str, state: JobState) -> usize {

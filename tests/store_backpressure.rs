@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Env, T0, secs};
+use common::{Env, T0, WAIT, secs, until};
 use parking_lot::Mutex;
 use quern::{
     Claimed, Error, Executor, JobId, JobState, NewJob, Outcome, QueueControl, RateLimit, Store,
@@ -748,28 +748,6 @@ fn bad_limits_parks_and_names_are_refused_and_nothing_is_written() {
 // ---------------------------------------------------------------------------------------------
 // H. Under the executor: a handler parks its key
 // ---------------------------------------------------------------------------------------------
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Waits until `cond` holds, re-checking after each change the store commits (and every few
-/// milliseconds, for conditions on the executor's own counters).
-async fn until(store: &Store, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let seen = store.generation();
-        if cond() {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}");
-        }
-        let recheck = tokio::time::sleep(Duration::from_millis(5));
-        tokio::select! {
-            _ = store.changed(seen) => {}
-            () = recheck => {}
-        }
-    }
-}
 
 fn state(store: &Store, id: JobId) -> JobState {
     store.get(id).unwrap().expect("job exists").state

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use redb::ReadableTable;
 
-use super::codec::{keyed, queue_prefix};
+use super::codec::{decode_control, keyed, queue_prefix};
 use super::ctx::Ctx;
 use super::tables::CONTROLS;
 use super::{Store, enqueue, index};
@@ -25,15 +25,11 @@ pub(crate) fn control_key(queue: &str, key: Option<&str>) -> Vec<u8> {
     keyed(queue, key.unwrap_or(""))
 }
 
-fn decode(key: &[u8], bytes: &[u8]) -> Result<Control> {
-    super::codec::decode_control(key, bytes)
-}
-
 /// The control of `queue` (or of its concurrency key `key`); empty when none is stored.
 pub(crate) fn load(cx: &mut Ctx<'_>, queue: &str, key: Option<&str>) -> Result<Control> {
     let k = control_key(queue, key);
     match cx.t.controls()?.get(k.as_slice()).map_err(redb_failed)? {
-        Some(v) => decode(&k, v.value()),
+        Some(v) => decode_control(&k, v.value()),
         None => Ok(Control::default()),
     }
 }
@@ -198,17 +194,18 @@ fn of_queue(cx: &mut Ctx<'_>, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Control)>> 
         if !k.value().starts_with(prefix) {
             break;
         }
-        out.push((k.value().to_vec(), decode(k.value(), v.value())?));
+        out.push((k.value().to_vec(), decode_control(k.value(), v.value())?));
     }
     Ok(out)
 }
 
-/// The controls table of a read transaction; `None` in a file of a format before it (5 and
-/// older), where nothing is held back.
-fn read_table(
+/// Table `def` (controls or running counts) of a read transaction; `None` in a file of a
+/// format before it (5 and older), where nothing is held back and nothing counted.
+fn read_table<V: redb::Value + 'static>(
     tx: &redb::ReadTransaction,
-) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>> {
-    match tx.open_table(CONTROLS) {
+    def: redb::TableDefinition<&'static [u8], V>,
+) -> Result<Option<redb::ReadOnlyTable<&'static [u8], V>>> {
+    match tx.open_table(def) {
         Ok(table) => Ok(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(redb_failed(e)),
@@ -438,13 +435,13 @@ impl Store {
 
 /// Every control, as of `now`; none in a file of a format before the table (5 and older).
 pub(crate) fn read_controls(tx: &redb::ReadTransaction, now: u64) -> Result<Vec<QueueControl>> {
-    let Some(table) = read_table(tx)? else {
+    let Some(table) = read_table(tx, CONTROLS)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.iter().map_err(redb_failed)? {
         let (k, v) = entry.map_err(redb_failed)?;
-        let control = decode(k.value(), v.value())?;
+        let control = decode_control(k.value(), v.value())?;
         let (queue, key) = parse_control_key(k.value())?;
         let view = QueueControl::of(queue, key, control, now);
         if view.paused
@@ -474,7 +471,7 @@ fn parse_control_key(k: &[u8]) -> Result<(String, Option<String>)> {
 /// What is wrong with the stored controls (for [`Store::check`]): an entry that does not
 /// decode, or whose key is not (queue, concurrency key).
 pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String)>> {
-    let Some(table) = read_table(tx)? else {
+    let Some(table) = read_table(tx, CONTROLS)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -484,7 +481,7 @@ pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String
         if let Err(e) = parse_control_key(k.value()) {
             out.push((place.clone(), e.to_string()));
         }
-        if let Err(e) = decode(k.value(), v.value()) {
+        if let Err(e) = decode_control(k.value(), v.value()) {
             out.push((place, e.to_string()));
         }
     }
@@ -494,13 +491,13 @@ pub(crate) fn problems(tx: &redb::ReadTransaction) -> Result<Vec<(String, String
 /// The (queue, concurrency key) keys whose jobs were set aside while the key was held back:
 /// their controls have a wake time (for [`Store::check`]).
 pub(crate) fn waking(tx: &redb::ReadTransaction) -> Result<std::collections::HashSet<Vec<u8>>> {
-    let Some(table) = read_table(tx)? else {
+    let Some(table) = read_table(tx, CONTROLS)? else {
         return Ok(Default::default());
     };
     let mut out = std::collections::HashSet::new();
     for entry in table.iter().map_err(redb_failed)? {
         let (k, v) = entry.map_err(redb_failed)?;
-        if decode(k.value(), v.value())?.wake_at.is_some() {
+        if decode_control(k.value(), v.value())?.wake_at.is_some() {
             out.insert(k.value().to_vec());
         }
     }
@@ -511,10 +508,8 @@ pub(crate) fn waking(tx: &redb::ReadTransaction) -> Result<std::collections::Has
 pub(crate) fn running_counts(
     tx: &redb::ReadTransaction,
 ) -> Result<std::collections::HashMap<Vec<u8>, u64>> {
-    let table = match tx.open_table(super::tables::RUNNING) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
-        Err(e) => return Err(redb_failed(e)),
+    let Some(table) = read_table(tx, super::tables::RUNNING)? else {
+        return Ok(Default::default());
     };
     let mut out = std::collections::HashMap::new();
     for entry in table.iter().map_err(redb_failed)? {

@@ -175,3 +175,26 @@ pub fn assert_invalid_state<T: std::fmt::Debug>(
         other => panic!("expected InvalidState({job}, {state}, {operation}), got {other:?}"),
     }
 }
+
+/// How long an executor test waits for an event before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until `cond` holds, re-checking after each change the store commits (and every few
+/// milliseconds, for conditions on an executor's own counters); fails after [`WAIT`].
+pub async fn until(store: &Store, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = store.generation();
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
+        let recheck = tokio::time::sleep(Duration::from_millis(5));
+        tokio::select! {
+            _ = store.changed(seen) => {}
+            () = recheck => {}
+        }
+    }
+}
