@@ -82,6 +82,13 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// Parks it until `until` with `reason`: a later time extends a park, an earlier one does
+    /// not shorten it.
+    pub(crate) fn park(&mut self, until: u64, reason: &str) {
+        self.parked_until = Some(self.parked_until.map_or(until, |t| t.max(until)));
+        self.reason = Some(crate::state::truncate(reason));
+    }
+
     /// Whether it holds nothing back and keeps no state: then it is not stored.
     pub(crate) fn is_empty(&self) -> bool {
         *self == Control::default()

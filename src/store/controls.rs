@@ -336,10 +336,7 @@ impl Store {
         }
         let (queue, key, reason) = (queue.to_owned(), key.map(str::to_owned), reason.into());
         self.call("parking a queue or key", move |cx| {
-            update(cx, &queue, key.as_deref(), |c| {
-                c.parked_until = Some(c.parked_until.map_or(until.0, |t| t.max(until.0)));
-                c.reason = Some(crate::state::truncate(&reason));
-            })
+            update(cx, &queue, key.as_deref(), |c| c.park(until.0, &reason))
         })
     }
 

@@ -365,10 +365,7 @@ pub(crate) fn park(
         },
     };
     if until > cx.now() {
-        controls::update(cx, &rec.queue, key, |c| {
-            c.parked_until = Some(c.parked_until.map_or(until, |t| t.max(until)));
-            c.reason = Some(state::truncate(reason));
-        })?;
+        controls::update(cx, &rec.queue, key, |c| c.park(until, reason))?;
     }
     tracing::info!(
         job = %lease.job, queue = %rec.queue, key = ?key, until, reason,
