@@ -380,15 +380,7 @@ pub(crate) fn pass_concurrency_key(
     if !was_holding || new.phase() == Phase::InProgress {
         return Ok(());
     }
-    let key = keyed(&old.queue, k);
-    if t.busy()?
-        .get(key.as_slice())
-        .map_err(redb_failed)?
-        .is_some()
-    {
-        return Ok(());
-    }
-    pass_line(t, &key, now)
+    pass_key(t, &keyed(&old.queue, k), now)
 }
 
 /// Takes unique key `key` of `queue` for new job `id`, which is not indexed yet: a duplicate
@@ -521,7 +513,7 @@ fn remove_if_owned(
 
 /// How many jobs of plain concurrency key `key` ((queue, key)) may run at once: its control's
 /// maximum, 1 by default.
-pub(crate) fn max_running(t: &mut Tables<'_>, key: &[u8]) -> Result<u32> {
+fn max_running(t: &mut Tables<'_>, key: &[u8]) -> Result<u32> {
     Ok(match t.controls()?.get(key).map_err(redb_failed)? {
         Some(v) => decode_control(key, v.value())?.max_running.unwrap_or(1),
         None => 1,
