@@ -13,7 +13,10 @@
 //!                                               (terminal)
 //! ```
 //!
-//! `cancel` takes a pending, in-progress or retry-scheduled job to terminal failure.
+//! `cancel` takes a pending, in-progress or retry-scheduled job to terminal failure. `recover`
+//! (an expired lease) is a failed attempt; `abandon` (a job whose process stopped, found at the
+//! next writable open) takes it back to Pending with its attempt counted, or is a failed
+//! attempt when its last attempt ended so too.
 //! Fencing: every transition out of `InProgress` that a worker asks for names the lease token it
 //! was given; a record in any other state, or under another token, refuses it.
 
@@ -223,6 +226,27 @@ pub(crate) fn fail(
 pub(crate) fn recover(rec: &mut Record, now: u64, backoff: &Backoff, seed: u64) {
     debug_assert_eq!(rec.state, JobState::InProgress);
     fail_attempt(rec, now, "lease expired", backoff, seed);
+}
+
+/// The error of a job whose process stopped while it ran, as [`abandon`] records it.
+pub(crate) const PROCESS_STOPPED: &str = "the process running it stopped";
+
+/// InProgress under a lease of an earlier open of the database, whose process is gone (a
+/// writable open proves that no other process holds the file) -> Pending, due `now`. The
+/// attempt stays counted (it was counted at claim); the error says the process stopped. A job
+/// whose attempts are spent fails for good; one whose previous attempt ended this way too is
+/// failed with its normal backoff instead, so that a job that kills its process does not
+/// crash-loop it.
+pub(crate) fn abandon(rec: &mut Record, now: u64, backoff: &Backoff, seed: u64) {
+    debug_assert_eq!(rec.state, JobState::InProgress);
+    if rec.last_error.as_deref() == Some(PROCESS_STOPPED) || rec.attempts >= rec.max_attempts {
+        fail_attempt(rec, now, PROCESS_STOPPED, backoff, seed);
+        return;
+    }
+    rec.last_error = Some(PROCESS_STOPPED.to_owned());
+    rec.state = JobState::Pending;
+    rec.run_at = now;
+    rec.leave_progress(now);
 }
 
 fn fail_attempt(rec: &mut Record, now: u64, error: &str, backoff: &Backoff, seed: u64) {
@@ -478,6 +502,28 @@ mod tests {
         recover(&mut r, 40_000, &fixed(), 0);
         assert_eq!(r.phase(), Phase::Retrying);
         assert_eq!(r.last_error.as_deref(), Some("lease expired"));
+    }
+
+    #[test]
+    fn abandon_makes_the_job_due_now_keeping_its_attempt_then_backs_off_the_second_time() {
+        let mut r = claimed(1);
+        abandon(&mut r, 2_000, &fixed(), 0);
+        assert_eq!(
+            (r.phase(), r.attempts, r.run_at),
+            (Phase::Pending, 1, 2_000)
+        );
+        assert_eq!(r.last_error.as_deref(), Some(PROCESS_STOPPED));
+        assert_eq!(r.lease_expires_at, None);
+        // Its next attempt stops its process too: no crash loop, the normal backoff.
+        claim(&mut r, 3_000, TTL, 2);
+        abandon(&mut r, 4_000, &fixed(), 0);
+        assert_eq!(r.phase(), Phase::Retrying);
+        assert_eq!(r.next_attempt_at, Some(14_000));
+        // Spent attempts fail for good, the first time too.
+        let mut spent = claimed(3);
+        spent.attempts = spent.max_attempts;
+        abandon(&mut spent, 2_000, &fixed(), 0);
+        assert_eq!(spent.phase(), Phase::Dead);
     }
 
     #[test]

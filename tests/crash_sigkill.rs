@@ -411,3 +411,108 @@ fn a_batch_enqueue_killed_midway_is_there_whole_or_not_at_all() {
     );
     assert_eq!(store.check().unwrap(), []);
 }
+
+/// The lease of the restart test: far longer than the test may take, so that only recovery at
+/// restart, never an expiry, can run the dead process's jobs again.
+const LONG_LEASE: Duration = Duration::from_secs(3_600);
+
+fn open_long_lease(db: &Path) -> Store {
+    Store::builder().lease_ttl(LONG_LEASE).open(db).unwrap()
+}
+
+/// The holding child: claims jobs and runs each forever, logging each start, until killed.
+fn holding_child(db: &Path, log: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = open_long_lease(db);
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(
+        std::fs::OpenOptions::new().append(true).open(log).unwrap(),
+    ));
+    let _guard = rt.enter();
+    let _handle = Executor::builder(store)
+        .queue("held")
+        .concurrency(4)
+        .channel_capacity(4)
+        .spawn(move |ctx| {
+            let line = format!("start {}\n", ctx.job().id.0);
+            log.lock().write_all(line.as_bytes()).unwrap();
+            std::future::pending()
+        })
+        .unwrap();
+    rt.block_on(std::future::pending::<()>());
+}
+
+#[test]
+fn a_restart_after_sigkill_runs_the_dead_process_jobs_at_once_not_after_their_leases() {
+    if let Some((role, db, log)) = child_role() {
+        if role == "hold" {
+            holding_child(&db, &log);
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("restart.redb");
+    let log = dir.path().join("starts.log");
+    std::fs::write(&log, "").unwrap();
+    let ids: Vec<_> = {
+        let store = open_long_lease(&db);
+        (0..4)
+            .map(
+                |i| match store.enqueue(NewJob::new("held", format!("{i}"))).unwrap() {
+                    quern::Enqueued::Created(id) => id,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect()
+    };
+    let test = "a_restart_after_sigkill_runs_the_dead_process_jobs_at_once_not_after_their_leases";
+    let mut child = spawn_child(test, "hold", &db, &log);
+    // The child's starts are the event: each is logged after its claim committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&log).unwrap().lines().count() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the child did not start its jobs"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the child exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let restarted = Instant::now();
+    let store = open_long_lease(&db);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let handle = Executor::builder(store.clone())
+        .queue("held")
+        .concurrency(4)
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap();
+    let done = || {
+        ids.iter()
+            .all(|&id| store.get(id).unwrap().unwrap().state == JobState::Succeeded)
+    };
+    let deadline = restarted + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead process's jobs did not run again within 20 s of the restart (their leases \
+             last an hour)"
+        );
+        let seen = store.generation();
+        if !done() {
+            store.wait_for_change(seen, Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "the dead process's jobs ran again {:?} after the restart",
+        restarted.elapsed()
+    );
+    for &id in &ids {
+        let job = store.get(id).unwrap().unwrap();
+        assert_eq!(job.attempts, 2, "job {id}: the killed attempt counted");
+    }
+    rt.block_on(handle.shutdown(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(store.check().unwrap(), []);
+}

@@ -75,6 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..60).prop_map(|secs| Op::ClockBack { secs }),
         2 => Just(Op::PromoteDue),
         2 => Just(Op::RecoverExpired),
+        1 => Just(Op::RecoverAbandoned),
         1 => any::<u8>().prop_map(|job| Op::Retry { job }),
         1 => any::<u8>().prop_map(|job| Op::Cancel { job }),
         1 => (0u16..120).prop_map(|secs| Op::Prune { secs }),

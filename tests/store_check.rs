@@ -165,3 +165,28 @@ fn a_segment_past_the_next_id_is_reported() {
         ["segment of jobs from 1: ends past the next id (0): its ids would be given again"]
     );
 }
+
+#[test]
+fn a_lease_at_or_past_the_next_token_is_reported() {
+    const META: TableDefinition<&str, u64> = TableDefinition::new("quern_meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        store.enqueue(NewJob::new("q", "x")).unwrap();
+        let claimed = store.claim("q", 1).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(store.check().unwrap(), []);
+    }
+    // A token that could be given again: a later open would take the lease for its own.
+    damage(&path, |tx| {
+        tx.open_table(META)
+            .unwrap()
+            .insert("next_token", 1)
+            .unwrap();
+    });
+    assert_eq!(
+        problems_of(&path),
+        ["job 1: in progress under lease token 1, not below the next token 1"]
+    );
+}

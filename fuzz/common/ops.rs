@@ -53,7 +53,7 @@ const MAX_LARGEST: usize = 2;
 /// One operation. The weights follow `tests/prop_model.rs`: claims and enqueues often, a
 /// reopen (the slowest step) rarely.
 fn op(input: &mut Input<'_>) -> Op {
-    match input.below(43) {
+    match input.below(44) {
         0..=5 => Op::Enqueue(spec(input)),
         6..=7 => {
             let n = input.below(MAX_BATCH as u8 + 1);
@@ -147,6 +147,7 @@ fn op(input: &mut Input<'_>) -> Op {
             starts: (input.below(5) > 0).then(|| 1 + input.below(3)),
             period_secs: 1 + input.below(60),
         },
+        43 => Op::RecoverAbandoned,
         // A batch past one segment (about 3,200 small jobs each): rare, being slow.
         _ => Op::BigBatch {
             queue: input.below(2),

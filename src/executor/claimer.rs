@@ -1,7 +1,8 @@
 //! The claimer: one task that keeps the dispatch channel fed.
 //!
 //! Each turn is one claim cycle (one transaction: recover expired leases, promote due retries,
-//! fire periodic schedules, claim as many jobs as the channel has room for). Then it sleeps
+//! fire periodic schedules, claim as many jobs as the channel has room for); the first also
+//! recovers the jobs a stopped process left in progress, so that a restart resumes them at once. Then it sleeps
 //! until the store changes, a worker frees room, the next job comes due, or the poll interval
 //! passes. A job is claimed only when there is room to hand it over, so work that does not fit
 //! stays pending in the database (queue-full recovery); none lives only in memory.
@@ -23,6 +24,8 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
     let mut demand = Demand::new(&shared);
     // Set while the claim cycles work through a backlog of new jobs (see `Cycle::indexing`).
     let mut through = None;
+    // The first cycle that commits also recovers the jobs a stopped process left in progress.
+    let mut abandoned = true;
     loop {
         if shared.stop.is_cancelled() {
             break;
@@ -66,11 +69,13 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
                 held.clone(),
                 shared.periodic.clone(),
                 through,
+                abandoned,
             )
             .await;
         match cycle {
             Ok((cycle, want)) => {
                 errors = 0;
+                abandoned = false;
                 let claimed = cycle.claimed.len();
                 Counters::add(&shared.counters.claimed, claimed as u64);
                 // It claimed no more than the room it reserved, and holds that room until its

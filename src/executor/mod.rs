@@ -323,8 +323,9 @@ impl ExecutorBuilder {
         self
     }
 
-    /// Starts the executor on the current tokio runtime: expired leases are recovered and
-    /// persisted pending work is dispatched before anything else.
+    /// Starts the executor on the current tokio runtime: the jobs an earlier process left in
+    /// progress (see [`Store::recover_abandoned`]) and expired leases are recovered, and
+    /// persisted pending work is dispatched, before anything else.
     ///
     /// # Errors
     /// [`Error::NoRuntime`] outside a tokio runtime; [`Error::InvalidInput`] for a bad queue

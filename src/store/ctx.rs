@@ -28,6 +28,9 @@ pub(crate) struct Config {
     pub lease_ttl: Duration,
     pub backoff: Backoff,
     pub store_id: u64,
+    /// Leases with a lower token were taken by an earlier open of the database, whose process
+    /// is gone: the next token when this writable open began (0 for a read-only store).
+    pub earlier_leases_below: u64,
     /// The counters as the last write transaction left them, when known (see [`Counters`]).
     pub counters: Mutex<Option<Counters>>,
 }

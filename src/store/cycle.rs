@@ -1,4 +1,5 @@
-//! The executor's claim cycle: one transaction that recovers expired leases, promotes due
+//! The executor's claim cycle: one transaction that recovers expired leases (and, the first
+//! time, the jobs of a stopped process), promotes due
 //! retries, fires periodic schedules, claims what fits in the dispatch channel, and says when
 //! the next piece of work comes due, so the claimer can sleep until then.
 
@@ -24,14 +25,20 @@ pub(crate) struct Cycle {
     pub next_due: Option<Timestamp>,
 }
 
-/// `through` is the bound the previous cycle returned in [`Cycle::indexing`], if any.
+/// `through` is the bound the previous cycle returned in [`Cycle::indexing`], if any. An
+/// executor's first cycle also recovers the jobs an earlier, stopped process left in progress
+/// (`abandoned`), so that they are claimed in the same transaction.
 pub(crate) fn claim_cycle(
     cx: &mut Ctx<'_>,
     queue: &str,
     room: usize,
     periodic: &[Periodic],
     through: Option<u64>,
+    abandoned: bool,
 ) -> Result<Cycle> {
+    if abandoned {
+        housekeeping::recover_abandoned(cx)?;
+    }
     housekeeping::recover_expired(cx)?;
     housekeeping::promote_due(cx)?;
     let next_slot = fire_periodic(cx, periodic)?;
@@ -153,7 +160,7 @@ mod tests {
         // Indexed as scheduled by a cycle with room; nothing is due yet.
         let first = store
             .call("running a claim cycle", |cx| {
-                claim_cycle(cx, "q", 1, &[], None)
+                claim_cycle(cx, "q", 1, &[], None, false)
             })
             .unwrap();
         assert!(first.claimed.is_empty());
@@ -162,7 +169,7 @@ mod tests {
         clock.advance(Duration::from_secs(20));
         let busy = store
             .call("running a claim cycle", |cx| {
-                claim_cycle(cx, "q", 0, &[], None)
+                claim_cycle(cx, "q", 0, &[], None, false)
             })
             .unwrap();
         assert!(busy.claimed.is_empty());
@@ -183,7 +190,7 @@ mod tests {
         let cycle = |room| {
             store
                 .call("running a claim cycle", move |cx| {
-                    claim_cycle(cx, "q", room, &[], None)
+                    claim_cycle(cx, "q", room, &[], None, false)
                 })
                 .unwrap()
         };

@@ -60,10 +60,11 @@ impl Store {
         held: Arc<AtomicUsize>,
         periodic: Arc<[crate::periodic::Periodic]>,
         through: Option<u64>,
+        abandoned: bool,
     ) -> Result<(Cycle, usize)> {
         self.call_async("running a claim cycle", move |cx| {
             let n = room.reserve();
-            let cycle = cycle::claim_cycle(cx, &queue, n, &periodic, through);
+            let cycle = cycle::claim_cycle(cx, &queue, n, &periodic, through, abandoned);
             let kept = cycle.as_ref().map_or(0, |c| c.claimed.len());
             room.release(n - kept);
             held.store(kept, Ordering::SeqCst);

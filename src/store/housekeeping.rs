@@ -1,4 +1,5 @@
-//! Housekeeping and operator calls: promote due retries, recover expired leases, manual retry,
+//! Housekeeping and operator calls: promote due retries, recover expired leases and the jobs
+//! of a stopped process, manual retry,
 //! cancel, prune. Each reads only the index range it acts on.
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use redb::ReadableTable;
 use super::codec::{count_key, keyed, prefix_then, queue_prefix, timed_tail};
 use super::ctx::{Ctx, Loaded};
 use super::work::jitter_seed;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result, redb_failed};
 use crate::state::{self, Phase, Refusal};
 use crate::types::{JobId, JobState, Timestamp};
@@ -97,8 +99,51 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
             .map(|e| e.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()
             .map_err(redb_failed)?;
+    let recovered = recover_each(cx, &expired, state::recover)?;
+    if recovered > 0 {
+        tracing::warn!(jobs = recovered, "recovered jobs whose leases expired");
+    }
+    Ok(recovered)
+}
+
+/// In-progress jobs claimed by an earlier open of the database, whose process is gone: due now
+/// with their attempt counted, or with backoff when their last attempt ended so too
+/// ([`state::abandon`]). The leases of this open are never touched. Returns how many.
+pub(crate) fn recover_abandoned(cx: &mut Ctx<'_>) -> Result<u64> {
+    let below = cx.cfg.earlier_leases_below;
+    let mut abandoned = Vec::new();
+    let running: Vec<u64> =
+        cx.t.leases()?
+            .iter()
+            .map_err(redb_failed)?
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .map_err(redb_failed)?;
+    for id in running {
+        let rec = cx.load(id)?.ok_or_else(|| dangling("leases", id))?;
+        if rec.lease_token < below {
+            abandoned.push(id);
+        }
+    }
+    let recovered = recover_each(cx, &abandoned, state::abandon)?;
+    if recovered > 0 {
+        tracing::warn!(
+            jobs = recovered,
+            "recovered jobs whose process stopped while they ran"
+        );
+    }
+    Ok(recovered)
+}
+
+/// Applies `recover` to each in-progress job of `ids` (read from the leases index).
+fn recover_each(
+    cx: &mut Ctx<'_>,
+    ids: &[u64],
+    recover: fn(&mut state::Record, u64, &Backoff, u64),
+) -> Result<u64> {
+    let now = cx.now();
     let backoff = cx.cfg.backoff;
-    for &id in &expired {
+    for &id in ids {
         let old = cx.load(id)?.ok_or_else(|| dangling("leases", id))?;
         if old.state != JobState::InProgress {
             // Data from disk: an index that disagrees with its record is damage to report.
@@ -108,17 +153,14 @@ pub(crate) fn recover_expired(cx: &mut Ctx<'_>) -> Result<u64> {
             });
         }
         let mut rec = old.clone();
-        state::recover(&mut rec, now, &backoff, jitter_seed(id, &old));
+        recover(&mut rec, now, &backoff, jitter_seed(id, &old));
         cx.put(id, Some(&old), &rec)?;
         tracing::debug!(
-            job = id, queue = %rec.queue, attempt = rec.attempts,
-            "recovered job whose lease expired"
+            job = id, queue = %rec.queue, attempt = rec.attempts, error = rec.last_error.as_deref(),
+            "recovered job"
         );
     }
-    if !expired.is_empty() {
-        tracing::warn!(jobs = expired.len(), "recovered jobs whose leases expired");
-    }
-    Ok(expired.len() as u64)
+    Ok(ids.len() as u64)
 }
 
 /// A failed job -> Pending now, with a fresh attempt chain.

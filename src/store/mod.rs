@@ -379,6 +379,27 @@ impl Store {
         self.call("recovering expired leases", housekeeping::recover_expired)
     }
 
+    /// In-progress jobs claimed by an earlier open of this database (whose process stopped:
+    /// crashed, killed, or exited without settling them) go back to pending, due now, so that
+    /// a restart resumes them at once instead of waiting for their leases to expire. Returns
+    /// how many.
+    ///
+    /// A writable open proves that no other process holds the file (redb allows one writer),
+    /// so those leases are dead. Each job keeps its attempt (counted at claim), and its error
+    /// says the process stopped; a job whose attempts are spent fails for good, and one whose
+    /// previous attempt ended this way too waits its normal backoff, so that a job that kills
+    /// its process cannot crash-loop it. Leases taken by this open are never touched. An
+    /// [`Executor`](crate::Executor) calls this when it starts; opening a store does not.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; storage errors.
+    pub fn recover_abandoned(&self) -> Result<u64> {
+        self.call(
+            "recovering the jobs of a stopped process",
+            housekeeping::recover_abandoned,
+        )
+    }
+
     /// Manual retry of a failed job (retry scheduled or terminal): Pending now, attempts back
     /// to 0, `manual_retries` up by one.
     ///

@@ -13,11 +13,13 @@ use super::Store;
 use super::core::{Core, Db};
 use super::create::{self, Found};
 use super::ctx::Config;
-use super::tables::{FORMAT_VERSION, META, META_FORMAT, META_STORE_ID, Tables, reads_as_is};
+use super::tables::{
+    FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN, META_STORE_ID, Tables, reads_as_is,
+};
 use super::upgrade;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Result, StorageError, redb_failed};
 
 /// The default most memory redb may use to cache pages: 64 MiB.
 pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
@@ -182,8 +184,10 @@ impl StoreBuilder {
                 supported: FORMAT_VERSION,
             });
         }
-        let cfg = self.config(store_id);
+        let mut cfg = self.config(store_id);
         upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
+        cfg.earlier_leases_below =
+            next_token(&db).map_err(|e| e.doing("reading the next lease token").in_file(path))?;
         let store = Store::from_core(Core::new(path, Db::Writable(db), FORMAT_VERSION, cfg))
             .map_err(|e| Error::Open {
                 path: path.to_path_buf(),
@@ -246,6 +250,7 @@ impl StoreBuilder {
             lease_ttl: self.lease_ttl,
             backoff: self.backoff,
             store_id,
+            earlier_leases_below: 0,
             counters: Default::default(),
         }
     }
@@ -383,6 +388,12 @@ fn read_header(tx: &ReadTransaction, path: &Path) -> Result<(u64, u64)> {
         });
     }
     Ok((get(META_STORE_ID)?.ok_or_else(not_quern)?, version))
+}
+
+/// The next lease token, as committed: every lease taken before this open is below it.
+fn next_token(db: &Database) -> Result<u64> {
+    let tx = db.begin_read().map_err(redb_failed)?;
+    super::read::meta_value(&tx, META_NEXT_TOKEN)
 }
 
 /// A random id from the standard library's randomly seeded hasher.

@@ -310,22 +310,20 @@ pub(crate) fn stats(tx: &ReadTransaction, now: Timestamp) -> Result<Stats> {
     })
 }
 
+/// A counter of the meta table, 0 if none was written.
+pub(crate) fn meta_value(tx: &ReadTransaction, key: &str) -> Result<u64> {
+    let meta = tx.open_table(META).map_err(redb_failed)?;
+    Ok(meta.get(key).map_err(redb_failed)?.map_or(0, |g| g.value()))
+}
+
 /// The floor under the next job id ([`META_NEXT_ID`]), 0 if none was written.
 pub(crate) fn next_id_floor(tx: &ReadTransaction) -> Result<u64> {
-    let meta = tx.open_table(META).map_err(redb_failed)?;
-    Ok(meta
-        .get(META_NEXT_ID)
-        .map_err(redb_failed)?
-        .map_or(0, |g| g.value()))
+    meta_value(tx, META_NEXT_ID)
 }
 
 /// The first job not yet indexed: the jobs from it on are new and pending.
 pub(crate) fn indexed_below(tx: &ReadTransaction) -> Result<u64> {
-    let meta = tx.open_table(META).map_err(redb_failed)?;
-    Ok(meta
-        .get(META_INDEXED)
-        .map_err(redb_failed)?
-        .map_or(0, |g| g.value()))
+    meta_value(tx, META_INDEXED)
 }
 
 /// Adds the new jobs (pending, not yet indexed) to the counts and times. They are the backlog

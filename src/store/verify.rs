@@ -10,10 +10,10 @@ use super::Store;
 use super::codec::{
     blocked_key_of, decode_job, decode_segment, keyed, parse_count_key, ready_key, timed_key,
 };
-use super::read::{indexed_below, next_id_floor, segments};
+use super::read::{indexed_below, meta_value, next_id_floor, segments};
 use super::tables::{
-    BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, PAYLOADS, READY, RETRIES, SCHEDULED, SUCCEEDED,
-    UNIQUE,
+    BLOCKED, BUSY, COUNTS, DEAD, JOBS, LEASES, META_NEXT_TOKEN, PAYLOADS, READY, RETRIES,
+    SCHEDULED, SUCCEEDED, UNIQUE,
 };
 use crate::error::{Result, redb_failed};
 use crate::state::{Payload, Phase, Record};
@@ -113,6 +113,9 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
     let mut counted: BTreeMap<(String, u8), u64> = BTreeMap::new();
 
     let new_from = indexed_below(tx)?;
+    // Every lease was taken below the next token: what tells the leases of an earlier open
+    // (a stopped process) from this one's.
+    let next_token = meta_value(tx, META_NEXT_TOKEN)?;
     let mut apart = 0u64;
     let jobs = tx.open_table(JOBS).map_err(redb_failed)?;
     let payloads = tx.open_table(PAYLOADS).map_err(redb_failed)?;
@@ -193,6 +196,15 @@ fn check_tx(tx: &ReadTransaction) -> Result<Vec<Problem>> {
                         .is_some_and(|t| leases.remove(&(t, id))),
                     "leases",
                 );
+                if rec.lease_token >= next_token {
+                    problem(
+                        place.clone(),
+                        format!(
+                            "in progress under lease token {}, not below the next token {next_token}",
+                            rec.lease_token
+                        ),
+                    );
+                }
                 if let Some(c) = &rec.concurrency_key {
                     let key = keyed(q, c);
                     if busy.get(&key) == Some(&id) {

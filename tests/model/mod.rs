@@ -49,6 +49,8 @@ pub enum Op {
     },
     PromoteDue,
     RecoverExpired,
+    /// Recovers the jobs claimed before the last reopen (whose process is gone).
+    RecoverAbandoned,
     Retry {
         job: u8,
     },
@@ -296,6 +298,9 @@ pub struct Harness {
     pub next_id: u64,
     /// The highest lease token the store has issued: each new one must be above it.
     pub max_token: u64,
+    /// The highest token issued before the last reopen: a job in progress under it or a lower
+    /// one was claimed by an earlier open (0 before any reopen).
+    pub earlier_tokens: u64,
     /// Whether the store retries with the default backoff (jittered), whose delays the model
     /// checks against their bounds; otherwise a fixed [`BACKOFF_MS`].
     pub jitter: bool,
@@ -395,6 +400,7 @@ impl Harness {
             leases: Vec::new(),
             next_id: 1,
             max_token: 0,
+            earlier_tokens: 0,
             jitter,
             lines: BTreeMap::new(),
             events: Vec::new(),
@@ -616,6 +622,26 @@ impl Harness {
                     self.ended_run(id);
                 }
             }
+            Op::RecoverAbandoned => {
+                let got = self
+                    .store()
+                    .recover_abandoned()
+                    .map_err(|e| e.to_string())?;
+                let now = self.now();
+                let earlier = self.earlier_tokens;
+                let mut recovered = Vec::new();
+                for (id, m) in &mut self.jobs {
+                    if m.state == JobState::InProgress && m.token <= earlier {
+                        abandon(m, now);
+                        recovered.push(*id);
+                    }
+                }
+                check_eq("abandoned", got, recovered.len() as u64)?;
+                for id in recovered {
+                    self.adopt_retry_time(id)?;
+                    self.ended_run(id);
+                }
+            }
             Op::Retry { job } => {
                 let Some(id) = self.pick_job(*job) else {
                     return Ok(());
@@ -730,6 +756,7 @@ impl Harness {
             }
             Op::Reopen => {
                 drop(self.store.take());
+                self.earlier_tokens = self.max_token;
                 self.store = Some(open(&self.dir, &self.clock, self.jitter));
             }
             Op::Park { queue, key, secs } => {
@@ -1497,6 +1524,23 @@ fn fail_attempt(m: &mut MJob, now: u64, error: &str) {
         m.lease_expires_at = None;
         m.updated_at = now;
     }
+}
+
+/// The error of a job whose process stopped while it ran.
+pub const PROCESS_STOPPED: &str = "the process running it stopped";
+
+/// A job claimed by a process that is gone: due now with its attempt counted, unless its last
+/// attempt ended so too or its attempts are spent (a failed attempt then).
+fn abandon(m: &mut MJob, now: u64) {
+    if m.last_error.as_deref() == Some(PROCESS_STOPPED) || m.attempts >= m.max_attempts {
+        fail_attempt(m, now, PROCESS_STOPPED);
+        return;
+    }
+    m.last_error = Some(PROCESS_STOPPED.to_owned());
+    m.state = JobState::Pending;
+    m.run_at = now;
+    m.lease_expires_at = None;
+    m.updated_at = now;
 }
 
 fn check_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
