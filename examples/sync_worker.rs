@@ -26,7 +26,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use quern::redb::{ReadableTable, TableDefinition};
 use quern::{
-    Backoff, Enqueued, Executor, ExecutorHandle, JobContext, NewJob, Outcome, Store, WriteTx,
+    Backoff, Enqueued, Executor, ExecutorHandle, Idle, JobContext, NewJob, Outcome, Store, WriteTx,
 };
 
 const FILES: u64 = 3_000;
@@ -109,42 +109,83 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .concurrency(4)
         .spawn(|ctx| async move { download(ctx).await })?;
     let editor = tokio::spawn(edit_files(store.clone(), remote.clone()));
+    let stop_editor = editor.abort_handle();
     let handles = [uploads, folders, downloads];
+    let progress = tokio::spawn(print_progress(store.clone()));
 
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                println!("interrupted: shutting down gracefully");
-                editor.abort();
-                shutdown(handles).await?;
-                // Closed before the process exits, so the next run finds it closed cleanly.
-                store.close();
-                return Ok(true);
+    // Done when the editor is and every queue is idle: the executors say so (retries and parks
+    // due within a minute are waited for), no polling. A job of one queue may enqueue into
+    // another, so the queues are asked again until none has anything open.
+    let done = async {
+        editor.await??;
+        loop {
+            for h in &handles {
+                h.idle(Idle::Within(Duration::from_secs(60))).await?;
             }
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            if open_jobs(&store)? == 0 {
+                return Ok::<_, Box<dyn std::error::Error>>(());
+            }
         }
-        let stats = store.stats()?;
-        let mut open = 0;
-        let mut line = String::new();
-        for queue in ["uploads", "folders", "downloads"] {
-            let q = stats.queue(queue).cloned().unwrap_or_default();
-            open += q.pending + q.in_progress + q.retrying;
-            line += &format!(
-                "{queue}: {:>4} waiting {:>2} running {:>5} done   ",
-                q.pending + q.retrying,
-                q.in_progress,
-                q.succeeded
-            );
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            println!("interrupted: shutting down gracefully");
+            stop_editor.abort();
+            progress.abort();
+            shutdown(handles).await?;
+            // Closed before the process exits, so the next run finds it closed cleanly.
+            store.close();
+            return Ok(true);
         }
-        println!("{line}");
-        if open == 0 && editor.is_finished() {
-            break;
-        }
+        finished = done => finished?,
     }
+    progress.abort();
+    print_line(&store)?;
     shutdown(handles).await?;
     let ok = report(&store, &remote)?;
     store.close();
     Ok(ok)
+}
+
+const QUEUES: [&str; 3] = ["uploads", "folders", "downloads"];
+
+/// Jobs waiting or running in the demo's queues.
+fn open_jobs(store: &Store) -> quern::Result<u64> {
+    let stats = store.stats()?;
+    Ok(QUEUES
+        .iter()
+        .map(|q| {
+            stats
+                .queue(q)
+                .map_or(0, |q| q.pending + q.in_progress + q.retrying)
+        })
+        .sum())
+}
+
+/// A line of progress every half second, for the person watching.
+async fn print_progress(store: Store) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if print_line(&store).is_err() {
+            return;
+        }
+    }
+}
+
+fn print_line(store: &Store) -> quern::Result<()> {
+    let stats = store.stats()?;
+    let mut line = String::new();
+    for queue in QUEUES {
+        let q = stats.queue(queue).cloned().unwrap_or_default();
+        line += &format!(
+            "{queue}: {:>4} waiting {:>2} running {:>5} done   ",
+            q.pending + q.retrying,
+            q.in_progress,
+            q.succeeded
+        );
+    }
+    println!("{line}");
+    Ok(())
 }
 
 async fn shutdown(handles: [ExecutorHandle; 3]) -> quern::Result<()> {

@@ -65,7 +65,7 @@ mod types;
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
-pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, JobContext, Metrics, Outcome};
+pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, Idle, JobContext, Metrics, Outcome};
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
 pub use limits::RateLimit;
 pub use periodic::Periodic;
@@ -84,3 +84,8 @@ pub mod design {}
 
 /// The redb this build of quern uses, for [`Store::write`] transactions over your own tables.
 pub use redb;
+
+/// The README, whose example is compiled with the doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::dispatch::ClaimRoom;
+use super::idle::{StopGuard, Verdict};
 use super::metrics::Counters;
 use crate::store::TakerId;
 
 pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
     let store = &shared.store;
+    let _stop = StopGuard(&shared.quiet);
     let mut last_retention: Option<Instant> = None;
     let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     let mut errors = 0u32;
@@ -62,6 +64,9 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
         });
         let held = Arc::new(AtomicUsize::new(0));
         let mut wake_at = None;
+        // Whether every outcome was committed before this cycle (see `idle.rs`).
+        let number = shared.quiet.begin();
+        let quiet = shared.dispatch.is_empty() && shared.settles.is_empty();
         let cycle = store
             .claim_cycle(
                 shared.queue.clone(),
@@ -77,6 +82,12 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
                 errors = 0;
                 abandoned = false;
                 let claimed = cycle.claimed.len();
+                shared.quiet.publish(Verdict {
+                    cycle: number,
+                    quiet: quiet && claimed == 0 && cycle.indexing.is_none(),
+                    next_work: cycle.next_work,
+                    stopped: false,
+                });
                 Counters::add(&shared.counters.claimed, claimed as u64);
                 // It claimed no more than the room it reserved, and holds that room until its
                 // jobs are in the channel.
@@ -116,6 +127,7 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
             _ = store.changed(seen), if errors == 0 => {}
             () = shared.dispatch.room_made() => {}
             () = shared.wake.notified() => {}
+            () = shared.quiet.settled_wake() => {}
             () = tokio::time::sleep(sleep) => {}
         }
     }

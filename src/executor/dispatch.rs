@@ -175,6 +175,11 @@ impl Dispatch {
         self.rx.try_recv().ok()
     }
 
+    /// Whether no job is in the channel, held by a worker, or being claimed for it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reserved.load(SeqCst) == 0 && self.tx.is_empty() && self.busy.load(SeqCst) == 0
+    }
+
     /// How many claimed jobs wait in the channel.
     pub(crate) fn waiting(&self) -> usize {
         self.rx.len()

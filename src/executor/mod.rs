@@ -20,6 +20,7 @@ mod claimer;
 mod dispatch;
 mod failure_log;
 mod handoff;
+mod idle;
 mod metrics;
 mod worker;
 
@@ -34,10 +35,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use idle::Idle;
 pub use metrics::Metrics;
 
 use self::dispatch::Dispatch;
 use self::failure_log::FailureLog;
+use self::idle::Quiet;
 use self::metrics::Counters;
 use crate::error::{Error, Result};
 use crate::job::{Claimed, Job, Lease};
@@ -370,6 +373,7 @@ impl ExecutorBuilder {
             counters: Counters::default(),
             failures: FailureLog::default(),
             settles: TaskTracker::new(),
+            quiet: Arc::new(Quiet::new()),
         });
         tracing::info!(
             queue = %shared.queue, concurrency = self.concurrency, capacity,
@@ -414,6 +418,9 @@ pub(crate) struct Shared {
     pub failures: FailureLog,
     /// Settles handed to the store and not yet committed: shutdown waits for them.
     pub settles: TaskTracker,
+    /// Whether the queue has work left, for [`ExecutorHandle::idle`]. Apart from the rest, so
+    /// that a settle's callback can wake the claimer after it let go of the executor.
+    pub quiet: Arc<Quiet>,
 }
 
 impl Shared {
@@ -424,6 +431,7 @@ impl Shared {
         let done = self.settles.token();
         let id = claimed.job.id;
         let shared = self.clone();
+        let quiet = self.quiet.clone();
         let sent = self.store.settle_then(
             claimed.lease,
             crate::store::Settle::Snooze(Duration::ZERO),
@@ -440,6 +448,7 @@ impl Shared {
                 // whose drop would close the database there, unwaited for.
                 drop(shared);
                 drop(done);
+                quiet.settled();
             },
         );
         if let Err(e) = sent {
@@ -475,6 +484,46 @@ impl ExecutorHandle {
     /// for changes it cannot hear, such as another process's writes or a clock moved by hand.
     pub fn wake(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// Waits until the executor's queue has nothing left to do now ([`Idle::Now`]), or also
+    /// nothing coming due within a bound ([`Idle::Within`]): no due pending job, nothing
+    /// running, nothing claimed and waiting in memory, every outcome committed. It waits for a
+    /// claim cycle that began after this call, so a job enqueued before it is run first. The
+    /// executor keeps running: see [`ExecutorHandle::run_until_idle`] to stop it then.
+    ///
+    /// ```no_run
+    /// # async fn sync(store: quern::Store) -> quern::Result<()> {
+    /// use quern::{Executor, Idle, Outcome};
+    /// let handle = Executor::builder(store)
+    ///     .queue("sync")
+    ///     .spawn(|_job| async { Outcome::Success })?;
+    /// handle.idle(Idle::Now).await?;
+    /// handle.shutdown(std::time::Duration::from_secs(30)).await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the executor stopped before its queue was idle.
+    pub async fn idle(&self, until: Idle) -> Result<()> {
+        let store = &self.shared.store;
+        self.shared
+            .quiet
+            .wait(until, &self.shared.wake, || store.now())
+            .await
+    }
+
+    /// Runs until the queue is idle ([`ExecutorHandle::idle`]), then shuts the executor down
+    /// (nothing is running then; a job that started meanwhile gets a lease's time to finish):
+    /// the whole of a "sync what is pending, then exit" run.
+    ///
+    /// # Errors
+    /// As [`ExecutorHandle::idle`] and [`ExecutorHandle::shutdown`].
+    pub async fn run_until_idle(self, until: Idle) -> Result<()> {
+        let idle = self.idle(until).await;
+        let grace = self.shared.store.lease_ttl();
+        let stopped = self.shutdown(grace).await;
+        idle.and(stopped)
     }
 
     /// Counters and gauges of this executor.

@@ -182,6 +182,7 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
     };
     let done = shared.settles.token();
     let shared2 = shared.clone();
+    let quiet = shared.quiet.clone();
     let span = tracing::Span::current();
     let sent = shared.store.settle_then(lease, how, move |result| {
         let _entered = span.enter();
@@ -196,6 +197,7 @@ fn settle(shared: &Arc<Shared>, job: &Job, lease: Lease, end: End) {
         // The executor (and its store handle) before the token: see `Shared::give_back`.
         drop(shared2);
         drop(done);
+        quiet.settled();
     });
     if let Err(e) = sent {
         tracing::error!(error = %e, "could not settle; the lease will expire");

@@ -23,6 +23,10 @@ pub(crate) struct Cycle {
     /// The earliest time something becomes due: a scheduled job of the queue, a retry, a lease
     /// expiry, or a periodic slot.
     pub next_due: Option<Timestamp>,
+    /// The earliest time a job of the queue becomes due: a scheduled job, a retry, or the end
+    /// of a park or rate window holding the queue back. Not periodic slots, nor other queues'
+    /// retries and leases: what an executor waiting to be idle waits for.
+    pub next_work: Option<Timestamp>,
 }
 
 /// `through` is the bound the previous cycle returned in [`Cycle::indexing`], if any. An
@@ -54,20 +58,19 @@ pub(crate) fn claim_cycle(
         (Vec::new(), None)
     };
     let now = cx.now();
-    let next_due = [
-        next_scheduled(cx, queue)?,
-        next_retry(cx)?,
-        next_expiry(cx)?,
-        next_slot,
-        controls::next_open(cx, queue, now)?.map(Timestamp),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let scheduled = next_scheduled(cx, queue)?;
+    let opens = controls::next_open(cx, queue, now)?.map(Timestamp);
+    let retry = first_time(cx.t.retries()?, &queue_prefix(queue), 0)?.map(Timestamp);
+    let next_work = [scheduled, retry, opens].into_iter().flatten().min();
+    let next_due = [next_work, next_retry(cx)?, next_expiry(cx)?, next_slot]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Cycle {
         claimed,
         indexing,
         next_due,
+        next_work,
     })
 }
 

@@ -1,0 +1,141 @@
+//! Run until idle: `ExecutorHandle::idle` returns once the queue has nothing left to do, after
+//! the last outcome is committed and not before; `Idle::Within` also runs the retries and
+//! scheduled jobs that come due within its bound. Waits are on events, with timeouts.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use quern::{Backoff, Executor, ExecutorHandle, Filter, Idle, JobState, NewJob, Outcome, Store};
+
+use common::WAIT;
+
+fn states(store: &Store) -> Vec<JobState> {
+    store
+        .list(&Filter::default().queue("q"))
+        .unwrap()
+        .into_iter()
+        .map(|j| j.state)
+        .collect()
+}
+
+/// `idle` within the tests' time limit.
+async fn idle(handle: &ExecutorHandle, until: Idle) -> quern::Result<()> {
+    tokio::time::timeout(WAIT, handle.idle(until))
+        .await
+        .expect("the executor became idle in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_returns_once_every_job_s_outcome_is_committed() {
+    let env = common::Env::new();
+    for i in 0..200 {
+        env.enqueue(NewJob::new("q", format!("{i}")));
+    }
+    let handle = Executor::builder(env.store.clone())
+        .queue("q")
+        .concurrency(4)
+        .spawn(|_ctx| async {
+            tokio::task::yield_now().await;
+            Outcome::Success
+        })
+        .unwrap();
+    idle(&handle, Idle::Now).await.unwrap();
+    // Read at once: no settle may still be on its way to the database.
+    assert!(
+        states(&env.store).iter().all(|s| *s == JobState::Succeeded),
+        "every job succeeded when idle returned"
+    );
+    assert_eq!(handle.metrics().succeeded, 200);
+    handle.shutdown(common::secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_before_the_wait_runs_before_it_returns() {
+    let env = common::Env::new();
+    let handle = Executor::builder(env.store.clone())
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap();
+    idle(&handle, Idle::Now).await.unwrap();
+    // The executor was idle; a verdict from before this enqueue must not answer the next wait.
+    for round in 0..20 {
+        let id = env.enqueue(NewJob::new("q", format!("{round}")));
+        idle(&handle, Idle::Now).await.unwrap();
+        assert_eq!(env.job(id).state, JobState::Succeeded, "round {round}");
+    }
+    handle.shutdown(common::secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_now_leaves_a_retry_for_later_and_within_waits_for_it() {
+    // Real time, with retries 50 ms apart: `Within` must wait for them to come due.
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::mode(Store::builder().backoff(Backoff::fixed(Duration::from_millis(50))))
+        .open(common::db(&dir))
+        .unwrap();
+    store
+        .enqueue(NewJob::new("q", "flaky").max_attempts(5))
+        .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let handle = Executor::builder(store.clone())
+        .queue("q")
+        .spawn(move |_ctx| {
+            let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < 3 {
+                    Outcome::Retry(format!("attempt {n} failed"))
+                } else {
+                    Outcome::Success
+                }
+            }
+        })
+        .unwrap();
+    idle(&handle, Idle::Now).await.unwrap();
+    assert!(
+        runs.load(Ordering::SeqCst) < 3,
+        "Idle::Now does not wait out a backoff"
+    );
+    assert_ne!(states(&store), [JobState::Succeeded]);
+
+    idle(&handle, Idle::Within(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert_eq!(states(&store), [JobState::Succeeded]);
+    handle.shutdown(common::secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn within_does_not_wait_for_a_job_due_past_its_bound() {
+    let env = common::Env::new();
+    env.enqueue(NewJob::new("q", "tomorrow").delay(Duration::from_secs(86_400)));
+    let handle = Executor::builder(env.store.clone())
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap();
+    idle(&handle, Idle::Within(Duration::from_secs(3_600)))
+        .await
+        .unwrap();
+    assert_eq!(states(&env.store), [JobState::Pending]);
+    handle.shutdown(common::secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_idle_runs_the_work_then_stops() {
+    let env = common::Env::new();
+    for i in 0..10 {
+        env.enqueue(NewJob::new("q", format!("{i}")));
+    }
+    Executor::builder(env.store.clone())
+        .queue("q")
+        .spawn(|_ctx| async { Outcome::Success })
+        .unwrap()
+        .run_until_idle(Idle::Now)
+        .await
+        .unwrap();
+    assert!(states(&env.store).iter().all(|s| *s == JobState::Succeeded));
+}
