@@ -256,6 +256,8 @@ impl Store {
 
     /// Runs `f` in a read transaction. On a read-only store, a panic of redb on a damaged file
     /// is [`Error::Corrupt`] (see [`open::guarded_read`]); `f` must not run user code that may panic.
+    /// On a snapshot of a file left unclosed, a read after which a writer opened the file is
+    /// [`Error::Changed`].
     fn read<R>(
         &self,
         doing: &'static str,
@@ -266,7 +268,9 @@ impl Store {
         match &self.inner.core.db {
             Db::Writable(db) => db.begin_read().map_err(begin).and_then(|tx| f(&tx)),
             Db::ReadOnly(db) => open::guarded_read(path, || f(&db.begin_read().map_err(begin)?)),
-            Db::Snapshot(snapshot) => snapshot.read(path, f),
+            Db::Snapshot(snapshot) => snapshot.checked(path, |db| {
+                open::guarded_read(path, || f(&db.begin_read().map_err(begin)?))
+            }),
         }
         .map_err(|e| e.doing(doing).in_file(path))
     }

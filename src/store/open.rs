@@ -234,8 +234,13 @@ impl StoreBuilder {
                     path = %path.display(),
                     "reading a quern database its writer did not close, as that writer left it"
                 );
-                let snapshot = Snapshot::open(path, file, self.cache_size)?;
-                let found = snapshot.read(path, header)?;
+                let snapshot =
+                    Snapshot::open(path, file, self.cache_size, |open| guarded_open(path, open))?;
+                let found = snapshot.checked(path, |db| {
+                    guarded_read(path, || {
+                        header(&db.begin_read().map_err(|e| open_error(path, e))?)
+                    })
+                })?;
                 (Db::Snapshot(snapshot), found)
             }
             Err(e) => return Err(e),
@@ -294,7 +299,7 @@ fn needs_repair(e: &Error) -> bool {
 }
 
 /// Runs a redb open, turning its errors, and a panic on a damaged file, into quern errors.
-pub(super) fn guarded_open<D>(
+fn guarded_open<D>(
     path: &Path,
     open: impl FnOnce() -> std::result::Result<D, redb::DatabaseError>,
 ) -> Result<D> {
@@ -349,7 +354,7 @@ pub(super) fn guarded_read<R>(path: &Path, read: impl FnOnce() -> Result<R>) -> 
 }
 
 /// [`Error::Corrupt`] for a file redb panicked on: damage it did not check for.
-pub(super) fn unreadable(path: &Path) -> Error {
+fn unreadable(path: &Path) -> Error {
     Error::Corrupt {
         what: format!("database file {}", path.display()),
         detail: "the storage engine could not read it".into(),

@@ -41,12 +41,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Bound;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redb::{BackendError, ConcurrencyMode, Database, ReadTransaction, ReadableDatabase};
+use redb::{BackendError, ConcurrencyMode, Database};
 
 use crate::error::{Error, Result, StorageError};
 
@@ -69,17 +68,25 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Opens `file` (the database at `path`) through an overlay, repairing it in memory.
+    /// `guard` runs redb's open, turning its errors and panics into quern's (the opener's
+    /// `guarded_open`).
     ///
     /// # Errors
-    /// As redb's writable open (see [`super::open::guarded_open`], which turns a panic of redb
-    /// into [`Error::Corrupt`]); [`Error::Changed`] when a writer opened the file while this
-    /// open read it.
-    pub(crate) fn open(path: &Path, file: File, cache_size: usize) -> Result<Snapshot> {
+    /// Those of `guard`; [`Error::Changed`] when a writer opened the file while this open read
+    /// it, whatever the open returned.
+    pub(crate) fn open(
+        path: &Path,
+        file: File,
+        cache_size: usize,
+        guard: impl FnOnce(
+            &dyn Fn() -> std::result::Result<Database, redb::DatabaseError>,
+        ) -> Result<Database>,
+    ) -> Result<Snapshot> {
         let overlay = Arc::new(Overlay::new(file).map_err(|e| Error::Open {
             path: path.to_path_buf(),
             source: StorageError::new(redb::Error::Io(e)),
         })?);
-        let opened = super::open::guarded_open(path, || {
+        let opened = guard(&|| {
             redb::Builder::new()
                 // The snapshot's own locks, held in memory (see the module's doc).
                 .set_concurrency_mode(ConcurrencyMode::ExclusiveWriter)
@@ -95,20 +102,18 @@ impl Snapshot {
         })
     }
 
-    /// Runs `f` in a read transaction, then checks that no writer opened the file meanwhile: a
-    /// panic of redb is [`Error::Corrupt`] (see [`super::open::guarded_read`]) unless the file
-    /// changed, which is [`Error::Changed`] whatever `f` returned.
-    pub(crate) fn read<R>(
+    /// Runs `read` on the snapshot's database, then checks that no writer opened the file
+    /// meanwhile: if one did, the read is [`Error::Changed`] whatever it returned. `read` must
+    /// not unwind (the caller guards redb's panics, as `guarded_read` does), or the check is
+    /// skipped.
+    pub(crate) fn checked<R>(
         &self,
         path: &Path,
-        f: impl FnOnce(&ReadTransaction) -> Result<R>,
+        read: impl FnOnce(&Database) -> Result<R>,
     ) -> Result<R> {
-        let begin = |e| Error::storage("beginning a read transaction", e);
-        let read = catch_unwind(AssertUnwindSafe(|| {
-            f(&self.db.begin_read().map_err(begin)?)
-        }));
+        let read = read(&self.db);
         self.overlay.refuse_if_changed(path)?;
-        read.unwrap_or_else(|_| Err(super::open::unreadable(path)))
+        read
     }
 
     /// [`Error::Changed`] when the file is not as the snapshot found it: a writer opened it.
