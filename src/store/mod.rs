@@ -138,7 +138,9 @@ impl Store {
         StoreBuilder::default()
     }
 
-    /// Opens the database at `path` read-only, alongside a live writer process.
+    /// Opens the database at `path` read-only, alongside a live writer process. A file whose
+    /// writer stopped without closing it is read as that writer left it, without writing it
+    /// (see [`Store::closed_cleanly`]).
     ///
     /// # Errors
     /// See [`StoreBuilder::open_read_only`].

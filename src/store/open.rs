@@ -230,7 +230,7 @@ impl StoreBuilder {
             // only after a writable open's repair, which a snapshot runs in memory.
             Err(e) if needs_repair(&e) => {
                 let file = std::fs::File::open(path).map_err(|e| io_open_error(path, e))?;
-                tracing::info!(
+                tracing::warn!(
                     path = %path.display(),
                     "reading a quern database its writer did not close, as that writer left it"
                 );

@@ -649,3 +649,22 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
         OK
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_a_writers_open_cut_short_says_to_run_the_command_again() {
+        let changed = Error::Changed {
+            path: "q.redb".into(),
+        };
+        let e = read_again(anyhow::Error::new(changed).context("reading job 1 in q.redb"));
+        assert_eq!(
+            e.to_string(),
+            "q.redb changed while it was read (a writer opened it): run the command again"
+        );
+        let other = read_again(anyhow!("job 1 not found in q.redb"));
+        assert_eq!(other.to_string(), "job 1 not found in q.redb");
+    }
+}
