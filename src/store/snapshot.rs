@@ -9,14 +9,15 @@
 //! `set_len` and its syncs stay in memory; reads then see the jobs as the dead writer committed
 //! them last, its claims still in progress.
 //!
-//! # Memory
+//! # Cost
 //!
-//! The overlay holds only the blocks redb writes, never the file: the repair walks every page
-//! of the trees but only reads them. What it writes is the header, the pages its one repair
-//! commit touches in the system tree (the path to the freed-page tables it empties), and, as
-//! the database closes, the allocator state redb records: a few bytes per page of the file (one
-//! bit in a region's bitmap, a few KiB a region). So the overlay grows with the number of
-//! regions and the depth of the system tree, not with the jobs.
+//! The open costs what a worker's start costs on such a file: the repair reads every page of
+//! the trees (and verifies their checksums). The overlay holds only the blocks redb writes,
+//! never the file, since the repair only reads the trees: it writes the header, the pages its
+//! one repair commit touches in the system tree (the path to the freed-page tables it empties),
+//! and, as the database closes, the allocator state redb records, about one bit per page of the
+//! file (the regions' bitmaps). So the overlay grows with the file's pages by a factor of
+//! about 1/32768 and with the depth of the system tree, not with the jobs read.
 //!
 //! # A writer that starts while a snapshot reads
 //!
@@ -24,18 +25,19 @@
 //! in memory by the overlay (no other handle opens it), so a worker starting on the file
 //! while `quern stats` reads it never fails for it. That worker then repairs the file and
 //! writes it, and may reuse pages the snapshot reads. Holding the shared locks of redb's own
-//! readers instead would need the byte offsets of redb's private locking protocol, and the
-//! transaction a repair left in memory is none the writer knows of.
+//! readers instead would need the byte offsets of redb's private locking protocol, and would
+//! name a transaction the writer never knew: the one the snapshot's repair committed in memory.
 //!
 //! So every read (and the open) is checked after it ran: the file's length and its first
 //! block, which holds redb's header, must be as they were when the snapshot opened the file.
-//! A writer's open writes the header before it changes anything else, and every commit writes
-//! it again with a new transaction id, which only grows: a page the snapshot reads is
-//! reused only by a commit after the one that freed it, so never while the header still reads
-//! as the snapshot found it. A read after which they differ is refused with
-//! [`Error::Changed`], whatever it read: torn reads are never shown as data. The read after it
-//! is refused too; the file is then a live writer's, and a new read-only open reads it beside
-//! that writer.
+//! That holds while no writer has overwritten a page the snapshot reads. A writer's open
+//! rebuilds its allocator from the same trees the snapshot reads, so its repair commit writes
+//! only pages outside them, then the header with a new transaction id. A page of those trees is
+//! freed only by a later commit, and reused only by one after that, each writing the header
+//! with a greater transaction id (a durable commit; quern makes no other). A read after which
+//! the length or first block differ is refused with [`Error::Changed`], whatever it read: torn
+//! reads are never shown as data. The reads after it are refused too; the file is then a live
+//! writer's, and a new read-only open reads it beside that writer.
 
 use std::collections::BTreeMap;
 use std::fs::File;
