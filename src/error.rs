@@ -135,6 +135,18 @@ pub enum Error {
     #[cfg(feature = "json")]
     #[error("json payload: {0}")]
     Json(#[source] Arc<serde_json::Error>),
+    /// A writer opened the file while a read-only store read it as its last writer had left
+    /// it, unclosed (see [`Store::open_read_only`](crate::Store::open_read_only)): what was read
+    /// may be torn, so it is not returned. The writer has repaired the file; a new read-only
+    /// open reads it beside that writer.
+    #[error(
+        "quern database {} changed while it was read (a writer opened it); open it again to read it",
+        path.display()
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
     /// A write was asked of a store opened read-only.
     #[error("the store is open read-only")]
     ReadOnly,

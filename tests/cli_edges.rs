@@ -252,13 +252,18 @@ fn cancel_on_a_file_a_crashed_worker_left_unclean_checks_every_id_then_applies()
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        Store::open_read_only(&path).is_err(),
-        "a crashed writer leaves the file for a writable open to repair"
+        !Store::open_read_only(&path).unwrap().closed_cleanly(),
+        "a crashed writer leaves the file unclosed, for a writable open to repair"
     );
 
-    // The read-only check cannot run: the ids are checked under the writable open, which
-    // repairs the file, and a bad one still refuses the whole command.
+    // The ids are checked on the file as the crash left it, read without writing it: a bad
+    // one refuses the whole command, and the file keeps every byte.
+    let before = std::fs::read(&path).unwrap();
     fails_with(&["cancel", s(&path), "1", "3"], "job 3 not found");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a refused cancel wrote"
+    );
     assert_eq!(state(&path, JobId(1)), (JobState::Pending, false));
     let out = quern(&["cancel", s(&path), "2", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -10,6 +10,7 @@ use redb::{Database, ReadOnlyDatabase};
 
 use super::ctx::Config;
 use super::handoff::Takers;
+use super::snapshot::Snapshot;
 use super::watermark::Watermark;
 
 /// What every part of one open database shares, built once at open: the store's handles and
@@ -34,6 +35,8 @@ pub(crate) struct Core {
 pub(crate) enum Db {
     Writable(Database),
     ReadOnly(ReadOnlyDatabase),
+    /// Read-only, from a file its writer did not close, repaired in memory.
+    Snapshot(Snapshot),
 }
 
 impl Core {
@@ -54,7 +57,7 @@ impl Core {
     pub(crate) fn writable(&self) -> Option<&Database> {
         match &self.db {
             Db::Writable(db) => Some(db),
-            Db::ReadOnly(_) => None,
+            Db::ReadOnly(_) | Db::Snapshot(_) => None,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! - Operation families: `enqueue.rs`, `work.rs` (claim and the lease holder's calls),
 //!   `housekeeping.rs` (promotion, recovery, retry, cancel, prune), `cycle.rs` (the
 //!   executor's claim cycle), `read.rs` (get, list, stats), `verify.rs` ([`Store::check`]).
+//! - `snapshot.rs`: reading a file its writer did not close, repaired in memory, never written.
 
 mod codec;
 mod controls;
@@ -37,6 +38,7 @@ mod housekeeping;
 mod index;
 mod open;
 mod read;
+mod snapshot;
 mod tables;
 mod unique;
 mod upgrade;
@@ -114,7 +116,7 @@ impl Store {
         let core = Arc::new(core);
         let writer = match core.db {
             Db::Writable(_) => Some(Writer::spawn(core.clone())?),
-            Db::ReadOnly(_) => None,
+            Db::ReadOnly(_) | Db::Snapshot(_) => None,
         };
         Ok(Store {
             inner: Arc::new(Inner { writer, core }),
@@ -136,7 +138,9 @@ impl Store {
         StoreBuilder::default()
     }
 
-    /// Opens the database at `path` read-only, alongside a live writer process.
+    /// Opens the database at `path` read-only, alongside a live writer process. A file whose
+    /// writer stopped without closing it is read as that writer left it, without writing it
+    /// (see [`Store::closed_cleanly`]).
     ///
     /// # Errors
     /// See [`StoreBuilder::open_read_only`].
@@ -176,6 +180,17 @@ impl Store {
         self.inner.writer.as_ref().map_or(0, Writer::batches)
     }
 
+    /// The bytes a read-only store of a file left unclosed holds in memory for redb's repair
+    /// of it (see [`Store::closed_cleanly`]); `None` for any other store. For tests of that
+    /// bound; not part of the API.
+    #[doc(hidden)]
+    pub fn __repair_bytes_in_memory(&self) -> Option<u64> {
+        match &self.inner.core.db {
+            Db::Snapshot(snapshot) => Some(snapshot.overlay_bytes()),
+            Db::Writable(_) | Db::ReadOnly(_) => None,
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.core.path
@@ -190,7 +205,17 @@ impl Store {
 
     /// Whether this store was opened read-only.
     pub fn is_read_only(&self) -> bool {
-        matches!(self.inner.core.db, Db::ReadOnly(_))
+        matches!(self.inner.core.db, Db::ReadOnly(_) | Db::Snapshot(_))
+    }
+
+    /// Whether the file was closed cleanly, or is open by a live writer: `false` when this
+    /// read-only store reads a file whose writer stopped without closing it (killed, crashed)
+    /// and that no writer has opened since. Its jobs then read as that writer left them: the
+    /// jobs it had claimed are in progress until the next worker's executor starts (which
+    /// recovers them at once, see [`Store::recover_abandoned`]). A writable open repairs such
+    /// a file, so a writable store is always `true`.
+    pub fn closed_cleanly(&self) -> bool {
+        !matches!(self.inner.core.db, Db::Snapshot(_))
     }
 
     /// The current time by the store's clock.
@@ -234,6 +259,8 @@ impl Store {
 
     /// Runs `f` in a read transaction. On a read-only store, a panic of redb on a damaged file
     /// is [`Error::Corrupt`] (see [`open::guarded_read`]); `f` must not run user code that may panic.
+    /// On a snapshot of a file left unclosed, a read after which a writer opened the file is
+    /// [`Error::Changed`].
     fn read<R>(
         &self,
         doing: &'static str,
@@ -244,6 +271,9 @@ impl Store {
         match &self.inner.core.db {
             Db::Writable(db) => db.begin_read().map_err(begin).and_then(|tx| f(&tx)),
             Db::ReadOnly(db) => open::guarded_read(path, || f(&db.begin_read().map_err(begin)?)),
+            Db::Snapshot(snapshot) => snapshot.checked(path, |db| {
+                open::guarded_read(path, || f(&db.begin_read().map_err(begin)?))
+            }),
         }
         .map_err(|e| e.doing(doing).in_file(path))
     }
@@ -502,8 +532,20 @@ impl Store {
         // A panic of `each` is the caller's, not damage (which a read-only store's guard would
         // report): it stops the scan and goes on once the read is over.
         let mut panicked = None;
+        // A snapshot of a file left unclosed checks the file before it hands on each job, not
+        // only after the scan: `each` may show the job at once (`quern dump`), and a job read
+        // after a writer opened the file may be torn.
+        let snapshot = match &self.inner.core.db {
+            Db::Snapshot(snapshot) => Some(snapshot),
+            Db::Writable(_) | Db::ReadOnly(_) => None,
+        };
+        let mut changed = None;
         let result = self.read("listing jobs", |tx| {
             read::scan(tx, filter, |job| {
+                if let Some(Err(e)) = snapshot.map(|s| s.refuse_if_changed(&self.inner.core.path)) {
+                    changed = Some(e);
+                    return false;
+                }
                 catch_unwind(AssertUnwindSafe(|| each(job))).unwrap_or_else(|p| {
                     panicked = Some(p);
                     false
@@ -513,7 +555,10 @@ impl Store {
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }
-        result
+        match changed {
+            Some(e) => Err(e),
+            None => result,
+        }
     }
 
     /// Counts per queue and state, the oldest due pending job, the next retry.

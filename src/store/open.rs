@@ -13,6 +13,7 @@ use super::Store;
 use super::core::{Core, Db};
 use super::create::{self, Found};
 use super::ctx::Config;
+use super::snapshot::Snapshot;
 use super::tables::{
     FORMAT_VERSION, META, META_FORMAT, META_NEXT_TOKEN, META_STORE_ID, Tables, reads_as_is,
 };
@@ -200,23 +201,54 @@ impl StoreBuilder {
     /// Opens the database at `path` read-only, alongside a live writer process. Each read sees
     /// the writer's latest commit.
     ///
+    /// A file whose writer stopped without closing it (killed, crashed), with no writer live,
+    /// is read as that writer left it, its claims in progress, without writing it: redb's
+    /// repair of the file is run in memory. [`Store::closed_cleanly`] then says `false`. Its
+    /// reads fail with [`Error::Changed`] once a writer opens the file (which repairs it);
+    /// open it again then to read it beside that writer.
+    ///
     /// # Errors
     /// As [`StoreBuilder::open`], and [`Error::AlreadyOpen`] when the writer locked the file
-    /// exclusively.
+    /// exclusively; [`Error::Changed`] when a writer opened a file left unclosed while this
+    /// open read it.
     pub fn open_read_only(self, path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         // A FIFO or a device would block or mislead the reads: refused before redb opens it.
         create::inspect(path).map_err(|e| io_open_error(path, e))?;
-        let db = guarded_open(path, || {
+        // redb's own read-only open first: it reads beside a live writer, following its commits.
+        let opened = guarded_open(path, || {
             redb::Builder::new()
                 .set_concurrency_mode(ConcurrencyMode::SingleWriter)
                 .set_cache_size(self.cache_size)
                 .open_read_only(path)
-        })?;
-        let (store_id, version) = guarded_read(path, || {
-            let tx = db.begin_read().map_err(|e| open_error(path, e))?;
-            read_header(&tx, path)
-        })?;
+        });
+        let header = |tx: &ReadTransaction| read_header(tx, path);
+        let (db, (store_id, version)) = match opened {
+            Ok(db) => {
+                let found = guarded_read(path, || {
+                    header(&db.begin_read().map_err(|e| open_error(path, e))?)
+                })?;
+                (Db::ReadOnly(db), found)
+            }
+            // The file's writer stopped without closing it, and none is live: redb reads it
+            // only after a writable open's repair, which a snapshot runs in memory.
+            Err(e) if needs_repair(&e) => {
+                let file = std::fs::File::open(path).map_err(|e| io_open_error(path, e))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "reading a quern database its writer did not close, as that writer left it"
+                );
+                let snapshot =
+                    Snapshot::open(path, file, self.cache_size, |open| guarded_open(path, open))?;
+                let found = snapshot.checked(path, |db| {
+                    guarded_read(path, || {
+                        header(&db.begin_read().map_err(|e| open_error(path, e))?)
+                    })
+                })?;
+                (Db::Snapshot(snapshot), found)
+            }
+            Err(e) => return Err(e),
+        };
         if !reads_as_is(version) {
             return Err(Error::UnsupportedFormat {
                 path: path.to_path_buf(),
@@ -226,7 +258,7 @@ impl StoreBuilder {
         }
         let cfg = self.config(store_id);
         // A read-only store has no writer thread to start: this cannot fail.
-        Store::from_core(Core::new(path, Db::ReadOnly(db), version, cfg)).map_err(|e| Error::Open {
+        Store::from_core(Core::new(path, db, version, cfg)).map_err(|e| Error::Open {
             path: path.to_path_buf(),
             source: StorageError::new(redb::StorageError::Io(e).into()),
         })
@@ -262,6 +294,13 @@ fn io_open_error(path: &Path, e: std::io::Error) -> Error {
         path: path.to_path_buf(),
         source: StorageError::new(redb::Error::Io(e)),
     }
+}
+
+/// Whether a read-only open failed because the file's writer stopped without closing it, and
+/// no writer is live to vouch for it: redb reads such a file only after a writable open's
+/// repair.
+fn needs_repair(e: &Error) -> bool {
+    matches!(e, Error::Open { source, .. } if matches!(source.redb(), redb::Error::RepairAborted))
 }
 
 /// Runs a redb open, turning its errors, and a panic on a damaged file, into quern errors.

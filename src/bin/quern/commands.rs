@@ -84,7 +84,7 @@ fn try_main(args: Args) -> Result<i32> {
     let mut out = io::BufWriter::new(stdout.lock());
     // What was written reaches stdout before a failure is reported: `dump` ends its output
     // properly before it returns an error.
-    let run = run(&mut out, args.command);
+    let run = run(&mut out, args.command).map_err(read_again);
     let flushed = out.flush();
     let code = run?;
     flushed?;
@@ -97,8 +97,12 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
             let store = open_read(&db)?;
             let stats = store.stats()?;
             let controls = store.controls()?;
+            note_unclosed(out, &store, format)?;
+            let closed_cleanly = store.closed_cleanly();
             match format {
-                Format::Json | Format::Jsonl => render::stats_json(out, &stats, &controls, format)?,
+                Format::Json | Format::Jsonl => {
+                    render::stats_json(out, &stats, &controls, closed_cleanly, format)?
+                }
                 Format::Table => render::stats_table(out, &stats, &controls)?,
             }
             OK
@@ -121,6 +125,7 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
             if let Some(n) = limit {
                 filter = filter.limit(n);
             }
+            note_unclosed(out, &store, format)?;
             render::dump(out, &store, &filter, format)?;
             OK
         }
@@ -129,6 +134,7 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
             let job = store
                 .get(JobId(id))?
                 .ok_or_else(|| anyhow!("job {id} not found in {}", db.display()))?;
+            note_unclosed(out, &store, format)?;
             match format {
                 Format::Json | Format::Jsonl => render::job_json_line(out, &job)?,
                 Format::Table => {
@@ -258,10 +264,10 @@ fn select(store: &Store, selection: Selection) -> Result<Vec<JobId>> {
 /// single job the change does not apply to refuses the whole command, naming every such job.
 ///
 /// The check runs on a read-only open, which leaves the file as it is (a writable open and
-/// close rewrites redb's header even when no job changes): a refused command changes no byte.
-/// It runs again under the write lock, since a worker may have run between the two opens. A
-/// file left unclean by a crash cannot be opened read-only; it is checked under the writable
-/// open only, which repairs it as any writer's open would.
+/// close rewrites redb's header even when no job changes): a refused command changes no byte,
+/// also in a file a crashed writer left unclosed (read as it left it). It runs again under the
+/// write lock, since a worker may have run between the two opens; that open repairs a file
+/// left unclosed, as any writer's open would.
 fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection) -> Result<i32> {
     existing(db)?;
     let (store, ids) = match Store::open_read_only(db) {
@@ -274,12 +280,6 @@ fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection)
             }
             drop(reader);
             let store = open_write(db)?;
-            refuse_unless_all_apply(&store, db, change, &ids)?;
-            (store, ids)
-        }
-        Err(e) if needs_repair(&e) => {
-            let store = open_write(db)?;
-            let ids = select(&store, selection)?;
             refuse_unless_all_apply(&store, db, change, &ids)?;
             (store, ids)
         }
@@ -406,10 +406,37 @@ fn unique_conflicts(
     Ok(conflicts)
 }
 
-/// Whether opening read-only failed because a crash left the file unclean: redb repairs it
-/// only at a writable open.
-fn needs_repair(e: &Error) -> bool {
-    matches!(e, Error::Open { source, .. } if matches!(source.redb(), redb::Error::RepairAborted))
+/// Says, when `store` reads a file its writer did not close, that the jobs are shown as that
+/// writer left them: a line of the output for people (`table`), a line on stderr beside JSON,
+/// which stays data alone (`stats` JSON also says it in its `closed_cleanly` field).
+fn note_unclosed(out: &mut impl Write, store: &Store, format: Format) -> io::Result<()> {
+    if store.closed_cleanly() {
+        return Ok(());
+    }
+    let note = format!(
+        "note: {} was not closed cleanly (its writer stopped without closing it): jobs are shown \
+         as it left them, its claims running until a worker opens the file",
+        escape(&store.path().display().to_string())
+    );
+    match format {
+        Format::Table => writeln!(out, "{note}"),
+        Format::Json | Format::Jsonl => {
+            eprintln!("{note}");
+            Ok(())
+        }
+    }
+}
+
+/// A read that a writer's open cut short ([`Error::Changed`]) says to run the command again:
+/// the file is then the live writer's, which a new read-only open reads beside it.
+fn read_again(e: anyhow::Error) -> anyhow::Error {
+    match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
+        Some(Error::Changed { path }) => anyhow!(
+            "{} changed while it was read (a writer opened it): run the command again",
+            path.display()
+        ),
+        _ => e,
+    }
 }
 
 /// Fails unless `db` can be opened: "no such file" when it does not exist, the I/O error
@@ -442,8 +469,9 @@ fn open_write(db: &Path) -> Result<Store> {
     existing(db)?;
     // Read first: a writable open rewrites redb's header even when quern then refuses the
     // file, so what a write command refuses (an older format, a file that is no quern
-    // database) is refused by a read that changes no byte. A file a crash left unclean cannot
-    // be read so; the writable open repairs it, as a worker's start would.
+    // database) is refused by a read that changes no byte. A file a crash left unclosed is
+    // read so too (as it was left); the writable open then repairs it, as a worker's start
+    // would.
     match Store::open_read_only(db) {
         // Formats 2 and 3 read as they are, but a writable open would upgrade them.
         Ok(reader) if reader.format_version() < quern::FORMAT_VERSION => {
@@ -457,7 +485,6 @@ fn open_write(db: &Path) -> Result<Store> {
             ));
         }
         Ok(reader) => drop(reader),
-        Err(e) if needs_repair(&e) => {}
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
         Err(e) => return Err(old_format(db, e)),
     }
@@ -501,8 +528,6 @@ fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
         Err(Error::UnsupportedFormat {
             found, supported, ..
         }) if found < supported => found,
-        // A file a crash left unclean: the writable open below repairs it.
-        Err(e) if needs_repair(&e) => 0,
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
         Err(e) => return Err(e.into()),
     };
@@ -511,15 +536,6 @@ fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
         other => other?,
     };
     store.close();
-    if found == 0 || found == quern::FORMAT_VERSION {
-        writeln!(
-            out,
-            "{} is at format version {}",
-            escape(&db.display().to_string()),
-            quern::FORMAT_VERSION
-        )?;
-        return Ok(OK);
-    }
     writeln!(
         out,
         "upgraded {} from format version {found} to {}",
@@ -551,15 +567,12 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
             // it, and the check says so rather than "ok".
             drop(raw);
             match Store::open_read_only(db) {
-                Err(e) if needs_repair(&e) => {
-                    let cause = std::error::Error::source(&e)
-                        .map_or_else(|| e.to_string(), ToString::to_string);
+                Ok(reader) if !reader.closed_cleanly() => {
                     writeln!(
                         out,
                         "storage: no damage found, but redb could not write the check's result, \
-                         and the file now reads as not closed ({}): {name} needs a writable open \
-                         (a worker's start) before it can be read",
-                        escape(&cause)
+                         and the file now reads as not closed: {name} needs a writable open (a \
+                         worker's start) to be repaired"
                     )?;
                     return Ok(FAILURE);
                 }
@@ -635,4 +648,23 @@ fn check(out: &mut impl Write, db: &Path) -> Result<i32> {
     } else {
         OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_a_writers_open_cut_short_says_to_run_the_command_again() {
+        let changed = Error::Changed {
+            path: "q.redb".into(),
+        };
+        let e = read_again(anyhow::Error::new(changed).context("reading job 1 in q.redb"));
+        assert_eq!(
+            e.to_string(),
+            "q.redb changed while it was read (a writer opened it): run the command again"
+        );
+        let other = read_again(anyhow!("job 1 not found in q.redb"));
+        assert_eq!(other.to_string(), "job 1 not found in q.redb");
+    }
 }

@@ -94,11 +94,13 @@ pub fn control_line(out: &mut impl Write, c: &QueueControl, now: Timestamp) -> i
     writeln!(out, "{scope}: {}", parts.join("; "))
 }
 
-/// One object: indented for `json`, on one line for `jsonl`.
+/// One object: indented for `json`, on one line for `jsonl`. `closed_cleanly` is
+/// [`Store::closed_cleanly`].
 pub fn stats_json(
     out: &mut impl Write,
     stats: &Stats,
     controls: &[QueueControl],
+    closed_cleanly: bool,
     format: Format,
 ) -> io::Result<()> {
     let queues: Vec<Value> = stats
@@ -144,6 +146,8 @@ pub fn stats_json(
         "next_lease_expiry": stats.next_lease_expiry.map(|t| t.0),
         "queues": queues,
         "controls": controls,
+        // false: the file's writer stopped without closing it; jobs read as it left them.
+        "closed_cleanly": closed_cleanly,
     });
     if format == Format::Jsonl {
         serde_json::to_writer(&mut *out, &v)?;
