@@ -53,9 +53,19 @@ fn a_flipped_bit_in_a_table_page_refuses_the_open_naming_the_file() {
 fn a_read_only_store_reports_a_damaged_page_as_corrupt_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = damaged_copy(dir.path());
-    // redb cannot verify a read-only open, so it succeeds; the reads that meet the damaged page
-    // fail instead, with the same error a writable open gives.
-    let store = Store::open_read_only(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // Verified in memory at open, as a writable open verifies it.
+    let err = Store::open_read_only(&path).unwrap_err();
+    assert!(is_corrupt_naming(&err, &path), "{err:?}");
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a read-only open wrote"
+    );
+    // Trusted at open, the reads that meet the damaged page fail instead, with the same error.
+    let store = Store::builder()
+        .verify_on_open(false)
+        .open_read_only(&path)
+        .unwrap();
     for id in 1..=5 {
         let err = store.get(JobId(id)).unwrap_err();
         assert!(is_corrupt_naming(&err, &path), "job {id}: {err:?}");

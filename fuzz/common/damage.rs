@@ -13,7 +13,9 @@
 //! it), never a panic that quern swallows outside its guards (the writer thread's, say:
 //! [`exercise`] reports those), never a hang (the fuzzer's timeout). quern guards two places,
 //! where redb reads a file it never verified: the redb open itself, and the reads of a store
-//! opened read-only (redb verifies only writable opens); a panic caught in a read-only read
+//! opened read-only (verified in memory at open, trusted with `verify_on_open(false)`; the
+//! oracle opens both kinds verified, since a trusted open of damaged data may exhaust memory
+//! by design); a panic caught in a read-only read
 //! must come back as `Error::Corrupt`. A writable store is verified at open, so any panic in
 //! it is a failure. And when `Store::check` finds nothing wrong with a store, its reads of the
 //! same state all succeed: damage that a read trips over is damage `check` should have found.

@@ -31,6 +31,9 @@ pub(crate) struct Config {
     /// Leases with a lower token were taken by an earlier open of the database, whose process
     /// is gone: the next token when this writable open began (0 for a read-only store).
     pub earlier_leases_below: u64,
+    /// Every page's checksum was verified when the store was opened (see
+    /// `StoreBuilder::verify_on_open`).
+    pub verified: bool,
     /// The counters as the last write transaction left them, when known (see [`Counters`]).
     pub counters: Mutex<Option<Counters>>,
 }

@@ -218,6 +218,14 @@ impl Store {
         !matches!(self.inner.core.db, Db::Snapshot(_))
     }
 
+    /// Whether every page's checksum was verified when this store was opened (see
+    /// [`StoreBuilder::verify_on_open`]): `false` when it was opened trusting the file, or
+    /// read-only beside a writer that committed while the open verified it (that writer
+    /// verified the file when it opened it).
+    pub fn verified(&self) -> bool {
+        self.inner.core.cfg.verified
+    }
+
     /// The current time by the store's clock.
     pub fn now(&self) -> Timestamp {
         self.inner.core.cfg.clock.now()

@@ -86,16 +86,19 @@ impl StoreBuilder {
         self
     }
 
-    /// Verify the whole file when opening it for writing: the checksum of every page of every
-    /// table is checked (redb's integrity check), so that a file damaged outside quern (a bad
-    /// disk, a stray write, a partial copy) fails to open with [`Error::Corrupt`] naming it,
-    /// instead of being trusted until a later read or commit trips over the damage; a refused
-    /// open writes nothing. It costs one read of the whole file per open, plus one durable
-    /// commit (redb rebuilds its record of free pages from what it read). Default: true.
+    /// Verify the whole file when opening it: the checksum of every page of every table is
+    /// checked (redb's integrity check), so that a file damaged outside quern (a bad disk, a
+    /// stray write, a partial copy, a truncation) fails to open with [`Error::Corrupt`] naming
+    /// it, instead of being trusted until a later read or commit trips over the damage (or
+    /// allocates what a damaged length says); a refused open writes nothing. It costs one read
+    /// of the whole file per open, plus, for a writable open, one durable commit (redb rebuilds
+    /// its record of free pages from what it read). A read-only open verifies in memory and
+    /// writes nothing; beside a live writer that commits meanwhile, it trusts the file, which
+    /// that writer verified when it opened it. Default: true.
     ///
     /// With `false`, the open trusts the file: faster for a large database, but a damaged one
-    /// may make redb panic in a later call. Read-only opens are never verified (redb cannot
-    /// verify without writing); their reads report damage they meet as [`Error::Corrupt`].
+    /// may make redb panic (reported as [`Error::Corrupt`] by a read-only store) or exhaust
+    /// memory in a later call.
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.verify_on_open = verify;
         self
@@ -185,7 +188,9 @@ impl StoreBuilder {
                 supported: FORMAT_VERSION,
             });
         }
+        let verified = self.verify_on_open;
         let mut cfg = self.config(store_id);
+        cfg.verified = verified;
         upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
         cfg.earlier_leases_below =
             next_token(&db).map_err(|e| e.doing("reading the next lease token").in_file(path))?;
@@ -223,12 +228,13 @@ impl StoreBuilder {
                 .open_read_only(path)
         });
         let header = |tx: &ReadTransaction| read_header(tx, path);
-        let (db, (store_id, version)) = match opened {
+        let (db, (store_id, version), verified) = match opened {
             Ok(db) => {
                 let found = guarded_read(path, || {
                     header(&db.begin_read().map_err(|e| open_error(path, e))?)
                 })?;
-                (Db::ReadOnly(db), found)
+                let verified = self.verify_on_open && verify(path, self.cache_size)?;
+                (Db::ReadOnly(db), found, verified)
             }
             // The file's writer stopped without closing it, and none is live: redb reads it
             // only after a writable open's repair, which a snapshot runs in memory.
@@ -239,13 +245,15 @@ impl StoreBuilder {
                     "reading a quern database its writer did not close, as that writer left it"
                 );
                 let snapshot =
-                    Snapshot::open(path, file, self.cache_size, |open| guarded_open(path, open))?;
+                    Snapshot::open(path, file, self.cache_size, self.verify_on_open, |open| {
+                        guarded_open(path, open)
+                    })?;
                 let found = snapshot.checked(path, |db| {
                     guarded_read(path, || {
                         header(&db.begin_read().map_err(|e| open_error(path, e))?)
                     })
                 })?;
-                (Db::Snapshot(snapshot), found)
+                (Db::Snapshot(snapshot), found, self.verify_on_open)
             }
             Err(e) => return Err(e),
         };
@@ -256,7 +264,8 @@ impl StoreBuilder {
                 supported: FORMAT_VERSION,
             });
         }
-        let cfg = self.config(store_id);
+        let mut cfg = self.config(store_id);
+        cfg.verified = verified;
         // A read-only store has no writer thread to start: this cannot fail.
         Store::from_core(Core::new(path, db, version, cfg)).map_err(|e| Error::Open {
             path: path.to_path_buf(),
@@ -283,8 +292,25 @@ impl StoreBuilder {
             backoff: self.backoff,
             store_id,
             earlier_leases_below: 0,
+            verified: false,
             counters: Default::default(),
         }
+    }
+}
+
+/// Verifies every page's checksum of the database at `path` in memory, writing nothing (redb's
+/// integrity check over a [`Snapshot`]), before a read-only open trusts its pages: a damaged
+/// page could otherwise make redb read past the file or allocate what a damaged length says
+/// (gigabytes). Returns whether it verified the file: `false` when a writer committed while it
+/// read, which verified the file itself when it opened it.
+fn verify(path: &Path, cache_size: usize) -> Result<bool> {
+    let file = std::fs::File::open(path).map_err(|e| io_open_error(path, e))?;
+    match Snapshot::open(path, file, cache_size, true, |open| {
+        guarded_open(path, open)
+    }) {
+        Ok(_) => Ok(true),
+        Err(Error::Changed { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -69,7 +69,8 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Opens `file` (the database at `path`) through an overlay, repairing it in memory.
+    /// Opens `file` (the database at `path`) through an overlay, repairing it in memory; with
+    /// `verify`, redb checks every page's checksum too (its integrity check, in memory).
     /// `guard` runs redb's open, turning its errors and panics into quern's (the opener's
     /// `guarded_open`).
     ///
@@ -80,6 +81,7 @@ impl Snapshot {
         path: &Path,
         file: File,
         cache_size: usize,
+        verify: bool,
         guard: impl FnOnce(
             &dyn Fn() -> std::result::Result<Database, redb::DatabaseError>,
         ) -> Result<Database>,
@@ -93,6 +95,7 @@ impl Snapshot {
                 // The snapshot's own locks, held in memory (see the module's doc).
                 .set_concurrency_mode(ConcurrencyMode::ExclusiveWriter)
                 .set_cache_size(cache_size)
+                .set_check_integrity_on_open(verify)
                 .create_with_backend(OverlayBackend(overlay.clone()))
         });
         // Checked whether or not the open succeeded: a repair that read a page a writer was
