@@ -416,13 +416,16 @@ fn a_caller_who_does_not_own_the_file_is_refused_and_nothing_changes() {
     std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     std::fs::set_permissions(dir.path(), mode).unwrap();
+    // The file is writable by all, so that the command gets as far as the socket.
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o666);
+    std::fs::set_permissions(&path, mode).unwrap();
     match quern_as_nobody(&["retry", s(&path), &id.to_string()]) {
         Some(out) => {
             assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+            let err = stderr(&out);
             assert!(
-                stderr(&out).contains("ermission denied"),
-                "{}",
-                stderr(&out)
+                err.contains("control channel") && err.contains("ermission denied"),
+                "the socket (mode 0600) turns the caller away: {err}"
             );
         }
         None => eprintln!(
@@ -431,4 +434,61 @@ fn a_caller_who_does_not_own_the_file_is_refused_and_nothing_changes() {
         ),
     }
     assert_eq!(state(&store, id), JobState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_retried_through_the_channel_runs_again_in_the_running_executor() {
+    use quern::{Executor, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = held(dir.path());
+    // Each run reports its job and attempt chain; the first run fails for good.
+    let (runs_tx, mut runs) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Executor::builder(store.clone())
+        .queue("sync")
+        .spawn(move |ctx| {
+            let runs_tx = runs_tx.clone();
+            async move {
+                let retried = ctx.job().manual_retries;
+                let _ = runs_tx.send((ctx.job().id, retried));
+                if retried == 0 {
+                    Outcome::discard("remote said 500")
+                } else {
+                    Outcome::Success
+                }
+            }
+        })
+        .unwrap();
+    let id = store
+        .enqueue(NewJob::new("sync", "photos/1.jpg"))
+        .unwrap()
+        .id();
+    let next_run = async |runs: &mut tokio::sync::mpsc::UnboundedReceiver<(JobId, u32)>| {
+        tokio::time::timeout(Duration::from_secs(20), runs.recv())
+            .await
+            .expect("a run within 20 s")
+            .expect("the executor is running")
+    };
+    assert_eq!(next_run(&mut runs).await, (id, 0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = store.generation();
+        if state(&store, id) == JobState::Failed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never failed"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), store.changed(seen)).await;
+    }
+
+    let db = path.clone();
+    let out = tokio::task::spawn_blocking(move || quern(&["retry", s(&db), &id.to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The executor of the holding process runs it again, with no poll interval to wait out.
+    assert_eq!(next_run(&mut runs).await, (id, 1));
+    handle.shutdown(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(state(&store, id), JobState::Succeeded);
 }

@@ -6,6 +6,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ pub(crate) type Handler = Box<dyn Fn(Request) -> Reply + Send>;
 
 /// A running control server. Dropping it stops the thread and removes the socket.
 pub(crate) struct Server {
-    place: Place,
+    place: Arc<Place>,
     /// The socket as bound: removed at the end only if it is still this one.
     identity: Option<(u64, u64)>,
     /// Shut down to wake the thread and stop it.
@@ -52,7 +53,7 @@ impl Server {
     /// The socket cannot be made (a directory without write permission, a path too long, a
     /// file that is not a socket in the way), or the thread cannot start.
     pub(crate) fn start(db: &Path, handler: Handler) -> io::Result<Server> {
-        let place = Place::of(db)?;
+        let place = Arc::new(Place::of(db)?);
         remove_stale_at(&place)?;
         let listener = place.bind()?;
         let identity = place.identity().ok();
@@ -63,10 +64,10 @@ impl Server {
         });
         let thread = {
             let shared = shared.clone();
-            let owner = Place::of(db)?;
+            let place = place.clone();
             std::thread::Builder::new()
                 .name("quern-control".into())
-                .spawn(move || serve(&listener, &woken, &owner, &shared, &handler))?
+                .spawn(move || serve(&listener, &woken, &place, &shared, &handler))?
         };
         tracing::info!(socket = %place.shown.display(), "serving the control channel");
         Ok(Server {
@@ -179,7 +180,12 @@ fn serve_one(mut conn: UnixStream, place: &Place, handler: &Handler) {
     let reply = match receive(&mut conn, place) {
         Ok(request) => {
             tracing::info!(?request, "control request");
-            handler(request)
+            // A panic is the store's bug, not the caller's: it is answered, and the channel
+            // goes on.
+            catch_unwind(AssertUnwindSafe(|| handler(request))).unwrap_or_else(|_| {
+                tracing::error!("a control request panicked");
+                Reply::Failed("internal error: the request panicked in the holding process".into())
+            })
         }
         Err(refused) => {
             tracing::warn!(reason = %refused.message(), "control request refused");
