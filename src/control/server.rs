@@ -82,17 +82,24 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The thread drops the store itself when a request held its last handle: it then
+        // answers that request, and ends on its own once this returns.
+        let own_thread = self
+            .thread
+            .as_ref()
+            .is_some_and(|t| t.thread().id() == std::thread::current().id());
         self.shared.stopping.store(true, Ordering::Release);
-        if let Some(conn) = self.shared.current.lock().take() {
+        if let Some(conn) = self.shared.current.lock().take()
+            && !own_thread
+        {
             let _ = conn.shutdown(Shutdown::Both);
         }
         let _ = self.wake.shutdown(Shutdown::Both);
-        if let Some(thread) = self.thread.take() {
-            // The thread drops the store itself when a request held its last handle: it ends
-            // on its own once this returns.
-            if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
-                tracing::error!("the control channel's thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && !own_thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the control channel's thread panicked");
         }
         // Removed while the database is still held: no other server can own it yet.
         if self.identity.is_some()
