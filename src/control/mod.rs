@@ -27,7 +27,6 @@ mod socket;
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +48,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_REPLY: usize = 1024 * 1024;
 
 /// How long the client waits for a reply: the request may be a long prune.
+#[cfg(unix)]
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What an operator asks of the process that holds a database.
@@ -300,7 +300,7 @@ pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
         encode_request(request).map_err(|e| Error::invalid("control request", e.to_string()))?;
     let failed = |source: io::Error| Error::Control {
         path: db.to_path_buf(),
-        source: Arc::new(source),
+        source: std::sync::Arc::new(source),
     };
     let place = socket::Place::of(db).map_err(failed)?;
     let mut conn = match place.connect() {
@@ -328,6 +328,19 @@ pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
         (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(failed(e)),
     };
     decode_reply(&reply).map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Sends `request` to the process that holds the database at `db`: there is no control channel
+/// on this system.
+///
+/// # Errors
+/// Always [`Error::NoControlChannel`].
+#[cfg(not(unix))]
+pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
+    let _ = request;
+    Err(Error::NoControlChannel {
+        path: db.as_ref().to_path_buf(),
+    })
 }
 
 #[cfg(test)]
