@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs each fuzz target for a short time: QUERN_FUZZ_SECONDS each (default 20).
 #
-#   fuzz/run.sh [target...]        # default: decode open_damaged ops_model
+#   fuzz/run.sh [target...]        # default: decode open_damaged ops_model control_request
 #
 # Needs cargo-fuzz: installed with `cargo install cargo-fuzz --locked` when missing; when that
 # fails, says so and exits 0 (the corpora are still replayed on stable by
@@ -27,7 +27,7 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 if (($# > 0)); then
     targets=("$@")
 else
-    targets=(decode open_damaged ops_model)
+    targets=(decode open_damaged ops_model control_request)
 fi
 
 cargo_() {

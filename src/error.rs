@@ -161,6 +161,24 @@ pub enum Error {
         /// The queue the executor ran.
         queue: String,
     },
+    /// No process serves the control channel of the database: none holds it open for writing,
+    /// or the one that does was opened with
+    /// [`StoreBuilder::control_channel(false)`](crate::StoreBuilder::control_channel).
+    #[error("no process serves a control channel for quern database {}", path.display())]
+    NoControlChannel {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The control channel of the database failed: the socket could not be reached (no
+    /// permission, a path too long), or the reply did not come or did not decode.
+    #[error("control channel of quern database {} failed", path.display())]
+    Control {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// An executor was started outside a tokio runtime.
     #[error("{operation} must be called within a tokio runtime")]
     NoRuntime {

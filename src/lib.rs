@@ -53,6 +53,7 @@
 
 mod backoff;
 mod clock;
+pub mod control;
 mod error;
 mod executor;
 mod job;

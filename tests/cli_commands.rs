@@ -265,10 +265,13 @@ fn bad_input_is_one_line_naming_what_and_where_with_exit_code_2() {
     }
     fails_with(&["stats", s(&newer)], "format version 99");
 
-    let (path, _writer) = build(&dir);
+    let (path, writer) = build(&dir);
+    // A holder that serves no control channel: a write command cannot reach it.
+    drop(writer);
+    let _writer = Store::builder().control_channel(false).open(&path).unwrap();
     fails_with(
         &["cancel", s(&path), "4"],
-        "open for writing by another process",
+        "open for writing by another process, which serves no control channel",
     );
     fails_with(&["show", s(&path), "42"], "job 42 not found");
     fails_with(

@@ -59,6 +59,7 @@ use redb::{ReadTransaction, ReadableDatabase};
 
 pub use self::codec::decode;
 pub use self::controls::QueueControl;
+pub(crate) use self::create::resolve;
 pub(crate) use self::cycle::Cycle;
 pub use self::enqueue::{MAX_KEY, MAX_PAYLOAD, MAX_QUEUE_NAME};
 pub(crate) use self::enqueue::{validate, validate_queue};
@@ -95,8 +96,11 @@ pub struct Store {
 }
 
 struct Inner {
-    // Field order matters: the writer thread is joined before the core (and with it the
-    // database) is dropped.
+    // Field order matters: the control channel stops (and removes its socket) while the
+    // database is still held, and the writer thread is joined before the core (and with it
+    // the database) is dropped.
+    #[cfg(unix)]
+    control: std::sync::OnceLock<crate::control::Server>,
     writer: Option<Writer>,
     core: Arc<Core>,
 }
@@ -119,8 +123,48 @@ impl Store {
             Db::ReadOnly(_) | Db::Snapshot(_) => None,
         };
         Ok(Store {
-            inner: Arc::new(Inner { writer, core }),
+            inner: Arc::new(Inner {
+                #[cfg(unix)]
+                control: std::sync::OnceLock::new(),
+                writer,
+                core,
+            }),
         })
+    }
+
+    /// Serves the control channel of a store opened for writing (see
+    /// [`StoreBuilder::control_channel`]), or, with `serve` false, removes a socket a dead
+    /// process left. A channel that cannot be served is logged, and the store works without
+    /// it: the operator's commands then say that no channel serves the file.
+    fn control_channel(&self, serve: bool) {
+        #[cfg(unix)]
+        {
+            let path = self.path().to_path_buf();
+            if !serve {
+                if let Err(e) = crate::control::remove_stale(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a stale control socket");
+                }
+                return;
+            }
+            // A weak handle: the server keeps no store open, and stops when the store closes.
+            let weak = Arc::downgrade(&self.inner);
+            let handler = Box::new(move |request| match weak.upgrade() {
+                Some(inner) => crate::control::apply(&Store { inner }, request),
+                None => crate::control::Reply::Failed("the store is closing".to_owned()),
+            });
+            match crate::control::Server::start(&path, handler) {
+                Ok(server) => {
+                    let _ = self.inner.control.set(server);
+                }
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "no control channel: operators' commands cannot reach this store while it runs"
+                ),
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = serve;
     }
 }
 

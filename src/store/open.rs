@@ -40,6 +40,7 @@ pub struct StoreBuilder {
     exclusive: bool,
     verify_on_open: bool,
     cache_size: usize,
+    control_channel: bool,
 }
 
 impl Default for StoreBuilder {
@@ -53,6 +54,7 @@ impl Default for StoreBuilder {
             exclusive: false,
             verify_on_open: true,
             cache_size: DEFAULT_CACHE_SIZE,
+            control_channel: true,
         }
     }
 }
@@ -110,6 +112,21 @@ impl StoreBuilder {
     /// Default: 64 MiB.
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_size = bytes;
+        self
+    }
+
+    /// Whether a store opened for writing serves its control channel: a Unix socket beside the
+    /// database, `<file>.control` ([`control::socket_path`](crate::control::socket_path)),
+    /// through which the `quern` utility retries, cancels, prunes, pauses, resumes and unparks
+    /// while this process holds the file (see [`crate::control`]). Only the owner of the
+    /// database file may send commands (checked on each connection by its peer credentials;
+    /// the socket is mode 0600). The server is one thread that holds no handle on the store:
+    /// it stops, and removes the socket, when the store closes. A socket left by a killed
+    /// process is replaced. When the socket cannot be made (a directory this process cannot
+    /// write), the store opens without it and logs a warning. Read-only opens never serve.
+    /// Unix only. Default: true.
+    pub fn control_channel(mut self, serve: bool) -> Self {
+        self.control_channel = serve;
         self
     }
 
@@ -189,6 +206,7 @@ impl StoreBuilder {
             });
         }
         let verified = self.verify_on_open;
+        let serve = self.control_channel;
         let mut cfg = self.config(store_id);
         cfg.verified = verified;
         upgrade::to_current(&db, &cfg, path, version).map_err(|e| e.in_file(path))?;
@@ -200,6 +218,7 @@ impl StoreBuilder {
                 source: StorageError::new(redb::StorageError::Io(e).into()),
             })?;
         tracing::info!(path = %path.display(), "opened quern store");
+        store.control_channel(serve);
         Ok(store)
     }
 

@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use quern::JobState;
 
 /// Inspect and operate a quern job database, also while a worker writes it.
+///
+/// retry, cancel, prune, pause, resume and unpark change the file directly when no process
+/// holds it, and otherwise ask the process that holds it, through its control channel (the
+/// socket `<db>.control`).
 #[derive(Debug, Parser)]
 #[command(name = "quern", version, about, long_about = None)]
 pub struct Args {
@@ -81,6 +85,31 @@ pub enum Command {
         /// An age such as 7d, 12h, 30m, 45s or 500ms.
         #[arg(long, value_parser = parse_duration)]
         older_than: Age,
+    },
+    /// Pause a queue: none of its jobs start until it is resumed; running jobs finish, enqueues
+    /// are accepted.
+    Pause {
+        /// The database file.
+        db: PathBuf,
+        /// The queue.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// The database file.
+        db: PathBuf,
+        /// The queue.
+        queue: String,
+    },
+    /// End the park of a queue, or of one of its concurrency keys, now.
+    Unpark {
+        /// The database file.
+        db: PathBuf,
+        /// The queue.
+        queue: String,
+        /// Only this concurrency key of the queue.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Verify the storage and quern's invariants: exit code 1 and a list when anything is wrong,
     /// 2 when a check could not run. When no worker holds the file, redb's integrity check opens

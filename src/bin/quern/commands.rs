@@ -1,8 +1,10 @@
 //! The commands of the `quern` utility: each opens the database and runs one command.
 //!
 //! Read commands open the database read-only, so they work while a worker writes it. Write
-//! commands (retry, cancel, prune) need the database to themselves. Errors print one line and
-//! exit with code 2; `check` exits with 1 when it finds problems.
+//! commands (retry, cancel, prune, pause, resume, unpark) open it for writing when no process
+//! holds it; when one does, they send their request through its control channel
+//! (`quern::control`) and print its reply. Errors print one line and exit with code 2; `check`
+//! exits with 1 when it finds problems.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Write};
@@ -10,6 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
+use quern::control::{self, Reply, Request};
 use quern::{Error, Filter, Job, JobId, JobState, Store};
 
 use crate::args::{Args, Command, Format};
@@ -165,16 +168,56 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
             change(out, &db, Change::Retry, selection)?
         }
         Command::Cancel { db, ids } => change(out, &db, Change::Cancel, Selection::Ids(ids))?,
-        Command::Prune { db, older_than } => {
-            let store = open_write(&db)?;
-            let n = store.prune(older_than.0)?;
-            writeln!(
+        Command::Prune { db, older_than } => match open_write(&db)? {
+            Some(store) => {
+                let n = store.prune(older_than.0)?;
+                writeln!(
+                    out,
+                    "pruned {n} finished job(s) older than {}",
+                    time::duration(older_than.0)
+                )?;
+                OK
+            }
+            None => remote(
                 out,
-                "pruned {n} finished job(s) older than {}",
-                time::duration(older_than.0)
-            )?;
-            OK
-        }
+                &db,
+                &Request::Prune {
+                    older_than: older_than.0,
+                },
+            )?,
+        },
+        Command::Pause { db, queue } => match open_write(&db)? {
+            Some(store) => {
+                store.pause(&queue)?;
+                writeln!(
+                    out,
+                    "paused queue {}: none of its jobs start until it is resumed",
+                    escape(&format!("{queue:?}"))
+                )?;
+                OK
+            }
+            None => remote(out, &db, &Request::Pause { queue })?,
+        },
+        Command::Resume { db, queue } => match open_write(&db)? {
+            Some(store) => {
+                store.resume(&queue)?;
+                writeln!(out, "resumed queue {}", escape(&format!("{queue:?}")))?;
+                OK
+            }
+            None => remote(out, &db, &Request::Resume { queue })?,
+        },
+        Command::Unpark { db, queue, key } => match open_write(&db)? {
+            Some(store) => {
+                store.unpark(&queue, key.as_deref())?;
+                let what = match &key {
+                    Some(key) => format!("unparked key {key:?} of queue {queue:?}"),
+                    None => format!("unparked queue {queue:?}"),
+                };
+                writeln!(out, "{}", escape(&what))?;
+                OK
+            }
+            None => remote(out, &db, &Request::Unpark { queue, key })?,
+        },
         Command::Check { db } => check(out, &db)?,
         Command::Upgrade { db } => upgrade(out, &db)?,
     })
@@ -219,6 +262,20 @@ impl Change {
         match self {
             Change::Retry => store.retry(id),
             Change::Cancel => store.cancel(id),
+        }
+    }
+
+    /// The request that asks the process holding the file for this change.
+    fn request(self, selection: &Selection) -> Request {
+        let ids = |ids: &[u64]| ids.iter().copied().map(JobId).collect();
+        match (self, selection) {
+            (Change::Retry, Selection::Queue(queue, _)) => Request::RetryFailed {
+                queue: queue.clone(),
+            },
+            (Change::Retry, Selection::Ids(jobs)) => Request::Retry { jobs: ids(jobs) },
+            (Change::Cancel, Selection::Ids(jobs)) => Request::Cancel { jobs: ids(jobs) },
+            // `cancel` takes ids only (args.rs): a queue selects none.
+            (Change::Cancel, Selection::Queue(..)) => Request::Cancel { jobs: Vec::new() },
         }
     }
 }
@@ -268,8 +325,12 @@ fn select(store: &Store, selection: Selection) -> Result<Vec<JobId>> {
 /// also in a file a crashed writer left unclosed (read as it left it). It runs again under the
 /// write lock, since a worker may have run between the two opens; that open repairs a file
 /// left unclosed, as any writer's open would.
+///
+/// When another process holds the file for writing, the request goes to it through its
+/// control channel, which checks every job again before it changes any.
 fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection) -> Result<i32> {
     existing(db)?;
+    let request = change.request(&selection);
     let (store, ids) = match Store::open_read_only(db) {
         Ok(reader) => {
             let ids = select(&reader, selection)?;
@@ -279,11 +340,13 @@ fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection)
                 return Ok(OK);
             }
             drop(reader);
-            let store = open_write(db)?;
+            let Some(store) = open_write(db)? else {
+                return remote(out, db, &request);
+            };
             refuse_unless_all_apply(&store, db, change, &ids)?;
             (store, ids)
         }
-        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        Err(Error::AlreadyOpen { .. }) => return remote(out, db, &request),
         Err(e) => return Err(old_format(db, e)),
     };
     for (n, &id) in ids.iter().enumerate() {
@@ -450,10 +513,30 @@ fn existing(db: &Path) -> Result<()> {
     }
 }
 
+/// Sends `request` to the process that holds `db`, through its control channel, and prints
+/// its reply: exit code 0 when done; a refusal or a failure is the command's error.
+fn remote(out: &mut impl Write, db: &Path, request: &Request) -> Result<i32> {
+    match control::send(db, request) {
+        Ok(Reply::Done(message)) => {
+            writeln!(out, "{}", escape(&message))?;
+            Ok(OK)
+        }
+        Ok(reply) => bail!("{}", reply.message()),
+        Err(Error::NoControlChannel { .. }) => bail!(
+            "{} is open for writing by another process, which serves no control channel (it \
+             was opened with the channel turned off, or cannot make its socket): stop it to \
+             change jobs or queues (stats, dump, show and check work while it runs)",
+            db.display()
+        ),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("asking the process that holds {}", db.display()))),
+    }
+}
+
 fn writer_busy(db: &Path) -> anyhow::Error {
     anyhow!(
-        "{} is open for writing by another process: stop it to retry, cancel or prune \
-         (stats, dump, show and check work while it runs)",
+        "{} is open for writing by another process: stop it to upgrade it (stats, dump, show \
+         and check work while it runs)",
         db.display()
     )
 }
@@ -464,8 +547,9 @@ fn open_read(db: &Path) -> Result<Store> {
 }
 
 /// Opens `db` for writing, never creating, initialising or upgrading it: those are a
-/// program's (or `quern upgrade`'s) to do.
-fn open_write(db: &Path) -> Result<Store> {
+/// program's (or `quern upgrade`'s) to do. `None` when another process holds it for writing:
+/// the command then goes through that process's control channel.
+fn open_write(db: &Path) -> Result<Option<Store>> {
     existing(db)?;
     // Read first: a writable open rewrites redb's header even when quern then refuses the
     // file, so what a write command refuses (an older format, a file that is no quern
@@ -485,12 +569,18 @@ fn open_write(db: &Path) -> Result<Store> {
             ));
         }
         Ok(reader) => drop(reader),
-        Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
+        Err(Error::AlreadyOpen { .. }) => return Ok(None),
         Err(e) => return Err(old_format(db, e)),
     }
-    match Store::builder().create(false).upgrade(false).open(db) {
-        Err(Error::AlreadyOpen { path }) => Err(writer_busy(&path)),
-        other => other.map_err(|e| old_format(db, e)),
+    // A command's store serves no control channel: it holds the file for a moment only.
+    match Store::builder()
+        .create(false)
+        .upgrade(false)
+        .control_channel(false)
+        .open(db)
+    {
+        Err(Error::AlreadyOpen { .. }) => Ok(None),
+        other => other.map(Some).map_err(|e| old_format(db, e)),
     }
 }
 
@@ -531,7 +621,11 @@ fn upgrade(out: &mut impl Write, db: &Path) -> Result<i32> {
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
         Err(e) => return Err(e.into()),
     };
-    let store = match Store::builder().create(false).open(db) {
+    let store = match Store::builder()
+        .create(false)
+        .control_channel(false)
+        .open(db)
+    {
         Err(Error::AlreadyOpen { path }) => return Err(writer_busy(&path)),
         other => other?,
     };
