@@ -393,6 +393,60 @@ impl ExecutorBuilder {
             workers,
         })
     }
+
+    /// As [`ExecutorBuilder::spawn`], with a handler of typed jobs (the `json` feature): each
+    /// job's payload is decoded from JSON into a `T` once, before the handler is called with
+    /// it. Enqueue them with [`NewJob::json`](crate::NewJob::json). A payload that does not
+    /// decode will never decode on a retry either: its job fails for good at its first attempt
+    /// ([`Outcome::Discard`]), with the decode error. The bytes stay at
+    /// [`JobContext::payload`].
+    ///
+    /// ```no_run
+    /// # async fn sync(store: quern::Store) -> quern::Result<()> {
+    /// use quern::{Executor, Idle, NewJob, Outcome};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Upload {
+    ///     path: String,
+    ///     version: u64,
+    /// }
+    ///
+    /// store.enqueue(NewJob::json("uploads", &Upload { path: "a.jpg".into(), version: 3 })?)?;
+    /// Executor::builder(store)
+    ///     .queue("uploads")
+    ///     .spawn_typed(|upload: Upload, _ctx| async move {
+    ///         println!("uploading {} v{}", upload.path, upload.version);
+    ///         Outcome::Success
+    ///     })?
+    ///     .run_until_idle(Idle::Now)
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`ExecutorBuilder::spawn`].
+    #[cfg(feature = "json")]
+    pub fn spawn_typed<T, F, Fut>(self, handler: F) -> Result<ExecutorHandle>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(T, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.spawn(move |ctx| {
+            let decoded = ctx.job().json::<T>();
+            let handler = handler.clone();
+            async move {
+                match decoded {
+                    Ok(value) => handler(value, ctx).await,
+                    Err(e) => Outcome::Discard(format!(
+                        "the payload does not decode as {}: {e}",
+                        std::any::type_name::<T>()
+                    )),
+                }
+            }
+        })
+    }
 }
 
 /// What the claimer and the workers share.
