@@ -232,8 +232,10 @@ pub(crate) fn recover(rec: &mut Record, now: u64, backoff: &Backoff, seed: u64) 
 pub(crate) const PROCESS_STOPPED: &str = "the process running it stopped";
 
 /// InProgress under a lease of an earlier open of the database, whose process is gone (a
-/// writable open proves that no other process holds the file) -> Pending, due `now`. The
-/// attempt stays counted (it was counted at claim); the error says the process stopped. A job
+/// writable open proves that no other process holds the file) -> Pending, due at once: its
+/// run_at stays the time it was due when claimed, so it takes its place in the queue again
+/// ahead of the jobs that came due after it. The attempt stays counted (it was counted at
+/// claim); the error says the process stopped. A job
 /// whose attempts are spent fails for good; one whose previous attempt ended this way too is
 /// failed with its normal backoff instead, so that a job that kills its process does not
 /// crash-loop it.
@@ -245,7 +247,6 @@ pub(crate) fn abandon(rec: &mut Record, now: u64, backoff: &Backoff, seed: u64) 
     }
     rec.last_error = Some(PROCESS_STOPPED.to_owned());
     rec.state = JobState::Pending;
-    rec.run_at = now;
     rec.leave_progress(now);
 }
 
@@ -508,10 +509,7 @@ mod tests {
     fn abandon_makes_the_job_due_now_keeping_its_attempt_then_backs_off_the_second_time() {
         let mut r = claimed(1);
         abandon(&mut r, 2_000, &fixed(), 0);
-        assert_eq!(
-            (r.phase(), r.attempts, r.run_at),
-            (Phase::Pending, 1, 2_000)
-        );
+        assert_eq!((r.phase(), r.attempts, r.run_at), (Phase::Pending, 1, 0));
         assert_eq!(r.last_error.as_deref(), Some(PROCESS_STOPPED));
         assert_eq!(r.lease_expires_at, None);
         // Its next attempt stops its process too: no crash loop, the normal backoff.

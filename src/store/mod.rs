@@ -462,7 +462,8 @@ impl Store {
     }
 
     /// In-progress jobs claimed by an earlier open of this database (whose process stopped:
-    /// crashed, killed, or exited without settling them) go back to pending, due now, so that
+    /// crashed, killed, or exited without settling them) go back to pending, due at once (in
+    /// their place in the queue, their run time as it was when they were claimed), so that
     /// a restart resumes them at once instead of waiting for their leases to expire. Returns
     /// how many.
     ///

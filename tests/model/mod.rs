@@ -1529,7 +1529,8 @@ fn fail_attempt(m: &mut MJob, now: u64, error: &str) {
 /// The error of a job whose process stopped while it ran.
 pub const PROCESS_STOPPED: &str = "the process running it stopped";
 
-/// A job claimed by a process that is gone: due now with its attempt counted, unless its last
+/// A job claimed by a process that is gone: due at once (its run_at as it was) with its
+/// attempt counted, unless its last
 /// attempt ended so too or its attempts are spent (a failed attempt then).
 fn abandon(m: &mut MJob, now: u64) {
     if m.last_error.as_deref() == Some(PROCESS_STOPPED) || m.attempts >= m.max_attempts {
@@ -1538,7 +1539,6 @@ fn abandon(m: &mut MJob, now: u64) {
     }
     m.last_error = Some(PROCESS_STOPPED.to_owned());
     m.state = JobState::Pending;
-    m.run_at = now;
     m.lease_expires_at = None;
     m.updated_at = now;
 }
