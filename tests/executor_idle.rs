@@ -139,3 +139,59 @@ async fn run_until_idle_runs_the_work_then_stops() {
         .unwrap();
     assert!(states(&env.store).iter().all(|s| *s == JobState::Succeeded));
 }
+
+/// The child of the test below: fills the disk until a commit fails (the store refuses writes
+/// from then on), then waits for its executor to be idle, and prints what the wait returned.
+fn idle_on_a_failing_store(db: &std::path::Path) {
+    let store = Store::open(db).expect("the file is created below the limit");
+    let mut batch = 0usize;
+    while store
+        .enqueue_batch((0..100).map(|i| NewJob::new("fill", vec![b'x'; 400 + i + batch % 7])))
+        .is_ok()
+    {
+        batch += 1;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let handle = Executor::builder(store.clone())
+            .queue("fill")
+            .poll_interval(Duration::from_millis(20))
+            .spawn(|_ctx| async { Outcome::Success })
+            .unwrap();
+        let got = tokio::time::timeout(WAIT, handle.idle(Idle::Now)).await;
+        drop(handle);
+        got
+    });
+    match got {
+        Ok(Err(e)) => println!("\nidle error: {e}"),
+        Ok(Ok(())) => println!("\nidle ok"),
+        Err(_) => println!("\nidle timed out"),
+    }
+}
+
+#[test]
+fn idle_gives_the_error_when_claim_cycles_keep_failing_instead_of_waiting_for_ever() {
+    if let Ok(db) = std::env::var("QUERN_IDLE_FAILING_CHILD") {
+        idle_on_a_failing_store(std::path::Path::new(&db));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("full.redb");
+    let test = "idle_gives_the_error_when_claim_cycles_keep_failing_instead_of_waiting_for_ever";
+    // A file size limit (SIGXFSZ ignored, so writes past it fail as on a full disk).
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("QUERN_IDLE_FAILING_CHILD", &db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\nidle error: "), "{stdout}");
+}

@@ -43,16 +43,15 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
         {
             last_retention = Some(Instant::now());
             let store = store.clone();
-            pruning =
-                Some(shared.settles.spawn_blocking(
-                    move || match store.apply_retention(&retention) {
-                        Ok(n) if n > 0 => {
-                            tracing::debug!(jobs = n, "retention pruned finished jobs")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "retention failed"),
-                    },
-                ));
+            pruning = Some(shared.housekeeping.spawn_blocking(move || {
+                match store.apply_retention(&retention) {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(jobs = n, "retention pruned finished jobs")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention failed"),
+                }
+            }));
         }
         // Read before the target, so that a settle committed meanwhile wakes the next sleep.
         let seen = store.generation();
@@ -82,11 +81,18 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
                 errors = 0;
                 abandoned = false;
                 let claimed = cycle.claimed.len();
+                // Quiet before it, and still after it: a hand-off at the commit of an enqueue
+                // may have put a job in the channel meanwhile.
+                let quiet = quiet
+                    && claimed == 0
+                    && cycle.indexing.is_none()
+                    && shared.dispatch.is_empty()
+                    && shared.settles.is_empty();
                 shared.quiet.publish(Verdict {
                     cycle: number,
-                    quiet: quiet && claimed == 0 && cycle.indexing.is_none(),
+                    quiet,
                     next_work: cycle.next_work,
-                    stopped: false,
+                    ..Verdict::default()
                 });
                 Counters::add(&shared.counters.claimed, claimed as u64);
                 // It claimed no more than the room it reserved, and holds that room until its
@@ -109,6 +115,9 @@ pub(crate) async fn run(shared: Arc<Shared>, taker: TakerId) {
             Err(e) => {
                 shared.dispatch.release(held.load(Ordering::SeqCst));
                 errors = errors.saturating_add(1);
+                if errors >= 3 {
+                    shared.quiet.failing(number, e.clone());
+                }
                 if errors == 1 {
                     tracing::warn!(queue = %shared.queue, error = %e, "claim failed; retrying");
                 } else {

@@ -40,6 +40,8 @@ pub(crate) struct Verdict {
     pub next_work: Option<Timestamp>,
     /// The claimer has stopped: no verdict follows.
     pub stopped: bool,
+    /// The cycle failed, as the cycles before it: [`Quiet::failure`] says why.
+    pub failing: bool,
 }
 
 /// What the claimer and the waiters for idleness share.
@@ -51,6 +53,8 @@ pub(crate) struct Quiet {
     /// then runs the cycle that finds the queue quiet. Nobody pays for this otherwise.
     wanted: AtomicBool,
     settled: Notify,
+    /// The error of the last failed cycle, while cycles keep failing.
+    failure: parking_lot::Mutex<Option<Error>>,
 }
 
 impl Quiet {
@@ -60,6 +64,7 @@ impl Quiet {
             verdict: watch::Sender::new(Verdict::default()),
             wanted: AtomicBool::new(false),
             settled: Notify::new(),
+            failure: parking_lot::Mutex::new(None),
         }
     }
 
@@ -71,6 +76,17 @@ impl Quiet {
     /// Tells the waiters what cycle `verdict.cycle` found.
     pub(crate) fn publish(&self, verdict: Verdict) {
         self.verdict.send_replace(verdict);
+    }
+
+    /// Cycle `cycle` failed with `error`, as the cycles before it: a waiter gets the error
+    /// rather than wait for a verdict that may never come.
+    pub(crate) fn failing(&self, cycle: u64, error: Error) {
+        *self.failure.lock() = Some(error);
+        self.verdict.send_replace(Verdict {
+            cycle,
+            failing: true,
+            ..Verdict::default()
+        });
     }
 
     /// The claimer stops: wakes every waiter with an error.
@@ -106,6 +122,12 @@ impl Quiet {
             let v = *verdicts.borrow_and_update();
             if v.stopped {
                 return Err(Error::Closed);
+            }
+            if v.cycle > after
+                && v.failing
+                && let Some(e) = self.failure.lock().clone()
+            {
+                return Err(e);
             }
             if v.cycle > after && v.quiet {
                 let done = match until {

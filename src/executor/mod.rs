@@ -373,6 +373,7 @@ impl ExecutorBuilder {
             counters: Counters::default(),
             failures: FailureLog::default(),
             settles: TaskTracker::new(),
+            housekeeping: TaskTracker::new(),
             quiet: Arc::new(Quiet::new()),
         });
         tracing::info!(
@@ -472,6 +473,8 @@ pub(crate) struct Shared {
     pub failures: FailureLog,
     /// Settles handed to the store and not yet committed: shutdown waits for them.
     pub settles: TaskTracker,
+    /// Retention passes under way, beside the claim cycles: shutdown waits for them.
+    pub housekeeping: TaskTracker,
     /// Whether the queue has work left, for [`ExecutorHandle::idle`]. Apart from the rest, so
     /// that a settle's callback can wake the claimer after it let go of the executor.
     pub quiet: Arc<Quiet>,
@@ -558,7 +561,9 @@ impl ExecutorHandle {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`] when the executor stopped before its queue was idle.
+    /// [`Error::Closed`] when the executor stopped before its queue was idle; the error of
+    /// its claim cycles when they keep failing (three in a row: a full disk, say), rather
+    /// than wait for ever.
     pub async fn idle(&self, until: Idle) -> Result<()> {
         let store = &self.shared.store;
         self.shared
@@ -625,7 +630,9 @@ impl ExecutorHandle {
             result = Err(self.task_failed(&e));
         }
         self.shared.settles.close();
+        self.shared.housekeeping.close();
         self.shared.settles.wait().await;
+        self.shared.housekeeping.wait().await;
         tracing::info!(queue = %self.shared.queue, "executor stopped");
         result
     }

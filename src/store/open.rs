@@ -249,10 +249,11 @@ impl StoreBuilder {
         let header = |tx: &ReadTransaction| read_header(tx, path);
         let (db, (store_id, version), verified) = match opened {
             Ok(db) => {
+                // Before any read trusts a page: the header's table may be what is damaged.
+                let verified = self.verify_on_open && verify(path, self.cache_size)?;
                 let found = guarded_read(path, || {
                     header(&db.begin_read().map_err(|e| open_error(path, e))?)
                 })?;
-                let verified = self.verify_on_open && verify(path, self.cache_size)?;
                 (Db::ReadOnly(db), found, verified)
             }
             // The file's writer stopped without closing it, and none is live: redb reads it

@@ -38,6 +38,15 @@
 //! the length or first block differ is refused with [`Error::Changed`], whatever it read: torn
 //! reads are never shown as data. The reads after it are refused too; the file is then a live
 //! writer's, and a new read-only open reads it beside that writer.
+//!
+//! What the check cannot do: a read runs before it is checked, and redb verifies no checksum
+//! on an ordinary read. A read that meets a page a writer reused (after its open and two more
+//! commits, so a long read, such as a `dump` of a large file while a busy worker starts) may
+//! parse it as anything: a redb panic is caught and reported, but a length that asks for
+//! gigabytes is an allocation failure, which aborts the process. Only the reading process:
+//! the file and the writer are not touched. Holding a lock that keeps writers out would close
+//! this, at the cost of a worker's start failing while an operator reads; the snapshot is
+//! for reading a crashed worker's file before it is restarted, and the window is small.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -112,9 +112,8 @@ pub enum Command {
         key: Option<String>,
     },
     /// Verify the storage and quern's invariants: exit code 1 and a list when anything is wrong,
-    /// 2 when a check could not run. When no worker holds the file, redb's integrity check opens
-    /// it for writing and commits its rebuilt allocator state (no job changes); a worker
-    /// starting meanwhile is refused.
+    /// 2 when a check could not run. redb's integrity check runs in memory: the file is never
+    /// written, and a worker may start meanwhile.
     Check {
         /// The database file.
         db: PathBuf,
