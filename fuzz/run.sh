@@ -51,6 +51,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 echo "== building ${targets[*]} (sanitizer: $sanitizer)"
+# open_damaged also runs the utility's read commands on each damaged file (see
+# common/damage.rs): a release build of the `quern` binary.
+if [[ " ${targets[*]} " == *" open_damaged "* ]]; then
+    (cd .. && cargo_ build --release --bin quern)
+    export QUERN_FUZZ_QUERN=$PWD/../target/release/quern
+fi
 for t in "${targets[@]}"; do
     if [[ $sanitizer == none ]]; then
         cargo_ fuzz build --sanitizer none "$t"

@@ -194,6 +194,7 @@ pub fn exercise(path: &Path) -> Outcome {
     let mut out = Outcome::default();
     let clock = ManualClock::new(NOW);
     let builder = || Store::builder().clock(Arc::new(clock.clone()));
+    utility_reads(path);
 
     match open(&mut out, || builder().open_read_only(path)) {
         Ok(store) => check_then_read(&store, &mut out),
@@ -215,6 +216,41 @@ pub fn exercise(path: &Path) -> Outcome {
         Err(e) => out.reopened = Some(e),
     }
     out
+}
+
+/// The utility's read commands on the damaged file, before anything opens it for writing,
+/// when `QUERN_FUZZ_QUERN` names a `quern` binary (`fuzz/run.sh` builds one): each ends with
+/// exit code 0, 1 or 2 (never a panic's 101, never a signal such as an abort on a failed
+/// allocation), and leaves every byte of the file as it was.
+fn utility_reads(path: &Path) {
+    let Some(quern) = std::env::var_os("QUERN_FUZZ_QUERN") else {
+        return;
+    };
+    let before = std::fs::read(path).expect("read the damaged file");
+    let file = path.to_str().expect("a temporary path is UTF-8");
+    for args in [
+        &["stats", file, "--format", "json"][..],
+        &["dump", file, "--format", "jsonl"],
+        &["show", file, "3"],
+        &["check", file],
+    ] {
+        let out = std::process::Command::new(&quern)
+            .args(args)
+            .output()
+            .expect("run quern");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0..=2)) && !stderr.contains("panicked"),
+            "quern {} ended with {}: {stderr}",
+            args.join(" "),
+            out.status
+        );
+        assert!(
+            std::fs::read(path).expect("read the damaged file") == before,
+            "quern {} changed the file",
+            args.join(" ")
+        );
+    }
 }
 
 /// Runs an open, telling a panic that quern caught (and turned into an error) from one it
