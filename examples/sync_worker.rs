@@ -128,7 +128,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
+        _ = quern::wait_for_signal() => {
             println!("interrupted: shutting down gracefully");
             stop_editor.abort();
             progress.abort();

@@ -179,6 +179,14 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The process could not listen for the signals that stop it (see
+    /// [`wait_for_signal`](crate::wait_for_signal)).
+    #[error("could not listen for SIGINT and SIGTERM")]
+    Signal {
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// An executor was started outside a tokio runtime.
     #[error("{operation} must be called within a tokio runtime")]
     NoRuntime {

@@ -66,7 +66,10 @@ mod types;
 pub use backoff::{Backoff, Jitter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
-pub use executor::{Executor, ExecutorBuilder, ExecutorHandle, Idle, JobContext, Metrics, Outcome};
+pub use executor::{
+    Executor, ExecutorBuilder, ExecutorHandle, Idle, JobContext, Metrics, Outcome, Signal,
+    wait_for_signal,
+};
 pub use job::{Claimed, DEFAULT_MAX_ATTEMPTS, Enqueued, Job, Lease, NewJob};
 pub use limits::RateLimit;
 pub use periodic::Periodic;

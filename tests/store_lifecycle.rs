@@ -372,3 +372,88 @@ fn a_half_created_file_made_ready_by_hand_keeps_its_permissions() {
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 }
+
+/// The child of the signal test: runs jobs that never end, and says "ready" once two run and
+/// it listens for signals; stops on a signal with a short grace, then closes the store.
+fn signal_child(db: &Path) {
+    use std::future::Future;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(db).unwrap();
+    let running = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let r = running.clone();
+    let got = rt.block_on(async {
+        let handle = Executor::builder(store.clone())
+            .queue("q")
+            .concurrency(2)
+            .spawn(move |_ctx| {
+                r.add_permits(1);
+                std::future::pending()
+            })
+            .unwrap();
+        let mut run = std::pin::pin!(handle.run_until_signal(Duration::from_millis(200)));
+        // Polled once, it listens: a signal from now on is seen.
+        std::future::poll_fn(|cx| {
+            assert!(run.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        running.acquire_many(2).await.unwrap().forget();
+        println!("\nready");
+        run.await
+    });
+    println!("\nstopped on {got:?}");
+    store.close();
+    std::process::exit(0);
+}
+
+#[test]
+fn sigterm_shuts_the_executor_down_gracefully_and_the_store_closes_cleanly() {
+    use std::io::BufRead;
+    if let Some((role, db)) = child_role() {
+        if role == "signal" {
+            signal_child(&db);
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.redb");
+    Store::open(&db)
+        .unwrap()
+        .enqueue_batch((0..10).map(|i| NewJob::new("q", format!("{i}"))))
+        .unwrap();
+    let test = "sigterm_shuts_the_executor_down_gracefully_and_the_store_closes_cleanly";
+    let mut child = child(test, "signal", &db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Its event: two jobs running.
+    assert!(
+        lines.any(|l| l.unwrap() == "ready"),
+        "the child never ran its jobs"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|l| l == "stopped on Ok(Terminate)"),
+        "{rest:?}"
+    );
+    let store = Store::open_read_only(&db).unwrap();
+    assert!(store.closed_cleanly(), "the file was closed");
+    let q = store.stats().unwrap().queue("q").cloned().unwrap();
+    assert_eq!(
+        (q.in_progress, q.pending),
+        (0, 10),
+        "the running jobs were given back"
+    );
+    let jobs = store.list(&quern::Filter::default()).unwrap();
+    assert!(jobs.iter().all(|j| j.attempts == 0), "with their attempts");
+}

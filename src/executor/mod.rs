@@ -22,6 +22,7 @@ mod failure_log;
 mod handoff;
 mod idle;
 mod metrics;
+mod signal;
 mod worker;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use idle::Idle;
 pub use metrics::Metrics;
+pub use signal::{Signal, wait_for_signal};
 
 use self::dispatch::Dispatch;
 use self::failure_log::FailureLog;
