@@ -568,3 +568,43 @@ fn a_control_socket_served_by_another_user_than_the_files_owner_is_not_sent_to()
     );
     assert_eq!(state(&store, id), JobState::Failed);
 }
+
+/// A store opened with a relative path, in a process that then changes directory: its channel
+/// still checks the right file's owner, and its socket is removed at close. Run in a child (this
+/// test binary again), since the working directory is the whole process's.
+#[test]
+fn a_store_opened_by_a_relative_path_keeps_its_channel_after_a_change_of_directory() {
+    const CHILD: &str = "QUERN_TEST_RELATIVE_CHILD_DIR";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let dir = PathBuf::from(dir);
+        std::env::set_current_dir(&dir).unwrap();
+        let store = Store::open("q.redb").unwrap();
+        std::env::set_current_dir("/").unwrap();
+        let path = dir.join("q.redb");
+        let reply = control::send(&path, &Request::Pause { queue: "q".into() }).unwrap();
+        assert!(matches!(reply, Reply::Done(_)), "{reply:?}");
+        assert!(store.controls().unwrap().iter().any(|c| c.paused));
+        drop(store);
+        assert!(
+            !dir.join("q.redb.control").exists(),
+            "the socket is removed at close"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_store_opened_by_a_relative_path_keeps_its_channel_after_a_change_of_directory",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .output()
+        .unwrap();
+    let report = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("1 passed"),
+        "the child ran the test: {report}"
+    );
+}
