@@ -400,14 +400,21 @@ fn a_caller_who_does_not_own_the_file_is_refused_and_nothing_changes() {
     let id = failed(&store, "sync");
     // The file now belongs to another user: this process (root) is no longer its owner.
     std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let request = Request::Retry { jobs: vec![id] };
+    let reply = raw_request(&path, &framed(&control::encode_request(&request).unwrap()));
+    assert_eq!(
+        reply,
+        Reply::Refused(format!(
+            "refused: only the owner of {} (uid 65534) may control it",
+            path.display()
+        ))
+    );
+    // The utility does not even send: the server (root) is not the file's owner either.
     let out = quern(&["retry", s(&path), &id.to_string()]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!(
-            "refused: only the owner of {} (uid 65534) may control it",
-            path.display()
-        )),
+        err.contains("is served by uid 0, not the owner of"),
         "{err}"
     );
     assert_eq!(state(&store, id), JobState::Failed);
@@ -491,4 +498,113 @@ async fn a_job_retried_through_the_channel_runs_again_in_the_running_executor() 
     assert_eq!(next_run(&mut runs).await, (id, 1));
     handle.shutdown(Duration::from_secs(20)).await.unwrap();
     assert_eq!(state(&store, id), JobState::Succeeded);
+}
+
+/// Another user binds the control socket's path while no worker serves it (in a shared
+/// directory such as /tmp): the utility sends it nothing, and does not print its answer.
+#[test]
+fn a_control_socket_served_by_another_user_than_the_files_owner_is_not_sent_to() {
+    if !is_root() {
+        eprintln!("skipped: changing owners needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.redb");
+    // Held for writing with no channel, so that the utility turns to the socket; the file is
+    // another user's (65534), and the impostor (this process, root) binds its socket path.
+    let store = Store::builder().control_channel(false).open(&path).unwrap();
+    let id = failed(&store, "sync");
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let socket = control::socket_path(&path).unwrap();
+    let impostor = UnixListener::bind(&socket).unwrap();
+    impostor.set_nonblocking(true).unwrap();
+
+    // The socket file is not the owner's: checked before connecting.
+    let out = quern(&["retry", s(&path), &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{} is served by uid 0, not the owner of {} (uid 65534): not sending",
+            socket.display(),
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("Done"), "{}", stdout(&out));
+    assert_eq!(
+        impostor.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the utility did not connect"
+    );
+
+    // The socket file made the owner's: the server's credentials still say uid 0.
+    std::os::unix::fs::chown(&socket, Some(65534), Some(65534)).unwrap();
+    impostor.set_nonblocking(false).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = impostor.accept().unwrap();
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).unwrap();
+        // Whatever it was sent, the impostor says it is done.
+        let reply = control::encode_reply(&Reply::Done("retried (fake)".into()));
+        let _ = conn.write_all(&framed(&reply));
+        received
+    });
+    let out = quern(&["retry", s(&path), &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{} is served by uid 0, not the owner of {} (uid 65534): not sending",
+            socket.display(),
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("fake"), "{}", stdout(&out));
+    assert!(
+        server.join().unwrap().is_empty(),
+        "the impostor received nothing"
+    );
+    assert_eq!(state(&store, id), JobState::Failed);
+}
+
+/// A store opened with a relative path, in a process that then changes directory: its channel
+/// still checks the right file's owner, and its socket is removed at close. Run in a child (this
+/// test binary again), since the working directory is the whole process's.
+#[test]
+fn a_store_opened_by_a_relative_path_keeps_its_channel_after_a_change_of_directory() {
+    const CHILD: &str = "QUERN_TEST_RELATIVE_CHILD_DIR";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let dir = PathBuf::from(dir);
+        std::env::set_current_dir(&dir).unwrap();
+        let store = Store::open("q.redb").unwrap();
+        std::env::set_current_dir("/").unwrap();
+        let path = dir.join("q.redb");
+        let reply = control::send(&path, &Request::Pause { queue: "q".into() }).unwrap();
+        assert!(matches!(reply, Reply::Done(_)), "{reply:?}");
+        assert!(store.controls().unwrap().iter().any(|c| c.paused));
+        drop(store);
+        assert!(
+            !dir.join("q.redb.control").exists(),
+            "the socket is removed at close"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_store_opened_by_a_relative_path_keeps_its_channel_after_a_change_of_directory",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .output()
+        .unwrap();
+    let report = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("1 passed"),
+        "the child ran the test: {report}"
+    );
 }

@@ -23,10 +23,16 @@ pub(crate) fn apply(store: &Store, request: Request) -> Reply {
     match request {
         Request::Retry { jobs } => change(store, &db, Change::Retry, Ok(once_each(jobs))),
         Request::RetryFailed { queue } => {
-            let jobs = store
-                .list(&Filter::default().queue(queue).state(JobState::Failed))
-                .map(|jobs| jobs.into_iter().map(|j| j.id).collect());
-            change(store, &db, Change::Retry, jobs)
+            // Only the ids are kept: a queue's failed jobs may be many, and large.
+            let mut ids = Vec::new();
+            let listed = store.for_each(
+                &Filter::default().queue(queue).state(JobState::Failed),
+                |job| {
+                    ids.push(job.id);
+                    true
+                },
+            );
+            change(store, &db, Change::Retry, listed.map(|()| ids))
         }
         Request::Cancel { jobs } => change(store, &db, Change::Cancel, Ok(once_each(jobs))),
         Request::Prune { older_than } => done(store.prune(older_than).map(|n| {
@@ -126,10 +132,11 @@ fn state_of(job: &Job) -> &'static str {
     }
 }
 
-/// Retries or cancels every job of `ids`, or none: each is read and checked first, and one the
-/// change does not apply to refuses the whole request, naming every such job. A job the worker
-/// changes between the check and the change (a retry scheduled that comes due) stops the
-/// change there, and the reply says which jobs were changed and which were left.
+/// Retries or cancels the jobs of `ids`: each is read and checked first, and one the change
+/// does not apply to refuses the whole request, naming every such job. Then each is changed in
+/// a commit of its own, not all in one: a job the worker changes between the check and its
+/// change (a retry scheduled that comes due) stops the change there, and the reply says which
+/// jobs were changed and which were left.
 fn change(store: &Store, db: &str, change: Change, ids: crate::Result<Vec<JobId>>) -> Reply {
     let ids = match ids {
         Ok(ids) => ids,

@@ -57,19 +57,27 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Request {
-    /// Retry these failed jobs (see [`Store::retry`](crate::Store::retry)): all of them, or
-    /// none when one is unknown or not failed.
+    /// Retry these failed jobs (see [`Store::retry`](crate::Store::retry)). Every job is
+    /// checked first, and none is retried when one is unknown or not failed (or its unique key
+    /// is held); then each is retried in a commit of its own. This is not one transaction: a
+    /// job the worker changes between the check and its retry (a scheduled retry coming due)
+    /// stops the request there, with the jobs before it retried and those after it left, and
+    /// the reply ([`Reply::Failed`]) names both.
     Retry {
         /// The jobs.
         jobs: Vec<JobId>,
     },
-    /// Retry every failed job of a queue.
+    /// Retry every failed job of a queue: as [`Request::Retry`] with the ids of the jobs of
+    /// the queue that are failed when the request is applied.
     RetryFailed {
         /// The queue.
         queue: String,
     },
-    /// Cancel these jobs (see [`Store::cancel`](crate::Store::cancel)): all of them, or none
-    /// when one is unknown or finished.
+    /// Cancel these jobs (see [`Store::cancel`](crate::Store::cancel)). Every job is checked
+    /// first, and none is cancelled when one is unknown or finished; then each is cancelled in
+    /// a commit of its own. This is not one transaction: a job that finishes between the check
+    /// and its cancel stops the request there, with the jobs before it cancelled and those
+    /// after it left, and the reply ([`Reply::Failed`]) names both.
     Cancel {
         /// The jobs.
         jobs: Vec<JobId>,
@@ -288,11 +296,17 @@ pub fn socket_path(db: impl AsRef<Path>) -> io::Result<PathBuf> {
 /// returns its reply. Blocks until the reply comes (a long prune takes its time), at most
 /// 5 minutes.
 ///
+/// The server must be the owner of the database file: the socket file's owner is checked
+/// before connecting, and the connected peer's credentials after, and the request is not sent
+/// to anyone else (another user may have bound the socket's path while no worker runs).
+///
 /// # Errors
 /// [`Error::NoControlChannel`] when no process serves the database's control channel (none
 /// holds it, or its holder turned the channel off); [`Error::InvalidInput`] for a request over
-/// [`MAX_REQUEST`]; [`Error::Control`] when the channel failed (no permission to connect, the
-/// server went away, a reply that does not decode).
+/// [`MAX_REQUEST`]; [`Error::Control`] when the channel failed (no permission to connect, a
+/// server that is not the file's owner, the server went away, a reply that does not decode,
+/// or none within the 5 minutes: the request may then still be applied, if the worker reaches
+/// it before it sees that this caller gave up).
 #[cfg(unix)]
 pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
     let db = db.as_ref();
@@ -302,7 +316,20 @@ pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
         path: db.to_path_buf(),
         source: std::sync::Arc::new(source),
     };
+    let no_channel = || Error::NoControlChannel {
+        path: db.to_path_buf(),
+    };
     let place = socket::Place::of(db).map_err(failed)?;
+    let owner = place.owner().map_err(failed)?;
+    let check = |server: u32| match foreign_server(server, owner, &place.shown, db) {
+        Some(why) => Err(failed(io::Error::new(io::ErrorKind::PermissionDenied, why))),
+        None => Ok(()),
+    };
+    match place.socket_owner() {
+        Ok(server) => check(server)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_channel()),
+        Err(e) => return Err(failed(e)),
+    }
     let mut conn = match place.connect() {
         Ok(conn) => conn,
         Err(e)
@@ -311,12 +338,12 @@ pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Err(Error::NoControlChannel {
-                path: db.to_path_buf(),
-            });
+            return Err(no_channel());
         }
         Err(e) => return Err(failed(e)),
     };
+    // The socket's owner may not be who listens on it: the kernel says who does.
+    check(socket::peer_uid(&conn).map_err(failed)?)?;
     conn.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(failed)?;
     conn.set_write_timeout(Some(REPLY_TIMEOUT))
         .map_err(failed)?;
@@ -325,9 +352,38 @@ pub fn send(db: impl AsRef<Path>, request: &Request) -> Result<Reply> {
     let sent = write_frame(&mut conn, &body);
     let reply = match (read_frame(&mut conn, MAX_REPLY), sent) {
         (Ok(reply), _) => reply,
+        (Err(e), _) | (_, Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no reply within {} s (the process may be busy with a long request); this \
+                     request may still be applied if the process reaches it before it sees \
+                     that this command gave up: check before sending it again",
+                    REPLY_TIMEOUT.as_secs()
+                ),
+            )));
+        }
         (Err(_), Err(e)) | (Err(e), Ok(())) => return Err(failed(e)),
     };
     decode_reply(&reply).map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Why the client does not send to a control socket served (or owned) by uid `server` when
+/// the database file `db` is owned by uid `owner`; `None` when they are the same.
+#[cfg(unix)]
+fn foreign_server(server: u32, owner: u32, socket: &Path, db: &Path) -> Option<String> {
+    (server != owner).then(|| {
+        format!(
+            "{} is served by uid {server}, not the owner of {} (uid {owner}): not sending",
+            socket.display(),
+            db.display()
+        )
+    })
 }
 
 /// Sends `request` to the process that holds the database at `db`: there is no control channel
@@ -417,5 +473,28 @@ mod tests {
         let e = read_frame(&mut input, 1024).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert_eq!(input, [1, 2, 3], "the body was not read");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_server_of_another_uid_than_the_files_owner_is_not_sent_to() {
+        let socket = Path::new("/tmp/jobs.redb.control");
+        let db = Path::new("/tmp/jobs.redb");
+        assert_eq!(
+            foreign_server(65534, 1000, socket, db).as_deref(),
+            Some(
+                "/tmp/jobs.redb.control is served by uid 65534, not the owner of /tmp/jobs.redb \
+                 (uid 1000): not sending"
+            )
+        );
+        assert_eq!(
+            foreign_server(0, 1000, socket, db).as_deref(),
+            Some(
+                "/tmp/jobs.redb.control is served by uid 0, not the owner of /tmp/jobs.redb \
+                 (uid 1000): not sending"
+            ),
+            "root is not the owner either"
+        );
+        assert_eq!(foreign_server(1000, 1000, socket, db), None);
     }
 }

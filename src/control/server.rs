@@ -22,6 +22,10 @@ use super::{MAX_REQUEST, Reply, Request, decode_request, encode_reply, read_fram
 /// connects and stays silent holds the channel no longer.
 const CALLER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server waits after an accept failed (out of descriptors: `EMFILE`) before it
+/// polls again, rather than spin on a caller it cannot take. A stop still ends the wait.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// What applies a request: the store, reached through a weak handle.
 pub(crate) type Handler = Box<dyn Fn(Request) -> Reply + Send>;
 
@@ -167,7 +171,16 @@ fn serve(
             Ok((conn, _)) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "control channel: accepting a caller failed");
-                continue;
+                // The caller stays in the backlog, so the listener polls readable at once:
+                // wait, or until stopped.
+                match socket::wait_readable_for(woken.as_raw_fd(), ACCEPT_BACKOFF) {
+                    Ok(false) => continue,
+                    Ok(true) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "control channel stopped: waiting failed");
+                        return;
+                    }
+                }
             }
         };
         {
@@ -182,10 +195,27 @@ fn serve(
     }
 }
 
-/// Serves one caller: one request, one reply.
+/// Serves one caller: one request, one reply. A request whose caller hung up before it is
+/// applied (it gave up waiting behind a long one, and told its user the request failed) is
+/// dropped, not applied.
 fn serve_one(mut conn: UnixStream, place: &Place, handler: &Handler) {
     let reply = match receive(&mut conn, place) {
         Ok(request) => {
+            match socket::hung_up(conn.as_raw_fd()) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::info!(?request, "control request dropped: its caller hung up");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        ?request,
+                        error = %e,
+                        "control request dropped: its connection could not be checked"
+                    );
+                    return;
+                }
+            }
             tracing::info!(?request, "control request");
             // A panic is the store's bug, not the caller's: it is answered, and the channel
             // goes on.
@@ -275,5 +305,59 @@ mod tests {
             "root is not the owner either"
         );
         assert_eq!(refusal(1000, 1000, socket), None);
+    }
+
+    /// A place for a database file this process owns, and a handler that counts the requests
+    /// it applies.
+    fn place_and_counter() -> (
+        tempfile::TempDir,
+        Place,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Handler,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.redb");
+        std::fs::write(&db, b"").unwrap();
+        let place = Place::of(&db).unwrap();
+        let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = applied.clone();
+        let handler: Handler = Box::new(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Reply::Done("paused".into())
+        });
+        (dir, place, applied, handler)
+    }
+
+    fn pause_request() -> Vec<u8> {
+        let body = super::super::encode_request(&Request::Pause { queue: "q".into() }).unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn a_request_whose_caller_hung_up_before_it_was_served_is_not_applied() {
+        let (_dir, place, applied, handler) = place_and_counter();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut client, &pause_request()).unwrap();
+        // The caller gave up (its timeout) while the request waited its turn.
+        drop(client);
+        serve_one(server, &place, &handler);
+        assert_eq!(applied.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_caller_that_shut_down_only_its_writing_is_served_and_answered() {
+        let (_dir, place, applied, handler) = place_and_counter();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut client, &pause_request()).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        serve_one(server, &place, &handler);
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        let reply = read_frame(&mut client, super::super::MAX_REPLY).unwrap();
+        assert_eq!(
+            super::super::decode_reply(&reply).unwrap(),
+            Reply::Done("paused".into())
+        );
     }
 }
