@@ -126,6 +126,23 @@ fn main() {
         row(&settled, format!("{per_sec:.0} jobs/s"));
     }
 
+    // Several queues: one executor each (the pattern today), against one executor on one
+    // queue with as many workers, the same jobs in all: rate, CPU per job, and commits (the
+    // writer's group commits: settles and claim cycles) per 1,000 jobs.
+    for (queues, each) in [(1, 20), (5, 4)] {
+        let name = format!("busy queues: {queues} executor(s) at c{each}, one queue each");
+        if want(&name) {
+            let d = drain_queues(&rt, jobs, queues, each);
+            row(
+                &name,
+                format!(
+                    "{:.0} jobs/s, {:.1} µs CPU per job, {:.0} commits per 1,000 jobs",
+                    d.0, d.1, d.2
+                ),
+            );
+        }
+    }
+
     const IDLE: &str = "enqueue-to-start on an idle executor";
     if want(IDLE) {
         let (p50, p99, max) = idle_latency(&rt, 1_000);
@@ -349,6 +366,67 @@ fn drain(rt: &tokio::runtime::Runtime, jobs: u64, concurrency: usize) -> f64 {
     rt.block_on(handle.shutdown(Duration::from_secs(10)))
         .expect("shutdown");
     jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// `jobs` no-op jobs spread over `queues` queues, drained by one executor per queue at
+/// concurrency `each`: jobs per second, microseconds of this process's CPU (user and system)
+/// per job, and the writer's commits per 1,000 jobs.
+fn drain_queues(
+    rt: &tokio::runtime::Runtime,
+    jobs: u64,
+    queues: usize,
+    each: usize,
+) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("queues.redb")).expect("open");
+    let names: Vec<String> = (0..queues).map(|q| format!("q{q}")).collect();
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(10_000);
+        store
+            .enqueue_batch((0..n).map(|i| NewJob::new(names[i as usize % queues].clone(), "x")))
+            .expect("prefill");
+        left -= n;
+    }
+    let _guard = rt.enter();
+    let (cpu0, commits0, start) = (cpu_us(), store.__write_batches(), Instant::now());
+    let handles: Vec<_> = names
+        .iter()
+        .map(|q| {
+            Executor::builder(store.clone())
+                .queue(q.clone())
+                .concurrency(each)
+                .spawn(|_ctx| async { Outcome::Success })
+                .expect("spawn")
+        })
+        .collect();
+    while handles.iter().map(|h| h.metrics().succeeded).sum::<u64>() < jobs {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed();
+    let (cpu, commits) = (cpu_us() - cpu0, store.__write_batches() - commits0);
+    for h in handles {
+        rt.block_on(h.shutdown(Duration::from_secs(10)))
+            .expect("shutdown");
+    }
+    let n = jobs as f64;
+    (
+        n / elapsed.as_secs_f64(),
+        cpu as f64 / n,
+        commits as f64 * 1_000.0 / n,
+    )
+}
+
+/// This process's CPU time so far (user and system), in microseconds.
+fn cpu_us() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// Jobs per second for `jobs` pre-enqueued jobs whose handler writes a row of its own and

@@ -195,3 +195,78 @@ fn idle_gives_the_error_when_claim_cycles_keep_failing_instead_of_waiting_for_ev
     );
     assert!(stdout.contains("\nidle error: "), "{stdout}");
 }
+
+#[test]
+fn the_readme_s_first_example_is_examples_quickstart_word_for_word() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/quickstart.rs")).unwrap();
+    let block = readme
+        .split("```rust,no_run\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").next())
+        .expect("the README has a rust block");
+    assert_eq!(block, example, "README and examples/quickstart.rs differ");
+}
+
+/// Several queues: one executor each, sharing one store (its writer's group commits), each
+/// keeping its own concurrency bound. (`docs/performance.md` measures this pattern against one
+/// executor with as many workers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_of_several_queues_share_a_store_each_within_its_own_concurrency() {
+    use std::sync::atomic::AtomicUsize;
+    let env = common::Env::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut handles = Vec::new();
+    let mut counts = Vec::new();
+    for (queue, bound) in [("a", 2usize), ("b", 3)] {
+        for i in 0..10 {
+            env.enqueue(NewJob::new(queue, format!("{i}")));
+        }
+        // Running now, and the most ever running at once.
+        let count = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let (c, g) = (count.clone(), gate.clone());
+        handles.push(
+            Executor::builder(env.store.clone())
+                .queue(queue)
+                .concurrency(bound)
+                .spawn(move |_ctx| {
+                    let (c, g) = (c.clone(), g.clone());
+                    async move {
+                        let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
+                        c.1.fetch_max(now, Ordering::SeqCst);
+                        g.acquire().await.unwrap().forget();
+                        c.0.fetch_sub(1, Ordering::SeqCst);
+                        Outcome::Success
+                    }
+                })
+                .unwrap(),
+        );
+        counts.push((bound, count));
+    }
+    common::until(
+        &env.store,
+        "each queue to run as many jobs as it may",
+        || {
+            counts
+                .iter()
+                .all(|(bound, c)| c.0.load(Ordering::SeqCst) == *bound)
+        },
+    )
+    .await;
+    gate.add_permits(20);
+    for h in handles {
+        h.run_until_idle(Idle::Now).await.unwrap();
+    }
+    for (bound, c) in &counts {
+        assert_eq!(
+            c.1.load(Ordering::SeqCst),
+            *bound,
+            "never more than its bound"
+        );
+    }
+    assert!(states(&env.store).is_empty(), "states() reads queue q only");
+    let done = env.store.stats().unwrap();
+    assert_eq!(done.queue("a").unwrap().succeeded, 10);
+    assert_eq!(done.queue("b").unwrap().succeeded, 10);
+}
