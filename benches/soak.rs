@@ -12,7 +12,8 @@
 //! `QUERN_SOAK_RESTART=graceful` shuts the executor down halfway and starts a new one;
 //! `QUERN_SOAK_RESTART=kill` runs the program (producer and executor) in a child process, kills
 //! it with SIGKILL halfway and starts another on the same file: the windows around it show
-//! what a restart costs (a killed process's claimed jobs wait out their leases). The run ends by
+//! what a restart costs (a killed process's claimed jobs run again when the next executor
+//! starts, recovered at once rather than after their leases). The run ends by
 //! draining the backlog and checking that no acknowledged job was lost.
 
 use std::io::{BufRead, BufReader};
