@@ -35,12 +35,11 @@ pub(crate) fn apply(store: &Store, request: Request) -> Reply {
             change(store, &db, Change::Retry, listed.map(|()| ids))
         }
         Request::Cancel { jobs } => change(store, &db, Change::Cancel, Ok(once_each(jobs))),
-        Request::Prune { older_than } => done(store.prune(older_than).map(|n| {
-            format!(
-                "pruned {n} finished job(s) older than {}",
-                duration(older_than)
-            )
-        })),
+        Request::Prune { older_than } => done(
+            store
+                .prune(older_than)
+                .map(|n| format!("pruned {n} finished job(s) older than {}", age(older_than))),
+        ),
         Request::Pause { queue } => done(store.pause(&queue).map(|()| {
             format!("paused queue {queue:?}: none of its jobs start until it is resumed")
         })),
@@ -76,22 +75,28 @@ fn once_each(jobs: Vec<JobId>) -> Vec<JobId> {
     jobs.into_iter().filter(|id| seen.insert(*id)).collect()
 }
 
-/// A change an operator makes to jobs by id.
+/// A change an operator makes to jobs by id: the rules and words the control channel and the
+/// `quern` utility share (not part of the API).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+pub enum Change {
+    /// A manual retry of a failed job.
     Retry,
+    /// A cancel of a live job.
     Cancel,
 }
 
 impl Change {
-    fn verb(self) -> &'static str {
+    /// The change as a verb: "retry".
+    pub fn verb(self) -> &'static str {
         match self {
             Change::Retry => "retry",
             Change::Cancel => "cancel",
         }
     }
 
-    fn done(self) -> &'static str {
+    /// The change done: "retried".
+    pub fn done(self) -> &'static str {
         match self {
             Change::Retry => "retried",
             Change::Cancel => "cancelled",
@@ -99,7 +104,7 @@ impl Change {
     }
 
     /// Why the change does not apply to `job`, if it does not.
-    fn refusal(self, job: &Job) -> Option<String> {
+    pub fn refusal(self, job: &Job) -> Option<String> {
         let (applies, only) = match self {
             Change::Retry => (
                 job.state == JobState::Failed,
@@ -113,7 +118,11 @@ impl Change {
         (!applies).then(|| format!("job {} is {} ({only})", job.id, state_of(job)))
     }
 
-    fn apply(self, store: &Store, id: JobId) -> crate::Result<()> {
+    /// Makes the change to job `id`.
+    ///
+    /// # Errors
+    /// Those of [`Store::retry`] and [`Store::cancel`].
+    pub fn apply(self, store: &Store, id: JobId) -> crate::Result<()> {
         match self {
             Change::Retry => store.retry(id),
             Change::Cancel => store.cancel(id),
@@ -257,7 +266,8 @@ fn unique_conflicts(
 }
 
 /// An age as the `quern` utility prints it: `500ms`, `45s`, `2h30m`, `7d`.
-fn duration(d: Duration) -> String {
+#[doc(hidden)]
+pub fn age(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         return format!("{ms}ms");

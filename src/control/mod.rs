@@ -20,6 +20,8 @@
 //! [`send`] is the client: it connects, sends one request and returns the reply.
 
 mod apply;
+#[doc(hidden)]
+pub use apply::{Change, age};
 #[cfg(unix)]
 mod server;
 #[cfg(unix)]

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use quern::control::{self, Reply, Request};
-use quern::{Error, Filter, Job, JobId, JobState, Store};
+use quern::control::{self, Change, Reply, Request};
+use quern::{Error, Filter, JobId, JobState, Store};
 
 use crate::args::{Args, Command, Format};
 use crate::escape::escape;
@@ -223,71 +223,17 @@ fn run(out: &mut impl Write, command: Command) -> Result<i32> {
     })
 }
 
-/// A change an operator makes to jobs by id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    Retry,
-    Cancel,
-}
-
-impl Change {
-    fn verb(self) -> &'static str {
-        match self {
-            Change::Retry => "retry",
-            Change::Cancel => "cancel",
-        }
-    }
-
-    fn done(self) -> &'static str {
-        match self {
-            Change::Retry => "retried",
-            Change::Cancel => "cancelled",
-        }
-    }
-
-    /// Why the change does not apply to `job`, if it does not.
-    fn refusal(self, job: &Job) -> Option<String> {
-        let applies = match self {
-            Change::Retry => job.state == JobState::Failed,
-            Change::Cancel => !job.is_finished(),
-        };
-        let only = match self {
-            Change::Retry => "only failed jobs can be retried",
-            Change::Cancel => "only pending, running or retrying jobs can be cancelled",
-        };
-        (!applies).then(|| format!("job {} is {} ({only})", job.id, state_of(job)))
-    }
-
-    fn apply(self, store: &Store, id: JobId) -> quern::Result<()> {
-        match self {
-            Change::Retry => store.retry(id),
-            Change::Cancel => store.cancel(id),
-        }
-    }
-
-    /// The request that asks the process holding the file for this change.
-    fn request(self, selection: &Selection) -> Request {
-        let ids = |ids: &[u64]| ids.iter().copied().map(JobId).collect();
-        match (self, selection) {
-            (Change::Retry, Selection::Queue(queue, _)) => Request::RetryFailed {
-                queue: queue.clone(),
-            },
-            (Change::Retry, Selection::Ids(jobs)) => Request::Retry { jobs: ids(jobs) },
-            (Change::Cancel, Selection::Ids(jobs)) => Request::Cancel { jobs: ids(jobs) },
-            // `cancel` takes ids only (args.rs): a queue selects none.
-            (Change::Cancel, Selection::Queue(..)) => Request::Cancel { jobs: Vec::new() },
-        }
-    }
-}
-
-/// A job's state as an operator reads it: failed jobs differ in whether a retry is scheduled.
-fn state_of(job: &Job) -> &'static str {
-    match job.state {
-        JobState::Pending => "pending",
-        JobState::InProgress => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed if job.next_attempt_at.is_some() => "failed with a retry scheduled",
-        JobState::Failed => "failed for good",
+/// The request that asks the process holding the file for `change` of `selection`.
+fn request_for(change: Change, selection: &Selection) -> Request {
+    let ids = |ids: &[u64]| ids.iter().copied().map(JobId).collect();
+    match (change, selection) {
+        (Change::Retry, Selection::Queue(queue, _)) => Request::RetryFailed {
+            queue: queue.clone(),
+        },
+        (Change::Retry, Selection::Ids(jobs)) => Request::Retry { jobs: ids(jobs) },
+        (Change::Cancel, Selection::Ids(jobs)) => Request::Cancel { jobs: ids(jobs) },
+        // `cancel` takes ids only (args.rs): a queue selects none.
+        (Change::Cancel, Selection::Queue(..)) => Request::Cancel { jobs: Vec::new() },
     }
 }
 
@@ -330,7 +276,7 @@ fn select(store: &Store, selection: Selection) -> Result<Vec<JobId>> {
 /// control channel, which checks every job again before it changes any.
 fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection) -> Result<i32> {
     existing(db)?;
-    let request = change.request(&selection);
+    let request = request_for(change, &selection);
     let (store, ids) = match Store::open_read_only(db) {
         Ok(reader) => {
             let ids = select(&reader, selection)?;

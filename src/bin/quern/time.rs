@@ -33,24 +33,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// `3d4h`, `12m5s`, `850ms`.
+/// `3d4h`, `12m5s`, `850ms`: as the control channel words it too.
 pub fn duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1_000 {
-        return format!("{ms}ms");
-    }
-    let s = d.as_secs();
-    let parts = [
-        (s / 86_400, "d"),
-        (s / 3_600 % 24, "h"),
-        (s / 60 % 60, "m"),
-        (s % 60, "s"),
-    ];
-    let mut out = String::new();
-    for (n, unit) in parts.iter().skip_while(|(n, _)| *n == 0).take(2) {
-        out.push_str(&format!("{n}{unit}"));
-    }
-    out
+    quern::control::age(d)
 }
 
 /// How long from `earlier` to `now`, or "in ..." when `earlier` is in the future.
