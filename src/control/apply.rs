@@ -118,6 +118,37 @@ impl Change {
         (!applies).then(|| format!("job {} is {} ({only})", job.id, state_of(job)))
     }
 
+    /// Every reason the change does not apply to a job of `ids`: not found, in a state the
+    /// change does not take, or (for a retry) a unique key another live job holds, or another
+    /// job of the same retry would take first. `by` names the retry in that last case
+    /// ("request", "command").
+    ///
+    /// # Errors
+    /// Storage errors while reading the jobs.
+    pub fn refusals(self, store: &Store, ids: &[JobId], by: &str) -> crate::Result<Vec<String>> {
+        let mut refusals = Vec::new();
+        let mut keyed = Vec::new();
+        for &id in ids {
+            match store.get(id)? {
+                None => refusals.push(format!("job {id} not found")),
+                Some(job) => match self.refusal(&job) {
+                    Some(why) => refusals.push(why),
+                    None => {
+                        if self == Change::Retry
+                            && let Some(key) = job.unique_key
+                        {
+                            keyed.push((job.queue, key, id));
+                        }
+                    }
+                },
+            }
+        }
+        if !keyed.is_empty() {
+            refusals.extend(unique_conflicts(store, &keyed, by)?);
+        }
+        Ok(refusals)
+    }
+
     /// Makes the change to job `id`.
     ///
     /// # Errors
@@ -151,7 +182,7 @@ fn change(store: &Store, db: &str, change: Change, ids: crate::Result<Vec<JobId>
         Ok(ids) => ids,
         Err(e) => return refused_or_failed(db, &e),
     };
-    match refusals(store, change, &ids) {
+    match change.refusals(store, &ids, "request") {
         Ok(refusals) if refusals.is_empty() => {}
         Ok(mut refusals) => {
             let more = refusals.len().saturating_sub(REFUSALS_NAMED);
@@ -196,37 +227,12 @@ fn list(ids: &[JobId]) -> String {
         .join(", ")
 }
 
-/// Every reason the change does not apply to a job of `ids`: not found, in a state the change
-/// does not take, or (for a retry) a unique key another live job holds.
-fn refusals(store: &Store, change: Change, ids: &[JobId]) -> crate::Result<Vec<String>> {
-    let mut refusals = Vec::new();
-    let mut keyed = Vec::new();
-    for &id in ids {
-        match store.get(id)? {
-            None => refusals.push(format!("job {id} not found")),
-            Some(job) => match change.refusal(&job) {
-                Some(why) => refusals.push(why),
-                None => {
-                    if change == Change::Retry
-                        && let Some(key) = job.unique_key
-                    {
-                        keyed.push((job.queue, key, id));
-                    }
-                }
-            },
-        }
-    }
-    if !keyed.is_empty() {
-        refusals.extend(unique_conflicts(store, &keyed)?);
-    }
-    Ok(refusals)
-}
-
 /// The jobs to retry (queue, unique key, id) whose key a live job other than themselves holds,
 /// or another job of the same retry would take first.
 fn unique_conflicts(
     store: &Store,
     keyed: &[(String, String, JobId)],
+    by: &str,
 ) -> crate::Result<Vec<String>> {
     let wanted: HashSet<(&str, &str)> = keyed
         .iter()
@@ -252,9 +258,9 @@ fn unique_conflicts(
             Some(holder) if holder != id => conflicts.push(format!(
                 "job {id}'s unique key {key:?} is held by job {holder}{}",
                 if retried.contains(holder) {
-                    ", retried by this request"
+                    format!(", retried by this {by}")
                 } else {
-                    ", which is live"
+                    ", which is live".to_owned()
                 }
             )),
             _ => {

@@ -6,7 +6,7 @@
 //! (`quern::control`) and print its reply. Errors print one line and exit with code 2; `check`
 //! exits with 1 when it finds problems.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -334,29 +334,9 @@ const REFUSALS_NAMED: usize = 10;
 /// found, in a state the change does not take, or (for a retry) whose unique key another live
 /// job holds.
 fn refuse_unless_all_apply(store: &Store, db: &Path, change: Change, ids: &[JobId]) -> Result<()> {
-    let mut refusals = Vec::new();
-    let mut keyed = Vec::new();
-    for &id in ids {
-        let job = store
-            .get(id)
-            .with_context(|| format!("reading job {id} in {}", db.display()))?;
-        match job {
-            None => refusals.push(format!("job {id} not found")),
-            Some(job) => match change.refusal(&job) {
-                Some(why) => refusals.push(why),
-                None => {
-                    if change == Change::Retry
-                        && let Some(key) = job.unique_key
-                    {
-                        keyed.push((job.queue, key, id));
-                    }
-                }
-            },
-        }
-    }
-    if !keyed.is_empty() {
-        refusals.extend(unique_conflicts(store, db, &keyed)?);
-    }
+    let mut refusals = change
+        .refusals(store, ids, "command")
+        .with_context(|| format!("reading the jobs named in {}", db.display()))?;
     if refusals.is_empty() {
         return Ok(());
     }
@@ -367,52 +347,6 @@ fn refuse_unless_all_apply(store: &Store, db: &Path, change: Change, ids: &[JobI
         why.push_str(&format!("; and {more} more"));
     }
     bail!("nothing {} in {}: {why}", change.done(), db.display())
-}
-
-/// The jobs to retry (queue, unique key, id) whose key a live job other than themselves holds,
-/// or another job of the same retry would take first.
-fn unique_conflicts(
-    store: &Store,
-    db: &Path,
-    keyed: &[(String, String, JobId)],
-) -> Result<Vec<String>> {
-    let wanted: HashSet<(&str, &str)> = keyed
-        .iter()
-        .map(|(q, k, _)| (q.as_str(), k.as_str()))
-        .collect();
-    let queues: BTreeSet<&str> = keyed.iter().map(|(q, _, _)| q.as_str()).collect();
-    let mut holders: HashMap<(String, String), JobId> = HashMap::new();
-    for queue in queues {
-        store
-            .for_each(&Filter::default().queue(queue), |job| {
-                if !job.is_finished()
-                    && let Some(key) = &job.unique_key
-                    && wanted.contains(&(queue, key.as_str()))
-                {
-                    holders.insert((queue.to_owned(), key.clone()), job.id);
-                }
-                true
-            })
-            .with_context(|| format!("reading queue {queue:?} in {}", db.display()))?;
-    }
-    let retried: HashSet<JobId> = keyed.iter().map(|(_, _, id)| *id).collect();
-    let mut conflicts = Vec::new();
-    for (queue, key, id) in keyed {
-        match holders.get(&(queue.clone(), key.clone())) {
-            Some(holder) if holder != id => conflicts.push(format!(
-                "job {id}'s unique key {key:?} is held by job {holder}{}",
-                if retried.contains(holder) {
-                    ", retried by this command"
-                } else {
-                    ", which is live"
-                }
-            )),
-            _ => {
-                holders.insert((queue.clone(), key.clone()), *id);
-            }
-        }
-    }
-    Ok(conflicts)
 }
 
 /// Says, when `store` reads a file its writer did not close, that the jobs are shown as that
