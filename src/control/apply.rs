@@ -217,7 +217,9 @@ fn change(store: &Store, db: &str, change: Change, ids: crate::Result<Vec<JobId>
 }
 
 /// `1, 2, 3`, or `none`.
-fn list(ids: &[JobId]) -> String {
+/// Job ids as messages list them: `1, 2, 5`, or `none`.
+#[doc(hidden)]
+pub fn list(ids: &[JobId]) -> String {
     if ids.is_empty() {
         return "none".to_owned();
     }

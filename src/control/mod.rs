@@ -21,7 +21,7 @@
 
 mod apply;
 #[doc(hidden)]
-pub use apply::{Change, age};
+pub use apply::{Change, age, list};
 #[cfg(unix)]
 mod server;
 #[cfg(unix)]

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use quern::control::{self, Change, Reply, Request};
+use quern::control::{self, Change, Reply, Request, list};
 use quern::{Error, Filter, JobId, JobState, Store};
 
 use crate::args::{Args, Command, Format};
@@ -314,17 +314,6 @@ fn change(out: &mut impl Write, db: &Path, change: Change, selection: Selection)
         Change::Cancel => writeln!(out, "cancelled {} job(s)", ids.len())?,
     }
     Ok(OK)
-}
-
-/// `1, 2, 3`, or `none`.
-fn list(ids: &[JobId]) -> String {
-    if ids.is_empty() {
-        return "none".to_owned();
-    }
-    ids.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The most refusals one error names; the rest are counted.
