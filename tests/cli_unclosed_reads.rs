@@ -1,61 +1,22 @@
 //! `quern stats`, `dump` and `show` on a file whose worker was killed (SIGKILL): they read the
 //! jobs as it left them, say that the file was not closed cleanly, and write no byte of it.
 
+mod killed;
 mod utility;
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
 use quern::{NewJob, Store};
 use serde_json::Value;
 use utility::{quern, s, stderr, stdout};
 
-/// With this set to a file, the test named runs as the child: the worker [`killed_worker`]
-/// kills.
-const CHILD_DB: &str = "QUERN_CLI_UNCLOSED_DB";
-
 const NOTE: &str = "was not closed cleanly (its writer stopped without closing it)";
 
-/// The child's part: opens `db` for writing, enqueues five jobs in queue `q`, claims three and
-/// completes the first, says it is ready and waits to be killed. Job 1 is then succeeded, 2
-/// and 3 in progress, 4 and 5 pending.
-fn worker_child(db: &Path) -> ! {
-    let store = Store::open(db).unwrap();
-    store
-        .enqueue_batch((1..=5).map(|i| NewJob::new("q", format!("job {i}"))))
-        .unwrap();
-    let mut claimed = store.claim("q", 3).unwrap();
-    assert_eq!(claimed.len(), 3);
-    store.complete(claimed.remove(0).lease).unwrap();
-    println!("child ready");
-    std::io::Write::flush(&mut std::io::stdout()).unwrap();
-    loop {
-        std::thread::park();
-    }
-}
-
-/// Runs `test` of this binary as the worker child on a new file in `dir`, waits for its ready
-/// line, kills it with SIGKILL and returns the file, left unclosed.
+/// Runs `test` as the worker child (five jobs: 1 succeeded, 2 and 3 in progress, 4 and 5
+/// pending), kills it and returns the file, left unclosed.
 fn killed_worker(dir: &tempfile::TempDir, test: &str) -> PathBuf {
-    if let Some(db) = std::env::var_os(CHILD_DB) {
-        worker_child(Path::new(&db));
-    }
-    let db = dir.path().join("q.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, &db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines
-        .map(Result::unwrap)
-        .any(|l| l.ends_with("child ready"));
-    assert!(ready, "the child exited before it was ready");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    db
+    killed::as_child((1..=5).map(|i| NewJob::new("q", format!("job {i}"))));
+    killed::killed_worker(dir, test)
 }
 
 /// Runs `quern args`, which must succeed; returns its stdout and stderr.

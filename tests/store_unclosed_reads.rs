@@ -2,59 +2,13 @@
 //! not a byte of the file written; a writer that opens the file meanwhile starts, and the reads
 //! after it are refused rather than torn.
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod killed;
 
 use quern::{Error, Filter, JobId, JobState, NewJob, Store};
 
-/// With this set to a file, the test named runs as the child: a worker that leaves the file
-/// as [`killed_worker`] says.
-const CHILD_DB: &str = "QUERN_UNCLOSED_DB";
-
-/// The child's part: opens `db` for writing, enqueues `n` jobs in queue `q`, claims three and
-/// completes the first, says it is ready and waits to be killed. Job 1 is then succeeded, 2
-/// and 3 in progress, the rest pending.
-fn worker_child(db: &Path, n: u64) -> ! {
-    let store = Store::open(db).unwrap();
-    store
-        .enqueue_batch((0..n).map(|i| NewJob::new("q", format!("job {i} {}", "x".repeat(200)))))
-        .unwrap();
-    let mut claimed = store.claim("q", 3).unwrap();
-    assert_eq!(claimed.len(), 3);
-    store.complete(claimed.remove(0).lease).unwrap();
-    println!("child ready");
-    std::io::Write::flush(&mut std::io::stdout()).unwrap();
-    loop {
-        std::thread::park();
-    }
-}
-
-/// Runs `test` of this binary as the worker child on a new file in `dir`, waits for its ready
-/// line, kills it with SIGKILL and returns the file: left unclosed, with `n` jobs.
-fn killed_worker(dir: &tempfile::TempDir, test: &str) -> PathBuf {
-    let db = dir.path().join("q.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, &db)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines
-        .map(Result::unwrap)
-        .any(|l| l.ends_with("child ready"));
-    assert!(ready, "the child exited before it was ready");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    db
-}
-
-/// Runs the child's part when this process is the child.
+/// Runs the child's part when this process is the child: `n` jobs of about 200 bytes.
 fn as_child(n: u64) {
-    if let Some(db) = std::env::var_os(CHILD_DB) {
-        worker_child(Path::new(&db), n);
-    }
+    killed::as_child((0..n).map(|i| NewJob::new("q", format!("job {i} {}", "x".repeat(200)))));
 }
 
 fn states(store: &Store) -> Vec<(u64, JobState)> {
@@ -70,7 +24,7 @@ fn states(store: &Store) -> Vec<(u64, JobState)> {
 fn a_file_whose_worker_was_killed_reads_as_it_left_it_and_keeps_every_byte() {
     as_child(5);
     let dir = tempfile::tempdir().unwrap();
-    let db = killed_worker(
+    let db = killed::killed_worker(
         &dir,
         "a_file_whose_worker_was_killed_reads_as_it_left_it_and_keeps_every_byte",
     );
@@ -126,7 +80,7 @@ fn a_file_closed_cleanly_or_held_by_a_live_writer_reads_as_closed_cleanly() {
 fn a_worker_starts_while_an_unclosed_file_is_read_and_the_reads_after_it_are_refused_as_changed() {
     as_child(5);
     let dir = tempfile::tempdir().unwrap();
-    let db = killed_worker(
+    let db = killed::killed_worker(
         &dir,
         "a_worker_starts_while_an_unclosed_file_is_read_and_the_reads_after_it_are_refused_as_changed",
     );
@@ -160,7 +114,7 @@ fn a_worker_starts_while_an_unclosed_file_is_read_and_the_reads_after_it_are_ref
 fn reading_an_unclosed_file_holds_only_the_repairs_writes_in_memory_not_the_file() {
     as_child(5_000);
     let dir = tempfile::tempdir().unwrap();
-    let db = killed_worker(
+    let db = killed::killed_worker(
         &dir,
         "reading_an_unclosed_file_holds_only_the_repairs_writes_in_memory_not_the_file",
     );
